@@ -1,0 +1,161 @@
+//! Map layouts, limits and constants. `#[repr(C)]` everywhere: these bytes
+//! cross the user/kernel boundary and are dumped by `bpftool` through BTF.
+
+/// Longest wire-format name, root label included (RFC 1035 §2.3.4).
+pub const MAX_NAME_WIRE: usize = 255;
+/// Longest label.
+pub const MAX_LABEL: usize = 63;
+/// Bytes of name data in a pattern key: a name without its root byte is at
+/// most 254 bytes; 256 keeps the key a round size.
+pub const KEY_DATA_LEN: usize = 256;
+/// How many DNS ports the XDP program watches.
+pub const MAX_PORTS: usize = 4;
+pub const DEFAULT_DNS_PORT: u16 = 53;
+/// Default capacity of the pattern trie.
+pub const DEFAULT_MAX_PATTERNS: u32 = 131_072;
+/// Capacity of the destination-address filter.
+pub const MAX_SERVER_ADDRS: u32 = 64;
+
+/// Map names as compiled into the object (also the pin file names).
+pub const MAP_PATTERNS: &str = "PATTERNS";
+pub const MAP_COUNTERS: &str = "COUNTERS";
+pub const MAP_CONFIG: &str = "CONFIG";
+pub const MAP_SERVER_ADDRS: &str = "SERVER_ADDRS";
+pub const MAP_SCRATCH: &str = "SCRATCH";
+/// Program name in the object.
+pub const PROG_NAME: &str = "dnsfast_xdp";
+/// Read-only global: when non-zero the program treats every DNS message on a
+/// DNS port as a query (QR ignored). Only `cargo xtask bench` sets it, so that
+/// `BPF_PROG_TEST_RUN`'s repeats, which rerun on the rewritten buffer, keep
+/// taking the answer path. The verifier removes the branch when it is 0.
+pub const GLOBAL_BENCH_MODE: &str = "DNSFAST_BENCH_MODE";
+
+/// Where `dnsfast load` pins its maps.
+pub const PIN_DIR: &str = "/sys/fs/bpf/dnsfast";
+
+/// What a pattern does to the names at and below it.
+pub const ACTION_BLOCK: u32 = 1;
+pub const ACTION_ALLOW: u32 = 2;
+
+/// Value of the pattern trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// `ACTION_BLOCK` or `ACTION_ALLOW`.
+    pub action: u32,
+    /// Length of the pattern's key in bytes, so a verdict can name its rule.
+    pub key_len: u32,
+}
+
+/// Runtime settings of the XDP program (one element of an array map, so the
+/// agent can change them while traffic flows).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// UDP destination ports treated as DNS; 0 marks an unused slot.
+    pub ports: [u16; MAX_PORTS],
+    /// Non-zero: answer only queries whose destination is in `SERVER_ADDRS`.
+    pub filter_dst: u32,
+    pub _pad: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ports: [DEFAULT_DNS_PORT, 0, 0, 0],
+            filter_dst: 0,
+            _pad: 0,
+        }
+    }
+}
+
+pub const FAMILY_V4: u32 = 4;
+pub const FAMILY_V6: u32 = 6;
+
+/// Key of the destination-address filter. IPv4 uses the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub family: u32,
+    pub addr: [u8; 16],
+}
+
+/// Per-CPU counters, one per outcome. Every packet the program sees lands in
+/// `packets` and in exactly one of the `answered`/`pass_*` outcomes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Every packet the program ran on.
+    pub packets: u64,
+    /// UDP packets to a DNS port that carry a DNS query header.
+    pub dns_queries: u64,
+    /// Queries answered NXDOMAIN in place (XDP_TX).
+    pub answered_nxdomain: u64,
+    /// Not IP/UDP, not to a DNS port or server address, or not a query.
+    pub pass_not_dns: u64,
+    /// Truncated, bad label, compression pointer, name too long, bad lengths.
+    pub pass_malformed: u64,
+    /// Valid but outside what the kernel answers: IP options or fragments,
+    /// IPv6 extension headers, opcode, section counts, class, EDNS version.
+    pub pass_unsupported: u64,
+    /// A well-formed query whose name matches no pattern.
+    pub pass_no_match: u64,
+    /// A query whose longest matching pattern is an allow pattern.
+    pub pass_allowed: u64,
+}
+
+impl Counters {
+    /// Sum of per-CPU values.
+    pub fn sum<'a>(it: impl IntoIterator<Item = &'a Counters>) -> Counters {
+        let mut s = Counters::default();
+        for c in it {
+            s.packets += c.packets;
+            s.dns_queries += c.dns_queries;
+            s.answered_nxdomain += c.answered_nxdomain;
+            s.pass_not_dns += c.pass_not_dns;
+            s.pass_malformed += c.pass_malformed;
+            s.pass_unsupported += c.pass_unsupported;
+            s.pass_no_match += c.pass_no_match;
+            s.pass_allowed += c.pass_allowed;
+        }
+        s
+    }
+
+    /// (name, value) pairs, in declaration order.
+    pub fn fields(&self) -> [(&'static str, u64); 8] {
+        [
+            ("packets", self.packets),
+            ("dns_queries", self.dns_queries),
+            ("answered_nxdomain", self.answered_nxdomain),
+            ("pass_not_dns", self.pass_not_dns),
+            ("pass_malformed", self.pass_malformed),
+            ("pass_unsupported", self.pass_unsupported),
+            ("pass_no_match", self.pass_no_match),
+            ("pass_allowed", self.pass_allowed),
+        ]
+    }
+}
+
+/// Per-CPU scratch where the program builds the lookup key (see
+/// [`crate::name`]). A map value, not the stack: a large stack key makes
+/// verification cost swing by an order of magnitude.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Scratch {
+    pub buf: [u8; crate::name::SCRATCH_LEN],
+    pub cursor: crate::name::Cursor,
+    /// Values parked here and read back volatile so the verifier merges the
+    /// many loop exits into one state instead of re-walking per exit.
+    pub name_len: u32,
+    pub key_start: u32,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), Copy, contain only integers and byte
+    // arrays, and every bit pattern is valid.
+    unsafe impl aya::Pod for super::Rule {}
+    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::AddrKey {}
+    unsafe impl aya::Pod for super::Counters {}
+}

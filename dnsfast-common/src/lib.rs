@@ -1,0 +1,15 @@
+//! The ABI shared by the dnsfast XDP program and its agent.
+//!
+//! Everything that both sides must agree on lives here exactly once: map
+//! key and value layouts, counters, limits, and the label-reversed name
+//! encoding that turns "longest matching suffix at a label boundary" into a
+//! single longest-prefix-match lookup.
+#![cfg_attr(not(feature = "user"), no_std)]
+
+pub mod abi;
+pub mod name;
+#[cfg(feature = "user")]
+pub mod pattern;
+
+pub use abi::*;
+pub use name::*;

@@ -1,0 +1,326 @@
+//! Text patterns (`com.svc.cluster.local`) to trie keys, and a reference
+//! matcher that implements the semantics without a trie, for tests.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use crate::abi::{Rule, ACTION_ALLOW, ACTION_BLOCK, KEY_DATA_LEN, MAX_LABEL, MAX_NAME_WIRE};
+use crate::name::{encode_reversed, Cursor, NameError, KEY_END, SCRATCH_LEN};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    Block,
+    Allow,
+}
+
+impl Action {
+    pub fn code(self) -> u32 {
+        match self {
+            Action::Block => ACTION_BLOCK,
+            Action::Allow => ACTION_ALLOW,
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            ACTION_BLOCK => Some(Action::Block),
+            ACTION_ALLOW => Some(Action::Allow),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Action::Block => "block",
+            Action::Allow => "allow",
+        })
+    }
+}
+
+/// Why a pattern was refused. Each message names the offending part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PatternError {
+    Empty,
+    EmptyLabel,
+    LabelTooLong { label: String, len: usize },
+    NameTooLong { wire_len: usize },
+    BadChar { ch: char, label: String },
+}
+
+impl fmt::Display for PatternError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PatternError::Empty => write!(f, "empty pattern"),
+            PatternError::EmptyLabel => write!(f, "empty label (two dots in a row, or a leading dot)"),
+            PatternError::LabelTooLong { label, len } => {
+                write!(f, "label '{label}' is {len} bytes; the limit is {MAX_LABEL}")
+            }
+            PatternError::NameTooLong { wire_len } => write!(
+                f,
+                "name is {wire_len} bytes in wire form; the limit is {MAX_NAME_WIRE}"
+            ),
+            PatternError::BadChar { ch, label } => write!(
+                f,
+                "character {ch:?} in label '{label}' is not allowed (letters, digits, '-' and '_' only)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PatternError {}
+
+/// A validated, lower-cased pattern.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pattern {
+    /// Canonical text: lower case, no trailing dot.
+    pub name: String,
+}
+
+impl Pattern {
+    /// Parses `example.com` or `example.com.`; case is folded.
+    pub fn parse(text: &str) -> Result<Pattern, PatternError> {
+        let t = text.trim();
+        let t = t.strip_suffix('.').unwrap_or(t);
+        if t.is_empty() {
+            return Err(PatternError::Empty);
+        }
+        let mut wire_len = 1;
+        for label in t.split('.') {
+            if label.is_empty() {
+                return Err(PatternError::EmptyLabel);
+            }
+            if label.len() > MAX_LABEL {
+                return Err(PatternError::LabelTooLong {
+                    label: label.to_string(),
+                    len: label.len(),
+                });
+            }
+            if let Some(ch) = label
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+            {
+                return Err(PatternError::BadChar {
+                    ch,
+                    label: label.to_string(),
+                });
+            }
+            wire_len += label.len() + 1;
+        }
+        if wire_len > MAX_NAME_WIRE {
+            return Err(PatternError::NameTooLong { wire_len });
+        }
+        Ok(Pattern {
+            name: t.to_ascii_lowercase(),
+        })
+    }
+
+    /// Wire form, root byte included.
+    pub fn wire(&self) -> Vec<u8> {
+        to_wire(&self.name)
+    }
+
+    /// The label-reversed key bytes and their length.
+    pub fn key(&self) -> ([u8; KEY_DATA_LEN], usize) {
+        let wire = self.wire();
+        let rev = reversed_key(&wire).expect("a validated pattern always encodes");
+        let mut data = [0u8; KEY_DATA_LEN];
+        data[..rev.len()].copy_from_slice(&rev);
+        (data, rev.len())
+    }
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// Dotted text to wire form without validation (labels are cut at 255 bytes
+/// only by the caller's checks). Used for patterns and test names.
+pub fn to_wire(name: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len() + 2);
+    for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+/// The shared encoder applied to a wire name in memory.
+pub fn reversed_key(wire: &[u8]) -> Result<Vec<u8>, NameError> {
+    let mut buf = [0u8; SCRATCH_LEN];
+    let len = encode_reversed(&mut buf, &mut Cursor::default(), |j| wire.get(j).copied())?;
+    Ok(buf[KEY_END - len..KEY_END].to_vec())
+}
+
+/// Turns a key back into dotted text (for explaining which rule decided).
+pub fn key_to_name(key: &[u8]) -> String {
+    let mut labels = Vec::new();
+    let mut i = 0;
+    while i < key.len() {
+        let n = key[i] as usize;
+        let end = (i + 1 + n).min(key.len());
+        labels.push(String::from_utf8_lossy(&key[i + 1..end]).into_owned());
+        i = end;
+    }
+    labels.reverse();
+    labels.join(".")
+}
+
+/// The matching semantics written plainly, with no trie and no reversed
+/// encoding: walk the name's suffixes at label boundaries, longest first, and
+/// return the first pattern found. Tests compare the kernel against it.
+#[derive(Default, Clone, Debug)]
+pub struct ReferenceMatcher {
+    /// Keyed by the pattern's labels, so a label that contains a `.` byte can
+    /// never pass for two labels.
+    rules: HashMap<Vec<Vec<u8>>, (Action, String)>,
+}
+
+impl ReferenceMatcher {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn insert(&mut self, p: &Pattern, action: Action) {
+        self.rules.insert(labels_of(&p.name), (action, p.name.clone()));
+    }
+
+    pub fn remove(&mut self, p: &Pattern) {
+        self.rules.remove(&labels_of(&p.name));
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Decision for a wire name: `None` when no pattern matches or the name
+    /// is not a plain, uncompressed, valid name.
+    pub fn decide_wire(&self, wire: &[u8]) -> Option<(Action, String)> {
+        let labels = split_wire(wire)?;
+        (0..labels.len()).find_map(|start| self.rules.get(&labels[start..]).cloned())
+    }
+}
+
+fn labels_of(name: &str) -> Vec<Vec<u8>> {
+    name.split('.').map(|l| l.as_bytes().to_ascii_lowercase()).collect()
+}
+
+/// Lower-cased labels of a wire name, or `None` when it is not valid.
+fn split_wire(wire: &[u8]) -> Option<Vec<Vec<u8>>> {
+    let mut labels = Vec::new();
+    let mut i = 0;
+    loop {
+        let n = *wire.get(i)? as usize;
+        if n == 0 {
+            break;
+        }
+        if n > MAX_LABEL {
+            return None;
+        }
+        let label = wire.get(i + 1..i + 1 + n)?;
+        labels.push(label.to_ascii_lowercase());
+        i += 1 + n;
+        if i + 1 > MAX_NAME_WIRE {
+            return None;
+        }
+    }
+    Some(labels)
+}
+
+/// A rule as stored in the kernel trie for `p`.
+pub fn rule_for(p: &Pattern, action: Action) -> Rule {
+    Rule {
+        action: action.code(),
+        key_len: p.key().1 as u32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(rules: &[(&str, Action)]) -> ReferenceMatcher {
+        let mut r = ReferenceMatcher::new();
+        for (p, a) in rules {
+            r.insert(&Pattern::parse(p).unwrap(), *a);
+        }
+        r
+    }
+
+    #[test]
+    fn parse_canonicalises() {
+        assert_eq!(Pattern::parse("Com.SVC.cluster.local.").unwrap().name, "com.svc.cluster.local");
+        assert_eq!(Pattern::parse(" a_b-c.d ").unwrap().name, "a_b-c.d");
+    }
+
+    #[test]
+    fn parse_errors_name_the_cause() {
+        assert_eq!(Pattern::parse(""), Err(PatternError::Empty));
+        assert_eq!(Pattern::parse("."), Err(PatternError::Empty));
+        assert_eq!(Pattern::parse("a..b"), Err(PatternError::EmptyLabel));
+        assert_eq!(Pattern::parse(".a"), Err(PatternError::EmptyLabel));
+        let long = "x".repeat(64);
+        assert!(matches!(Pattern::parse(&long), Err(PatternError::LabelTooLong { len: 64, .. })));
+        assert!(matches!(Pattern::parse("a b.c"), Err(PatternError::BadChar { ch: ' ', .. })));
+        assert!(matches!(Pattern::parse("a/b"), Err(PatternError::BadChar { ch: '/', .. })));
+        let name = vec!["y".repeat(63); 4].join(".");
+        assert!(matches!(Pattern::parse(&name), Err(PatternError::NameTooLong { wire_len: 257 })));
+        let ok = [&"y".repeat(63)[..], &"y".repeat(63), &"y".repeat(63), &"y".repeat(61)].join(".");
+        assert!(Pattern::parse(&ok).is_ok());
+        assert!(PatternError::LabelTooLong { label: "ab".into(), len: 64 }.to_string().contains("63"));
+    }
+
+    #[test]
+    fn key_is_label_reversed() {
+        let (data, len) = Pattern::parse("www.Example.COM").unwrap().key();
+        assert_eq!(&data[..len], b"\x03com\x07example\x03www");
+        assert_eq!(key_to_name(&data[..len]), "www.example.com");
+    }
+
+    #[test]
+    fn suffix_at_label_boundary_only() {
+        let r = m(&[("com.svc.cluster.local", Action::Block)]);
+        let d = |n: &str| r.decide_wire(&to_wire(n)).map(|x| x.0);
+        assert_eq!(d("espn.com.svc.cluster.local"), Some(Action::Block));
+        assert_eq!(d("com.svc.cluster.local"), Some(Action::Block));
+        assert_eq!(d("ESPN.Com.Svc.Cluster.Local"), Some(Action::Block));
+        assert_eq!(d("xcom.svc.cluster.local"), None);
+        assert_eq!(d("svc.cluster.local"), None);
+        assert_eq!(d("com.svc.cluster.local.evil"), None);
+    }
+
+    #[test]
+    fn longest_pattern_decides() {
+        let r = m(&[
+            ("cluster.local", Action::Block),
+            ("svc.cluster.local", Action::Allow),
+            ("bad.svc.cluster.local", Action::Block),
+        ]);
+        let d = |n: &str| r.decide_wire(&to_wire(n));
+        assert_eq!(d("x.cluster.local").unwrap(), (Action::Block, "cluster.local".into()));
+        assert_eq!(d("web.svc.cluster.local").unwrap().0, Action::Allow);
+        assert_eq!(d("a.bad.svc.cluster.local").unwrap(), (Action::Block, "bad.svc.cluster.local".into()));
+    }
+
+    #[test]
+    fn a_dot_inside_a_label_is_not_a_boundary() {
+        let r = m(&[("cluster.local", Action::Block)]);
+        assert_eq!(r.decide_wire(b"\x0dcluster.local\x00"), None);
+    }
+
+    #[test]
+    fn invalid_wire_never_matches() {
+        let r = m(&[("com", Action::Block)]);
+        assert_eq!(r.decide_wire(b"\x03com"), None);
+        assert_eq!(r.decide_wire(b"\xc0\x0c"), None);
+        assert_eq!(r.decide_wire(b"\x03com\x00").map(|x| x.0), Some(Action::Block));
+    }
+}

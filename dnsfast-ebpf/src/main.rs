@@ -1,0 +1,208 @@
+//! dnsfast XDP program: parse → verdict → reply.
+//!
+//! Answers a DNS query with NXDOMAIN in place (`XDP_TX`) when its name's
+//! longest matching pattern is a block pattern, and passes everything else
+//! up untouched. It fails open: nothing here drops or aborts.
+#![no_std]
+#![no_main]
+
+mod packet;
+mod reply;
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+    macros::{btf_map, xdp},
+    programs::XdpContext,
+};
+use dnsfast_common::{
+    encode_reversed, finish_key, key_start, AddrKey, Config, Counters, Rule, Scratch, ACTION_ALLOW,
+    ACTION_BLOCK, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6, KEY_DATA_LEN,
+    MAX_SERVER_ADDRS, KEY_START_MASK,
+};
+
+use packet::{be16, Packet, DNS_HDR_LEN};
+
+#[btf_map]
+static PATTERNS: LpmTrie<[u8; KEY_DATA_LEN], Rule, { DEFAULT_MAX_PATTERNS as usize }> =
+    LpmTrie::new();
+
+#[btf_map]
+static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+
+#[btf_map]
+static CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map]
+static SERVER_ADDRS: HashMap<AddrKey, u32, { MAX_SERVER_ADDRS as usize }> = HashMap::new();
+
+#[btf_map]
+static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// See `dnsfast_common::GLOBAL_BENCH_MODE`.
+#[unsafe(no_mangle)]
+static DNSFAST_BENCH_MODE: u8 = 0;
+
+/// Why a packet was passed; one counter each.
+#[derive(Clone, Copy)]
+enum Pass {
+    NotDns,
+    Malformed,
+    Unsupported,
+    NoMatch,
+    Allowed,
+}
+
+#[xdp]
+pub fn dnsfast_xdp(ctx: XdpContext) -> u32 {
+    let counters = COUNTERS.get_ptr_mut(0);
+    let verdict = handle(&ctx, counters);
+    if let Some(c) = counters {
+        // SAFETY: per-CPU slot of this CPU; XDP runs with preemption off.
+        let c = unsafe { &mut *c };
+        c.packets += 1;
+        match verdict {
+            Ok(()) => c.answered_nxdomain += 1,
+            Err(Pass::NotDns) => c.pass_not_dns += 1,
+            Err(Pass::Malformed) => c.pass_malformed += 1,
+            Err(Pass::Unsupported) => c.pass_unsupported += 1,
+            Err(Pass::NoMatch) => c.pass_no_match += 1,
+            Err(Pass::Allowed) => c.pass_allowed += 1,
+        }
+    }
+    match verdict {
+        Ok(()) => xdp_action::XDP_TX,
+        Err(_) => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn bench_mode() -> bool {
+    // SAFETY: reading a plain static; volatile so the value set at load time
+    // is what the verifier sees, not a compile-time constant.
+    unsafe { core::ptr::read_volatile(&DNSFAST_BENCH_MODE) != 0 }
+}
+
+/// `Ok(())` when the packet was rewritten into an answer to send back.
+#[inline(always)]
+fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass> {
+    let pkt = Packet::new(ctx);
+    let cfg = CONFIG.get(0).ok_or(Pass::NotDns)?;
+    let hdrs = packet::parse_headers(&pkt, cfg)?;
+    if cfg.filter_dst != 0 && !is_server_addr(&pkt, &hdrs) {
+        return Err(Pass::NotDns);
+    }
+
+    // DNS header.
+    let dns = hdrs.l4 + 8;
+    let h: *const [u8; DNS_HDR_LEN] = pkt.ptr(dns).ok_or(Pass::Malformed)?;
+    // SAFETY: bounds checked by `ptr`.
+    let h = unsafe { &*h };
+    if h[2] & 0x80 != 0 && !bench_mode() {
+        return Err(Pass::NotDns); // a response, not a query
+    }
+    if let Some(c) = counters {
+        // SAFETY: as above.
+        unsafe { (*c).dns_queries += 1 };
+    }
+    let opcode = (h[2] >> 3) & 0x0f;
+    let (qd, an, ns, ar) = (
+        be16(h[4], h[5]),
+        be16(h[6], h[7]),
+        be16(h[8], h[9]),
+        be16(h[10], h[11]),
+    );
+    if opcode != 0 || qd != 1 || an != 0 || ns != 0 || ar > 1 {
+        return Err(Pass::Unsupported);
+    }
+
+    // Question name → label-reversed key in per-CPU scratch.
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Pass::NotDns)?;
+    // SAFETY: this CPU's slot; nothing else touches it while we run.
+    let scratch = unsafe { &mut *scratch };
+    let name_off = dns + DNS_HDR_LEN;
+    let dns_end = hdrs.dns_end;
+    let len = encode_reversed(&mut scratch.buf, &mut scratch.cursor, |j| {
+        let off = name_off + j;
+        if off >= dns_end {
+            return None;
+        }
+        pkt.byte(off)
+    })
+    .map_err(|_| Pass::Malformed)?;
+    // Park the length in map memory and read it back: the verifier then sees
+    // one unknown value instead of one constant per loop exit, and verifies
+    // what follows once.
+    scratch.name_len = len as u32;
+    // SAFETY: reading our own per-CPU slot.
+    let len = unsafe { core::ptr::read_volatile(&scratch.name_len) } as usize & 0xff;
+
+    // QTYPE/QCLASS.
+    let qtail = name_off + len + 1;
+    let q: *const [u8; 4] = pkt.ptr(qtail).ok_or(Pass::Malformed)?;
+    // SAFETY: bounds checked by `ptr`.
+    let q = unsafe { &*q };
+    if qtail + 4 > dns_end {
+        return Err(Pass::Malformed);
+    }
+    if be16(q[2], q[3]) != 1 {
+        return Err(Pass::Unsupported); // QCLASS other than IN
+    }
+    let qend = qtail + 4;
+
+    // Additional section: nothing, or exactly one EDNS0 OPT at the end.
+    let opt = if ar == 1 {
+        Some(reply::check_opt(&pkt, qend, dns_end)?)
+    } else if qend != dns_end {
+        return Err(Pass::Malformed);
+    } else {
+        None
+    };
+
+    // One lookup decides. The key start goes through map memory for the
+    // same reason as the length: LLVM would otherwise fold it into a
+    // negative variable offset on the map pointer, which the verifier refuses.
+    scratch.key_start = key_start(len) as u32;
+    // SAFETY: reading our own per-CPU slot.
+    let start = unsafe { core::ptr::read_volatile(&scratch.key_start) } as usize & KEY_START_MASK;
+    finish_key(&mut scratch.buf, start, len);
+    // SAFETY: `start + KEY_SIZE <= SCRATCH_LEN` for every len (see
+    // dnsfast_common::name); Key is packed, so any address is aligned.
+    let key = unsafe { &*(scratch.buf.as_ptr().add(start) as *const Key<[u8; KEY_DATA_LEN]>) };
+    match PATTERNS.get(key) {
+        Some(rule) if rule.action == ACTION_BLOCK => {}
+        Some(rule) if rule.action == ACTION_ALLOW => return Err(Pass::Allowed),
+        _ => return Err(Pass::NoMatch),
+    }
+
+    reply::nxdomain(ctx, &hdrs, qend - dns, opt)
+}
+
+#[inline(always)]
+fn is_server_addr(pkt: &Packet, hdrs: &packet::Headers) -> bool {
+    let mut key = core::mem::MaybeUninit::<AddrKey>::uninit();
+    // SAFETY: both fields are written before the key is read.
+    let key = unsafe {
+        let k = key.as_mut_ptr();
+        (*k).family = if hdrs.v6 { FAMILY_V6 } else { FAMILY_V4 };
+        if !pkt.dst_addr(hdrs, &mut (*k).addr) {
+            return false;
+        }
+        key.assume_init()
+    };
+    if false {
+        return false;
+    }
+    // SAFETY: lookup only; the value is not used.
+    unsafe { SERVER_ADDRS.get(&key).is_some() }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,184 @@
+//! Turning a validated query into an NXDOMAIN answer in place.
+
+use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, udp::UdpHdr};
+
+use crate::{
+    packet::{be16, Headers, Packet, DNS_HDR_LEN},
+    Pass,
+};
+
+/// Size of an OPT record with no options.
+const OPT_LEN: usize = 11;
+const TYPE_OPT: u16 = 41;
+/// Largest UDP datagram an answer can be: header, DNS header, 255-byte name,
+/// QTYPE/QCLASS, OPT.
+const MAX_ANSWER_UDP: usize = 8 + DNS_HDR_LEN + 255 + 4 + OPT_LEN;
+
+/// Validates the one additional record as an EDNS0 OPT that ends the message,
+/// and returns its DO bit (0x80 or 0).
+#[inline(always)]
+pub fn check_opt(pkt: &Packet, at: usize, dns_end: usize) -> Result<u8, Pass> {
+    let o: *const [u8; OPT_LEN] = pkt.ptr(at).ok_or(Pass::Malformed)?;
+    // SAFETY: bounds checked by `ptr`.
+    let o = unsafe { &*o };
+    if o[0] != 0 || be16(o[1], o[2]) != TYPE_OPT {
+        return Err(Pass::Unsupported); // TSIG, SIG(0) or another record
+    }
+    let rdlen = be16(o[9], o[10]) as usize;
+    if at + OPT_LEN + rdlen != dns_end {
+        return Err(Pass::Malformed);
+    }
+    if o[6] != 0 {
+        return Err(Pass::Unsupported); // EDNS version > 0 wants BADVERS
+    }
+    Ok(o[7] & 0x80)
+}
+
+/// Rewrites the frame into the answer and trims it. `qlen` is the length of
+/// the DNS header plus question; `opt` is the query's DO bit when it carried
+/// an OPT record. Everything was validated before this runs, so every
+/// failure here is "cannot happen" and still fails open.
+#[inline(always)]
+pub fn nxdomain(
+    ctx: &XdpContext,
+    hdrs: &Headers,
+    qlen: usize,
+    opt: Option<u8>,
+) -> Result<(), Pass> {
+    let pkt = Packet::new(ctx);
+    let dns = hdrs.l4 + 8;
+    let dns_len = qlen + if opt.is_some() { OPT_LEN } else { 0 };
+    let udp_len = 8 + dns_len;
+
+    // DNS header: QR=1, keep ID, OPCODE and RD; AA=0, TC=0; RA=1, keep CD,
+    // Z=0, AD=0, RCODE=NXDOMAIN. One question, no answers, no authority.
+    let h: *mut [u8; DNS_HDR_LEN] = pkt.ptr(dns).ok_or(Pass::Malformed)?;
+    // SAFETY: bounds checked by `ptr`.
+    let h = unsafe { &mut *h };
+    put(h, 2, 0x80 | (h[2] & 0x79));
+    put(h, 3, 0x80 | (h[3] & 0x10) | 3);
+    put(h, 4, 0);
+    put(h, 5, 1);
+    put(h, 6, 0);
+    put(h, 7, 0);
+    put(h, 8, 0);
+    put(h, 9, 0);
+    put(h, 10, 0);
+    put(h, 11, opt.is_some() as u8);
+
+    // OPT: keep name, type and the UDP payload size (CLASS); extended RCODE
+    // 0, version 0, echo DO, no options.
+    if let Some(do_bit) = opt {
+        let o: *mut [u8; OPT_LEN] = pkt.ptr(dns + qlen).ok_or(Pass::Malformed)?;
+        // SAFETY: bounds checked by `ptr`.
+        let o = unsafe { &mut *o };
+        put(o, 5, 0);
+        put(o, 6, 0);
+        put(o, 7, do_bit);
+        put(o, 8, 0);
+        put(o, 9, 0);
+        put(o, 10, 0);
+    }
+
+    let udp: *mut UdpHdr = pkt.ptr(hdrs.l4).ok_or(Pass::Malformed)?;
+    // SAFETY: bounds checked by `ptr`.
+    let udp = unsafe { &mut *udp };
+    core::mem::swap(&mut udp.src, &mut udp.dst);
+    udp.len = (udp_len as u16).to_be_bytes();
+    udp.check = [0, 0];
+
+    if hdrs.v6 {
+        let ip: *mut Ipv6Hdr = pkt.ptr(hdrs.l3).ok_or(Pass::Malformed)?;
+        // SAFETY: bounds checked by `ptr`.
+        let ip = unsafe { &mut *ip };
+        core::mem::swap(&mut ip.src_addr, &mut ip.dst_addr);
+        ip.payload_len = (udp_len as u16).to_be_bytes();
+        ip.hop_limit = 64;
+        // Computed from scratch: pod veths offload TX checksums, so the
+        // query's value is no safe base for an incremental update.
+        let mut sum = sum_words(&ip.src_addr) + sum_words(&ip.dst_addr) + udp_len as u32 + 17;
+        sum += sum_packet(&pkt, hdrs.l4, udp_len);
+        let c = fold(sum);
+        let udp: *mut UdpHdr = pkt.ptr(hdrs.l4).ok_or(Pass::Malformed)?;
+        // SAFETY: bounds checked by `ptr`. A computed 0 is sent as 0xffff.
+        unsafe { (*udp).check = (if c == 0 { 0xffff } else { c }).to_be_bytes() };
+    } else {
+        let ip: *mut Ipv4Hdr = pkt.ptr(hdrs.l3).ok_or(Pass::Malformed)?;
+        // SAFETY: bounds checked by `ptr`.
+        let ip = unsafe { &mut *ip };
+        core::mem::swap(&mut ip.src_addr, &mut ip.dst_addr);
+        ip.tot_len = ((Ipv4Hdr::LEN + udp_len) as u16).to_be_bytes();
+        ip.ttl = 64;
+        ip.check = [0, 0];
+        // SAFETY: Ipv4Hdr is 20 bytes of byte arrays; a shared reborrow.
+        let raw = unsafe { &*(ip as *const Ipv4Hdr as *const [u8; Ipv4Hdr::LEN]) };
+        ip.check = fold(sum_words(raw)).to_be_bytes();
+        // The UDP checksum stays 0: legal over IPv4.
+    }
+
+    let eth: *mut EthHdr = pkt.ptr(0).ok_or(Pass::Malformed)?;
+    // SAFETY: bounds checked by `ptr`.
+    let eth = unsafe { &mut *eth };
+    core::mem::swap(&mut eth.src_addr, &mut eth.dst_addr);
+
+    let delta = (hdrs.l4 + udp_len) as i32 - pkt.len() as i32;
+    if delta < 0 {
+        // Can only fail when shrinking below the Ethernet header, which this
+        // never does; the IP and UDP lengths already tell receivers the size.
+        // SAFETY: plain helper call on our context.
+        let _ = unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) };
+    }
+    Ok(())
+}
+
+/// A byte store LLVM may not merge with its neighbours. Runs of zero stores
+/// otherwise become a `memset` call, which the kernel will not load.
+#[inline(always)]
+fn put<const N: usize>(b: &mut [u8; N], i: usize, v: u8) {
+    if i < N {
+        // SAFETY: in bounds, checked just above (and constant-folded).
+        unsafe { core::ptr::write_volatile(b.as_mut_ptr().add(i), v) };
+    }
+}
+
+#[inline(always)]
+fn sum_words<const N: usize>(b: &[u8; N]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += be16(b[i], b[i + 1]) as u32;
+        i += 2;
+    }
+    sum
+}
+
+/// One's-complement sum of `len` packet bytes from `off`, odd tail padded.
+#[inline(always)]
+fn sum_packet(pkt: &Packet, off: usize, len: usize) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0usize;
+    while i < MAX_ANSWER_UDP {
+        if i >= len {
+            break;
+        }
+        if i + 1 < len {
+            match pkt.ptr::<[u8; 2]>(off + i) {
+                // SAFETY: bounds checked by `ptr`.
+                Some(w) => sum += unsafe { be16((*w)[0], (*w)[1]) } as u32,
+                None => break,
+            }
+        } else if let Some(b) = pkt.byte(off + i) {
+            sum += (b as u32) << 8;
+        }
+        i += 2;
+    }
+    sum
+}
+
+#[inline(always)]
+fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}

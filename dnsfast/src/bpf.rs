@@ -1,0 +1,214 @@
+//! Loading the embedded XDP program and working with its maps.
+
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
+    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use dnsfast_common::{
+    pattern::{rule_for, Action, Pattern},
+    AddrKey, Config, Counters, Rule, DEFAULT_MAX_PATTERNS, GLOBAL_BENCH_MODE, KEY_DATA_LEN,
+    MAP_CONFIG, MAP_COUNTERS, MAP_PATTERNS, MAP_SERVER_ADDRS, PROG_NAME,
+};
+
+/// The XDP object, built by `build.rs` and embedded so that one binary is
+/// all a node needs.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DNSFAST_BPF_OBJ"));
+
+/// Maps pinned by `dnsfast load`; the scratch map is private to the program.
+pub const PINNED_MAPS: [&str; 4] = [MAP_PATTERNS, MAP_COUNTERS, MAP_CONFIG, MAP_SERVER_ADDRS];
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Treat every DNS message as a query; for `cargo xtask bench` only.
+    pub bench_mode: bool,
+    /// Capacity of the pattern trie.
+    pub max_patterns: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            bench_mode: false,
+            max_patterns: DEFAULT_MAX_PATTERNS,
+        }
+    }
+}
+
+/// The loaded program and its maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+}
+
+impl Dataplane {
+    /// Loads the object, verifies the program and writes the default config.
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        let bench = u8::from(opts.bench_mode);
+        let mut ebpf = EbpfLoader::new()
+            .override_global(GLOBAL_BENCH_MODE, &bench, true)
+            .map_max_entries(MAP_PATTERNS, opts.max_patterns)
+            .load(OBJECT)
+            .context("creating the eBPF maps (are you root, with CAP_BPF and CAP_NET_ADMIN?)")?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(PROG_NAME)
+            .ok_or_else(|| anyhow!("program {PROG_NAME} missing from the embedded object"))?
+            .try_into()?;
+        prog.load().map_err(explain_load_error)?;
+        let mut dp = Self { ebpf };
+        dp.set_config(&Config::default())?;
+        Ok(dp)
+    }
+
+    pub fn program(&mut self) -> Result<&mut Xdp> {
+        Ok(self
+            .ebpf
+            .program_mut(PROG_NAME)
+            .ok_or_else(|| anyhow!("program {PROG_NAME} missing"))?
+            .try_into()?)
+    }
+
+    /// Attaches to `iface`; the link lives as long as `self`.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+        self.program()?
+            .attach(iface, mode)
+            .map_err(|e| anyhow!("attaching XDP ({mode:?}) to {iface}: {}", error_chain(&e)))?;
+        Ok(())
+    }
+
+    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(MAP_CONFIG)?)?;
+        a.set(0, cfg, 0).context("writing the CONFIG map")?;
+        Ok(())
+    }
+
+    pub fn add_server_addr(&mut self, key: &AddrKey) -> Result<()> {
+        let mut m: HashMap<&mut MapData, AddrKey, u32> =
+            HashMap::try_from(self.map_mut(MAP_SERVER_ADDRS)?)?;
+        m.insert(key, 1, 0).context("writing the SERVER_ADDRS map")?;
+        Ok(())
+    }
+
+    pub fn insert_pattern(&mut self, p: &Pattern, action: Action) -> Result<()> {
+        let mut t = self.patterns()?;
+        t.insert(&trie_key(p), rule_for(p, action), 0)
+            .with_context(|| format!("inserting pattern {p} ({action})"))
+    }
+
+    pub fn remove_pattern(&mut self, p: &Pattern) -> Result<()> {
+        let mut t = self.patterns()?;
+        t.remove(&trie_key(p))
+            .with_context(|| format!("removing pattern {p}"))
+    }
+
+    fn patterns(&mut self) -> Result<LpmTrie<&mut MapData, [u8; KEY_DATA_LEN], Rule>> {
+        Ok(LpmTrie::try_from(self.map_mut(MAP_PATTERNS)?)?)
+    }
+
+    /// Kernel counters summed over CPUs.
+    pub fn counters(&self) -> Result<Counters> {
+        let m = self
+            .ebpf
+            .map(MAP_COUNTERS)
+            .ok_or_else(|| anyhow!("map {MAP_COUNTERS} missing"))?;
+        let a: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(m)?;
+        let v = a.get(&0, 0).context("reading the COUNTERS map")?;
+        Ok(Counters::sum(v.iter()))
+    }
+
+    /// Pins the shared maps under `dir` (which must exist).
+    pub fn pin_maps(&self, dir: &Path) -> Result<()> {
+        for name in PINNED_MAPS {
+            let m = self
+                .ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("map {name} missing"))?;
+            let path = dir.join(name.to_ascii_lowercase());
+            m.pin(&path)
+                .with_context(|| format!("pinning map {name} at {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the program once on `packet` through `BPF_PROG_TEST_RUN` and
+    /// returns the verdict and the packet as the program left it.
+    pub fn test_run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let r = self
+            .program()?
+            .test_run(opts)
+            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN: {}", error_chain(&e)))?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// Runs `packet` `repeat` times in the kernel and returns the kernel's
+    /// average time per run.
+    pub fn time_run(&mut self, packet: &[u8], repeat: u32) -> Result<std::time::Duration> {
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.repeat = repeat;
+        let r = self
+            .program()?
+            .test_run(opts)
+            .map_err(|e| anyhow!("BPF_PROG_TEST_RUN: {}", error_chain(&e)))?;
+        Ok(r.duration)
+    }
+
+    fn map_mut(&mut self, name: &str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
+    }
+}
+
+pub fn trie_key(p: &Pattern) -> Key<[u8; KEY_DATA_LEN]> {
+    let (data, len) = p.key();
+    Key::new((len * 8) as u32, data)
+}
+
+/// Turns a program load failure into one message; a verifier rejection
+/// carries the tail of the verifier log, which is where the reason is.
+fn explain_load_error(e: ProgramError) -> anyhow::Error {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
+            anyhow!("the kernel verifier rejected the XDP program ({io_error}); log tail:\n  {tail}")
+        }
+        other => anyhow!("loading the XDP program: {}", error_chain(&other)),
+    }
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    s
+}
+
+/// Fails early, in one line, when not running with the privileges loading
+/// needs.
+pub fn require_root(what: &str) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(u32::MAX);
+    if uid != 0 {
+        bail!("{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON); run it with sudo");
+    }
+    Ok(())
+}

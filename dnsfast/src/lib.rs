@@ -1,0 +1,2 @@
+//! dnsfast agent: loader and maps, configuration, dnsmasq flag import.
+pub mod bpf;
