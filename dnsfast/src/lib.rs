@@ -1,2 +1,6 @@
-//! dnsfast agent: loader and maps, configuration, dnsmasq flag import.
+//! dnsfast agent library: the loader and its maps, configuration, dnsmasq
+//! flag import, and the `load` command. `main.rs` is only the CLI.
 pub mod bpf;
+pub mod config;
+pub mod dnsmasq;
+pub mod load;

@@ -1,0 +1,244 @@
+//! The TOML configuration file. Every error names the file and line.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use dnsfast_common::{
+    pattern::{Action, Pattern},
+    DEFAULT_DNS_PORT, DEFAULT_MAX_PATTERNS, MAX_PORTS, MAX_SERVER_ADDRS,
+};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// An example configuration, documented; `dnsfast load` without `--config`
+/// uses the same defaults.
+pub const EXAMPLE: &str = include_str!("../../examples/dnsfast.toml");
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    xdp: RawXdp,
+    #[serde(default)]
+    patterns: RawPatterns,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawXdp {
+    ports: Option<Spanned<Vec<u16>>>,
+    server_addrs: Option<Vec<Spanned<String>>>,
+    max_patterns: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPatterns {
+    #[serde(default)]
+    block: Vec<Spanned<String>>,
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+}
+
+/// Settings for the XDP data path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XdpSettings {
+    pub ports: Vec<u16>,
+    /// Empty: answer queries to any destination.
+    pub server_addrs: Vec<IpAddr>,
+    pub max_patterns: u32,
+}
+
+impl Default for XdpSettings {
+    fn default() -> Self {
+        Self {
+            ports: vec![DEFAULT_DNS_PORT],
+            server_addrs: Vec::new(),
+            max_patterns: DEFAULT_MAX_PATTERNS,
+        }
+    }
+}
+
+/// Where a pattern came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    File { path: PathBuf, line: usize },
+    Flag(String),
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Origin::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    pub xdp: XdpSettings,
+    pub patterns: PatternTable,
+}
+
+/// Patterns with their actions; a name in both lists is an error.
+#[derive(Clone, Debug, Default)]
+pub struct PatternTable {
+    entries: std::collections::BTreeMap<Pattern, (Action, Origin)>,
+}
+
+impl PatternTable {
+    pub fn add(&mut self, text: &str, action: Action, origin: Origin) -> Result<()> {
+        let p = Pattern::parse(text).map_err(|e| anyhow::anyhow!("{origin}: pattern '{text}': {e}"))?;
+        if let Some((prev, prev_origin)) = self.entries.get(&p) {
+            if *prev != action {
+                bail!("{origin}: pattern '{p}' is both {action} and {prev} (at {prev_origin}); pick one");
+            }
+            return Ok(());
+        }
+        self.entries.insert(p, (action, origin));
+        Ok(())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&Pattern, Action)> {
+        self.entries.iter().map(|(p, (a, _))| (p, *a))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text`, reporting errors against `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| line_of(text, s.start))
+                .map(|l| format!(":{l}"))
+                .unwrap_or_default();
+            anyhow::anyhow!("{}{line}: {}", path.display(), e.message())
+        })?;
+        let at = |span: std::ops::Range<usize>| Origin::File {
+            path: path.to_path_buf(),
+            line: line_of(text, span.start),
+        };
+
+        let mut xdp = XdpSettings::default();
+        if let Some(ports) = raw.xdp.ports {
+            let origin = at(ports.span());
+            let ports = ports.into_inner();
+            if ports.is_empty() || ports.len() > MAX_PORTS || ports.contains(&0) {
+                bail!("{origin}: xdp.ports takes 1 to {MAX_PORTS} ports, none of them 0");
+            }
+            xdp.ports = ports;
+        }
+        for a in raw.xdp.server_addrs.unwrap_or_default() {
+            let origin = at(a.span());
+            let ip: IpAddr = a
+                .get_ref()
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{origin}: '{}' is not an IP address", a.get_ref()))?;
+            xdp.server_addrs.push(ip);
+        }
+        if xdp.server_addrs.len() > MAX_SERVER_ADDRS as usize {
+            bail!(
+                "{}: xdp.server-addrs holds at most {MAX_SERVER_ADDRS} addresses",
+                path.display()
+            );
+        }
+        if let Some(m) = raw.xdp.max_patterns {
+            if *m.get_ref() == 0 {
+                bail!("{}: xdp.max-patterns must be at least 1", at(m.span()));
+            }
+            xdp.max_patterns = m.into_inner();
+        }
+
+        let mut patterns = PatternTable::default();
+        for (list, action) in [
+            (raw.patterns.block, Action::Block),
+            (raw.patterns.allow, Action::Allow),
+        ] {
+            for p in list {
+                patterns.add(p.get_ref(), action, at(p.span()))?;
+            }
+        }
+        Ok(Config { xdp, patterns })
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(t: &str) -> Result<Config> {
+        Config::parse(t, Path::new("dnsfast.toml"))
+    }
+
+    #[test]
+    fn example_parses() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.xdp.ports, vec![53]);
+        assert!(!c.patterns.is_empty());
+    }
+
+    #[test]
+    fn empty_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.xdp, XdpSettings::default());
+        assert!(c.patterns.is_empty());
+    }
+
+    #[test]
+    fn bad_pattern_names_file_and_line() {
+        let e = parse("[patterns]\nblock = [\n  \"ok.example\",\n  \"bad..example\",\n]\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "dnsfast.toml:4: pattern 'bad..example': empty label (two dots in a row, or a leading dot)");
+    }
+
+    #[test]
+    fn unknown_key_names_line() {
+        let e = parse("[xdp]\nports = [53]\nprots = 1\n").unwrap_err().to_string();
+        assert!(e.starts_with("dnsfast.toml:3: unknown field `prots`"), "{e}");
+    }
+
+    #[test]
+    fn conflicting_actions_are_refused() {
+        let e = parse("[patterns]\nblock = [\"a.b\"]\nallow = [\"A.b.\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("dnsfast.toml:3: pattern 'a.b' is both allow and block (at dnsfast.toml:2)"), "{e}");
+    }
+
+    #[test]
+    fn xdp_settings_are_checked() {
+        assert!(parse("[xdp]\nports = []\n").unwrap_err().to_string().starts_with("dnsfast.toml:2:"));
+        assert!(parse("[xdp]\nports = [1,2,3,4,5]\n").is_err());
+        assert!(parse("[xdp]\nports = [70000]\n").unwrap_err().to_string().starts_with("dnsfast.toml:2"));
+        let e = parse("[xdp]\nserver-addrs = [\"10.0.0.1\", \"nope\"]\n").unwrap_err().to_string();
+        assert_eq!(e, "dnsfast.toml:2: 'nope' is not an IP address");
+        let c = parse("[xdp]\nserver-addrs = [\"169.254.20.10\", \"fd00::a\"]\nports = [53, 5353]\n").unwrap();
+        assert_eq!(c.xdp.server_addrs.len(), 2);
+        assert_eq!(c.xdp.ports, vec![53, 5353]);
+    }
+}

@@ -1,0 +1,250 @@
+//! `dnsfast load`: validate everything, then load, fill, attach, pin, serve,
+//! and undo it all on the way out.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::XdpMode;
+use clap::{Args, ValueEnum};
+use dnsfast_common::{AddrKey, Config as XdpConfig, FAMILY_V4, FAMILY_V6, MAX_PORTS, PIN_DIR};
+use log::{debug, info, warn};
+
+use crate::{
+    bpf::{require_root, Dataplane, LoadOptions},
+    config::Config,
+    dnsmasq,
+};
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// Interface to attach to; repeat for several.
+    #[arg(long = "iface", required = true, value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+    /// TOML config file (see `dnsfast example-config`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// dnsmasq-style NXDOMAIN suffixes, e.g. --address=/com.svc.cluster.local/;
+    /// repeatable, several domains per flag as in dnsmasq.
+    #[arg(long = "address", value_name = "/DOMAIN[/DOMAIN…]/")]
+    pub addresses: Vec<String>,
+    /// XDP attach mode. `auto` picks native on physical NICs and SKB
+    /// (generic) on virtual ones such as veths, where native XDP_TX would
+    /// need a program on the peer.
+    #[arg(long, value_enum, default_value_t = Mode::Auto)]
+    pub mode: Mode,
+    /// Where the maps are pinned, for the CLI and bpftool.
+    #[arg(long, value_name = "DIR", default_value = PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Auto,
+    Native,
+    Skb,
+}
+
+/// Config file plus `--address` flags, fully validated.
+pub fn build_config(file: Option<&Path>, addresses: &[String]) -> Result<Config> {
+    let mut cfg = match file {
+        Some(f) => Config::load(f)?,
+        None => Config::default(),
+    };
+    for a in addresses {
+        dnsmasq::add_address(&mut cfg.patterns, a)?;
+    }
+    if cfg.patterns.len() > cfg.xdp.max_patterns as usize {
+        bail!(
+            "{} patterns do not fit xdp.max-patterns = {}; raise it in the config",
+            cfg.patterns.len(),
+            cfg.xdp.max_patterns
+        );
+    }
+    Ok(cfg)
+}
+
+pub fn run(args: LoadArgs) -> Result<()> {
+    // Everything that can be checked without touching the kernel is checked
+    // first, so a bad input never leaves a half-applied state behind.
+    let cfg = build_config(args.config.as_deref(), &args.addresses)?;
+    let mut ifaces = args.ifaces.clone();
+    ifaces.dedup();
+    for i in &ifaces {
+        if !Path::new("/sys/class/net").join(i).exists() {
+            bail!("no such interface: {i}");
+        }
+    }
+    require_root("dnsfast load")?;
+    raise_memlock();
+    ensure_bpffs(&args.pin_dir)?;
+    let pins = PinDir::create(&args.pin_dir)?;
+
+    let mut dp = Dataplane::load(&LoadOptions {
+        bench_mode: false,
+        max_patterns: cfg.xdp.max_patterns,
+    })?;
+    apply(&mut dp, &cfg)?;
+    for i in &ifaces {
+        let mode = xdp_mode(args.mode, i);
+        dp.attach(i, mode)?;
+        info!("attached to {i} in {mode:?} mode");
+    }
+    dp.pin_maps(&pins.dir)?;
+    info!(
+        "serving: {} pattern(s), ports {:?}, maps pinned in {}",
+        cfg.patterns.len(),
+        cfg.xdp.ports,
+        pins.dir.display()
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let sig = rt.block_on(wait_for_shutdown())?;
+    info!("{sig}: detaching and removing pins");
+    drop(dp); // detaches every link and closes the program
+    drop(pins);
+    Ok(())
+}
+
+/// Writes config, server addresses and patterns into freshly loaded maps.
+pub fn apply(dp: &mut Dataplane, cfg: &Config) -> Result<()> {
+    let mut xc = XdpConfig::default();
+    if cfg.xdp.ports.len() > MAX_PORTS {
+        bail!("at most {MAX_PORTS} DNS ports");
+    }
+    xc.ports = [0; MAX_PORTS];
+    xc.ports[..cfg.xdp.ports.len()].copy_from_slice(&cfg.xdp.ports);
+    xc.filter_dst = u32::from(!cfg.xdp.server_addrs.is_empty());
+    for a in &cfg.xdp.server_addrs {
+        dp.add_server_addr(&addr_key(*a))?;
+    }
+    for (p, action) in cfg.patterns.iter() {
+        dp.insert_pattern(p, action)?;
+    }
+    dp.set_config(&xc)?;
+    Ok(())
+}
+
+pub fn addr_key(a: IpAddr) -> AddrKey {
+    let mut k = AddrKey::default();
+    match a {
+        IpAddr::V4(v4) => {
+            k.family = FAMILY_V4;
+            k.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            k.family = FAMILY_V6;
+            k.addr = v6.octets();
+        }
+    }
+    k
+}
+
+fn xdp_mode(mode: Mode, iface: &str) -> XdpMode {
+    match mode {
+        Mode::Native => XdpMode::Driver,
+        Mode::Skb => XdpMode::Skb,
+        // Physical NICs have a backing device; veths, bridges and tunnels
+        // do not, and on a veth native XDP_TX only delivers if the peer runs
+        // XDP too, which a pod's end never does.
+        Mode::Auto => {
+            if Path::new("/sys/class/net").join(iface).join("device").exists() {
+                XdpMode::Driver
+            } else {
+                XdpMode::Skb
+            }
+        }
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Newer ones use
+/// memcg, and some sandboxes refuse the raise, so failure is only logged.
+fn raise_memlock() {
+    use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
+    if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
+        debug!("could not raise RLIMIT_MEMLOCK ({e}); fine on kernels >= 5.11");
+    }
+}
+
+/// Mounts bpffs on the pin directory's bpffs root if it is not there yet.
+fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if !pin_dir.starts_with(root) {
+        return Ok(()); // the caller chose its own bpffs
+    }
+    let fs = nix::sys::statfs::statfs(root)
+        .with_context(|| format!("checking the filesystem at {}", root.display()))?;
+    if fs.filesystem_type().0 as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    info!("mounting bpffs at {}", root.display());
+    nix::mount::mount(
+        Some("bpf"),
+        root,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting bpffs at {}", root.display()))
+}
+
+/// The pin directory; removes what it pinned when dropped.
+struct PinDir {
+    dir: PathBuf,
+}
+
+impl PinDir {
+    fn create(dir: &Path) -> Result<Self> {
+        if dir.exists() {
+            let busy = std::fs::read_dir(dir)
+                .with_context(|| format!("reading {}", dir.display()))?
+                .next()
+                .is_some();
+            if busy {
+                bail!(
+                    "{} already holds pins: another dnsfast agent is running, or one was killed. \
+                     If none runs, remove them with `rm -r {}`",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        }
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        for name in crate::bpf::PINNED_MAPS {
+            let p = self.dir.join(name.to_ascii_lowercase());
+            if p.exists() {
+                if let Err(e) = std::fs::remove_file(&p) {
+                    warn!("removing pin {}: {e}", p.display());
+                }
+            }
+        }
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            warn!("removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+async fn wait_for_shutdown() -> Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}

@@ -1,0 +1,178 @@
+//! Throw-away network namespaces with veth links, and processes inside them.
+//! Everything a `Lab` creates is removed when it drops, test failure or not.
+
+use std::{
+    process::{Child, Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call (interface names are
+/// limited to 15 bytes).
+pub fn unique(prefix: &str) -> String {
+    let n = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+pub fn run(cmd: &str, args: &[&str]) -> Result<Output> {
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    Ok(out)
+}
+
+pub fn run_ok(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = run(cmd, args)?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[derive(Default)]
+pub struct Lab {
+    namespaces: Vec<String>,
+    children: Vec<(String, Child)>,
+}
+
+impl Lab {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Creates a namespace with loopback up. `resolv` becomes its
+    /// /etc/resolv.conf under `ip netns exec`.
+    pub fn add_ns(&mut self, prefix: &str, resolv: Option<&str>) -> Result<String> {
+        let ns = unique(prefix);
+        run_ok("ip", &["netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        self.exec_ok(&ns, "ip", &["link", "set", "lo", "up"])?;
+        if let Some(text) = resolv {
+            let dir = format!("/etc/netns/{ns}");
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(format!("{dir}/resolv.conf"), text)?;
+        }
+        Ok(ns)
+    }
+
+    /// A veth pair `a` (in `ns_a`) ↔ `b` (in `ns_b`) with the given CIDR
+    /// addresses; no default routes.
+    pub fn veth(&mut self, ns_a: &str, a: &str, addr_a: &[&str], ns_b: &str, b: &str, addr_b: &[&str]) -> Result<()> {
+        run_ok(
+            "ip",
+            &["link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b],
+        )?;
+        for (ns, dev, addrs) in [(ns_a, a, addr_a), (ns_b, b, addr_b)] {
+            for addr in addrs {
+                let mut args = vec!["addr", "add", addr, "dev", dev];
+                if addr.contains(':') {
+                    args.push("nodad");
+                }
+                self.exec_ok(ns, "ip", &args)?;
+            }
+            self.exec_ok(ns, "ip", &["link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Runs a command inside `ns` (with its /etc/netns files bound).
+    pub fn exec(&self, ns: &str, cmd: &str, args: &[&str]) -> Result<Output> {
+        let mut all = vec!["netns", "exec", ns, cmd];
+        all.extend_from_slice(args);
+        run("ip", &all)
+    }
+
+    pub fn exec_ok(&self, ns: &str, cmd: &str, args: &[&str]) -> Result<String> {
+        let mut all = vec!["netns", "exec", ns, cmd];
+        all.extend_from_slice(args);
+        run_ok("ip", &all)
+    }
+
+    /// Starts a long-running process in `ns`. `nsenter --net` keeps the
+    /// mount namespace, so bpffs pins stay visible (`ip netns exec`
+    /// remounts /sys and hides them).
+    pub fn spawn(&mut self, ns: &str, cmd: &str, args: &[&str], log: &str) -> Result<u32> {
+        let log_file = std::fs::File::create(log).with_context(|| format!("creating {log}"))?;
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{ns}"))
+            .arg(cmd)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .spawn()
+            .with_context(|| format!("starting {cmd} in {ns}"))?;
+        let pid = child.id();
+        self.children.push((cmd.to_string(), child));
+        Ok(pid)
+    }
+
+    /// Sends SIGTERM to a process this lab started and waits for it.
+    pub fn stop(&mut self, pid: u32) -> Result<std::process::ExitStatus> {
+        let i = self
+            .children
+            .iter()
+            .position(|(_, c)| c.id() == pid)
+            .context("not a child of this lab")?;
+        let (_, mut child) = self.children.remove(i);
+        terminate(&mut child)
+    }
+
+    /// Whether a child is still running.
+    pub fn running(&mut self, pid: u32) -> bool {
+        self.children
+            .iter_mut()
+            .find(|(_, c)| c.id() == pid)
+            .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+fn terminate(child: &mut Child) -> Result<std::process::ExitStatus> {
+    let pid = child.id().to_string();
+    if let Ok(Some(st)) = child.try_wait() {
+        return Ok(st);
+    }
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    Ok(child.wait()?)
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for (_, c) in self.children.iter_mut() {
+            let _ = terminate(c);
+        }
+        for ns in &self.namespaces {
+            let _ = run("ip", &["netns", "del", ns]);
+            let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
+        }
+    }
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}
