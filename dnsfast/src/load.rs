@@ -75,9 +75,7 @@ pub fn run(args: LoadArgs) -> Result<()> {
     let mut ifaces = args.ifaces.clone();
     ifaces.dedup();
     for i in &ifaces {
-        if !Path::new("/sys/class/net").join(i).exists() {
-            bail!("no such interface: {i}");
-        }
+        ifindex(i)?;
     }
     require_root("dnsfast load")?;
     raise_memlock();
@@ -147,19 +145,39 @@ pub fn addr_key(a: IpAddr) -> AddrKey {
     k
 }
 
+fn ifindex(iface: &str) -> Result<u32> {
+    nix::net::if_::if_nametoindex(iface).map_err(|_| anyhow::anyhow!("no such interface: {iface}"))
+}
+
 fn xdp_mode(mode: Mode, iface: &str) -> XdpMode {
     match mode {
         Mode::Native => XdpMode::Driver,
         Mode::Skb => XdpMode::Skb,
-        // Physical NICs have a backing device; veths, bridges and tunnels
-        // do not, and on a veth native XDP_TX only delivers if the peer runs
-        // XDP too, which a pod's end never does.
-        Mode::Auto => {
-            if Path::new("/sys/class/net").join(iface).join("device").exists() {
+        Mode::Auto => auto_mode(iface),
+    }
+}
+
+/// Physical NICs have a backing device in sysfs; veths, bridges and tunnels
+/// do not, and on a veth native XDP_TX only delivers if the peer runs XDP
+/// too, which a pod's end never does. sysfs shows the network namespace it
+/// was mounted in, so it is trusted only when its ifindex agrees with ours;
+/// otherwise SKB mode, which works on every device, is the safe choice.
+fn auto_mode(iface: &str) -> XdpMode {
+    let dir = Path::new("/sys/class/net").join(iface);
+    let sysfs_index = std::fs::read_to_string(dir.join("ifindex"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok());
+    match (sysfs_index, ifindex(iface).ok()) {
+        (Some(a), Some(b)) if a == b => {
+            if dir.join("device").exists() {
                 XdpMode::Driver
             } else {
                 XdpMode::Skb
             }
+        }
+        _ => {
+            info!("{iface}: sysfs belongs to another network namespace; using SKB mode");
+            XdpMode::Skb
         }
     }
 }
