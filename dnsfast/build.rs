@@ -26,7 +26,11 @@ fn main() {
 fn run() -> anyhow::Result<()> {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let root = manifest.parent().expect("workspace root").to_path_buf();
-    for dir in ["dnsfast-ebpf/src", "dnsfast-common/src", "dnsfast-ebpf/Cargo.toml"] {
+    for dir in [
+        "dnsfast-ebpf/src",
+        "dnsfast-common/src",
+        "dnsfast-ebpf/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     println!("cargo:rerun-if-env-changed=DNSFAST_EBPF_FEATURES");
@@ -69,7 +73,10 @@ fn run() -> anyhow::Result<()> {
         cmd.env_remove(var);
     }
     for (k, _) in env::vars() {
-        if k.starts_with("CARGO_PROFILE_") || k.starts_with("CARGO_CFG_") || k.starts_with("CARGO_FEATURE_") {
+        if k.starts_with("CARGO_PROFILE_")
+            || k.starts_with("CARGO_CFG_")
+            || k.starts_with("CARGO_FEATURE_")
+        {
             cmd.env_remove(k);
         }
     }

@@ -212,7 +212,8 @@ mod tests {
     fn key_prefix_len_precedes_data() {
         let mut buf = [0u8; SCRATCH_LEN];
         let wire = b"\x01a\x02bc\x00";
-        let len = encode_reversed(&mut buf, &mut Cursor::default(), |j| wire.get(j).copied()).unwrap();
+        let len =
+            encode_reversed(&mut buf, &mut Cursor::default(), |j| wire.get(j).copied()).unwrap();
         let start = key_start(len);
         finish_key(&mut buf, start, len);
         assert_eq!(start + 4 + len, KEY_END);

@@ -141,7 +141,11 @@ impl fmt::Display for Pattern {
 /// only by the caller's checks). Used for patterns and test names.
 pub fn to_wire(name: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(name.len() + 2);
-    for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+    for label in name
+        .trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+    {
         out.push(label.len() as u8);
         out.extend_from_slice(label.as_bytes());
     }
@@ -186,7 +190,8 @@ impl ReferenceMatcher {
     }
 
     pub fn insert(&mut self, p: &Pattern, action: Action) {
-        self.rules.insert(labels_of(&p.name), (action, p.name.clone()));
+        self.rules
+            .insert(labels_of(&p.name), (action, p.name.clone()));
     }
 
     pub fn remove(&mut self, p: &Pattern) {
@@ -210,7 +215,9 @@ impl ReferenceMatcher {
 }
 
 fn labels_of(name: &str) -> Vec<Vec<u8>> {
-    name.split('.').map(|l| l.as_bytes().to_ascii_lowercase()).collect()
+    name.split('.')
+        .map(|l| l.as_bytes().to_ascii_lowercase())
+        .collect()
 }
 
 /// Lower-cased labels of a wire name, or `None` when it is not valid.
@@ -257,7 +264,10 @@ mod tests {
 
     #[test]
     fn parse_canonicalises() {
-        assert_eq!(Pattern::parse("Com.SVC.cluster.local.").unwrap().name, "com.svc.cluster.local");
+        assert_eq!(
+            Pattern::parse("Com.SVC.cluster.local.").unwrap().name,
+            "com.svc.cluster.local"
+        );
         assert_eq!(Pattern::parse(" a_b-c.d ").unwrap().name, "a_b-c.d");
     }
 
@@ -268,14 +278,37 @@ mod tests {
         assert_eq!(Pattern::parse("a..b"), Err(PatternError::EmptyLabel));
         assert_eq!(Pattern::parse(".a"), Err(PatternError::EmptyLabel));
         let long = "x".repeat(64);
-        assert!(matches!(Pattern::parse(&long), Err(PatternError::LabelTooLong { len: 64, .. })));
-        assert!(matches!(Pattern::parse("a b.c"), Err(PatternError::BadChar { ch: ' ', .. })));
-        assert!(matches!(Pattern::parse("a/b"), Err(PatternError::BadChar { ch: '/', .. })));
+        assert!(matches!(
+            Pattern::parse(&long),
+            Err(PatternError::LabelTooLong { len: 64, .. })
+        ));
+        assert!(matches!(
+            Pattern::parse("a b.c"),
+            Err(PatternError::BadChar { ch: ' ', .. })
+        ));
+        assert!(matches!(
+            Pattern::parse("a/b"),
+            Err(PatternError::BadChar { ch: '/', .. })
+        ));
         let name = vec!["y".repeat(63); 4].join(".");
-        assert!(matches!(Pattern::parse(&name), Err(PatternError::NameTooLong { wire_len: 257 })));
-        let ok = [&"y".repeat(63)[..], &"y".repeat(63), &"y".repeat(63), &"y".repeat(61)].join(".");
+        assert!(matches!(
+            Pattern::parse(&name),
+            Err(PatternError::NameTooLong { wire_len: 257 })
+        ));
+        let ok = [
+            &"y".repeat(63)[..],
+            &"y".repeat(63),
+            &"y".repeat(63),
+            &"y".repeat(61),
+        ]
+        .join(".");
         assert!(Pattern::parse(&ok).is_ok());
-        assert!(PatternError::LabelTooLong { label: "ab".into(), len: 64 }.to_string().contains("63"));
+        assert!(PatternError::LabelTooLong {
+            label: "ab".into(),
+            len: 64
+        }
+        .to_string()
+        .contains("63"));
     }
 
     #[test]
@@ -305,9 +338,15 @@ mod tests {
             ("bad.svc.cluster.local", Action::Block),
         ]);
         let d = |n: &str| r.decide_wire(&to_wire(n));
-        assert_eq!(d("x.cluster.local").unwrap(), (Action::Block, "cluster.local".into()));
+        assert_eq!(
+            d("x.cluster.local").unwrap(),
+            (Action::Block, "cluster.local".into())
+        );
         assert_eq!(d("web.svc.cluster.local").unwrap().0, Action::Allow);
-        assert_eq!(d("a.bad.svc.cluster.local").unwrap(), (Action::Block, "bad.svc.cluster.local".into()));
+        assert_eq!(
+            d("a.bad.svc.cluster.local").unwrap(),
+            (Action::Block, "bad.svc.cluster.local".into())
+        );
     }
 
     #[test]
@@ -321,6 +360,9 @@ mod tests {
         let r = m(&[("com", Action::Block)]);
         assert_eq!(r.decide_wire(b"\x03com"), None);
         assert_eq!(r.decide_wire(b"\xc0\x0c"), None);
-        assert_eq!(r.decide_wire(b"\x03com\x00").map(|x| x.0), Some(Action::Block));
+        assert_eq!(
+            r.decide_wire(b"\x03com\x00").map(|x| x.0),
+            Some(Action::Block)
+        );
     }
 }

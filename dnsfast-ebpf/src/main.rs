@@ -17,8 +17,8 @@ use aya_ebpf::{
 };
 use dnsfast_common::{
     encode_reversed, finish_key, key_start, AddrKey, Config, Counters, Rule, Scratch, ACTION_ALLOW,
-    ACTION_BLOCK, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6, KEY_DATA_LEN,
-    MAX_SERVER_ADDRS, KEY_START_MASK,
+    ACTION_BLOCK, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6, KEY_DATA_LEN, KEY_START_MASK,
+    MAX_SERVER_ADDRS,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
@@ -190,9 +190,6 @@ fn is_server_addr(pkt: &Packet, hdrs: &packet::Headers) -> bool {
         }
         key.assume_init()
     };
-    if false {
-        return false;
-    }
     // SAFETY: lookup only; the value is not used.
     unsafe { SERVER_ADDRS.get(&key).is_some() }
 }

@@ -87,7 +87,8 @@ impl Dataplane {
     pub fn add_server_addr(&mut self, key: &AddrKey) -> Result<()> {
         let mut m: HashMap<&mut MapData, AddrKey, u32> =
             HashMap::try_from(self.map_mut(MAP_SERVER_ADDRS)?)?;
-        m.insert(key, 1, 0).context("writing the SERVER_ADDRS map")?;
+        m.insert(key, 1, 0)
+            .context("writing the SERVER_ADDRS map")?;
         Ok(())
     }
 
@@ -183,7 +184,9 @@ fn explain_load_error(e: ProgramError) -> anyhow::Error {
             let log = verifier_log.to_string();
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
-            anyhow!("the kernel verifier rejected the XDP program ({io_error}); log tail:\n  {tail}")
+            anyhow!(
+                "the kernel verifier rejected the XDP program ({io_error}); log tail:\n  {tail}"
+            )
         }
         other => anyhow!("loading the XDP program: {}", error_chain(&other)),
     }

@@ -93,7 +93,8 @@ pub struct PatternTable {
 
 impl PatternTable {
     pub fn add(&mut self, text: &str, action: Action, origin: Origin) -> Result<()> {
-        let p = Pattern::parse(text).map_err(|e| anyhow::anyhow!("{origin}: pattern '{text}': {e}"))?;
+        let p =
+            Pattern::parse(text).map_err(|e| anyhow::anyhow!("{origin}: pattern '{text}': {e}"))?;
         if let Some((prev, prev_origin)) = self.entries.get(&p) {
             if *prev != action {
                 bail!("{origin}: pattern '{p}' is both {action} and {prev} (at {prev_origin}); pick one");
@@ -218,8 +219,13 @@ mod tests {
 
     #[test]
     fn unknown_key_names_line() {
-        let e = parse("[xdp]\nports = [53]\nprots = 1\n").unwrap_err().to_string();
-        assert!(e.starts_with("dnsfast.toml:3: unknown field `prots`"), "{e}");
+        let e = parse("[xdp]\nports = [53]\nprots = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("dnsfast.toml:3: unknown field `prots`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -227,17 +233,30 @@ mod tests {
         let e = parse("[patterns]\nblock = [\"a.b\"]\nallow = [\"A.b.\"]\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("dnsfast.toml:3: pattern 'a.b' is both allow and block (at dnsfast.toml:2)"), "{e}");
+        assert!(
+            e.contains("dnsfast.toml:3: pattern 'a.b' is both allow and block (at dnsfast.toml:2)"),
+            "{e}"
+        );
     }
 
     #[test]
     fn xdp_settings_are_checked() {
-        assert!(parse("[xdp]\nports = []\n").unwrap_err().to_string().starts_with("dnsfast.toml:2:"));
+        assert!(parse("[xdp]\nports = []\n")
+            .unwrap_err()
+            .to_string()
+            .starts_with("dnsfast.toml:2:"));
         assert!(parse("[xdp]\nports = [1,2,3,4,5]\n").is_err());
-        assert!(parse("[xdp]\nports = [70000]\n").unwrap_err().to_string().starts_with("dnsfast.toml:2"));
-        let e = parse("[xdp]\nserver-addrs = [\"10.0.0.1\", \"nope\"]\n").unwrap_err().to_string();
+        assert!(parse("[xdp]\nports = [70000]\n")
+            .unwrap_err()
+            .to_string()
+            .starts_with("dnsfast.toml:2"));
+        let e = parse("[xdp]\nserver-addrs = [\"10.0.0.1\", \"nope\"]\n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "dnsfast.toml:2: 'nope' is not an IP address");
-        let c = parse("[xdp]\nserver-addrs = [\"169.254.20.10\", \"fd00::a\"]\nports = [53, 5353]\n").unwrap();
+        let c =
+            parse("[xdp]\nserver-addrs = [\"169.254.20.10\", \"fd00::a\"]\nports = [53, 5353]\n")
+                .unwrap();
         assert_eq!(c.xdp.server_addrs.len(), 2);
         assert_eq!(c.xdp.ports, vec![53, 5353]);
     }

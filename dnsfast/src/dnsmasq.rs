@@ -52,7 +52,11 @@ mod tests {
         add_address(&mut t, "/net.svc.cluster.local/Org.svc.cluster.local./").unwrap();
         assert_eq!(
             names(&t),
-            ["com.svc.cluster.local", "net.svc.cluster.local", "org.svc.cluster.local"]
+            [
+                "com.svc.cluster.local",
+                "net.svc.cluster.local",
+                "org.svc.cluster.local"
+            ]
         );
         assert!(t.iter().all(|(_, a)| a == Action::Block));
     }
@@ -65,12 +69,18 @@ mod tests {
             err("com.svc/", &mut t),
             "--address=com.svc/: expected the form /domain[/domain…]/ (dnsmasq syntax)"
         );
-        assert!(err("/example.com/1.2.3.4", &mut t).contains("answering with address '1.2.3.4' is not supported"));
+        assert!(err("/example.com/1.2.3.4", &mut t)
+            .contains("answering with address '1.2.3.4' is not supported"));
         assert!(err("/example.com/#", &mut t).contains("not supported"));
         assert!(err("/#/", &mut t).contains("would block all DNS"));
         assert!(err("//", &mut t).contains("no domain"));
-        assert!(err("/a..b/", &mut t).starts_with("flag --address=/a..b/: pattern 'a..b': empty label"));
-        assert!(err("/example.com", &mut t).contains("expected") || err("/example.com", &mut t).contains("closing"));
+        assert!(
+            err("/a..b/", &mut t).starts_with("flag --address=/a..b/: pattern 'a..b': empty label")
+        );
+        assert!(
+            err("/example.com", &mut t).contains("expected")
+                || err("/example.com", &mut t).contains("closing")
+        );
         assert!(t.is_empty(), "nothing is half-applied");
     }
 }

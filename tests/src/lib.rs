@@ -7,7 +7,9 @@ pub mod pkt;
 /// kernel test there would prove nothing.
 pub fn have_root(test: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
-    let root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false);
     if root {
         return true;
     }

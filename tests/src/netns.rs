@@ -66,10 +66,20 @@ impl Lab {
 
     /// A veth pair `a` (in `ns_a`) ↔ `b` (in `ns_b`) with the given CIDR
     /// addresses; no default routes.
-    pub fn veth(&mut self, ns_a: &str, a: &str, addr_a: &[&str], ns_b: &str, b: &str, addr_b: &[&str]) -> Result<()> {
+    pub fn veth(
+        &mut self,
+        ns_a: &str,
+        a: &str,
+        addr_a: &[&str],
+        ns_b: &str,
+        b: &str,
+        addr_b: &[&str],
+    ) -> Result<()> {
         run_ok(
             "ip",
-            &["link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b],
+            &[
+                "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b,
+            ],
         )?;
         for (ns, dev, addrs) in [(ns_a, a, addr_a), (ns_b, b, addr_b)] {
             for addr in addrs {

@@ -12,11 +12,19 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
-const LABELS: [&str; 10] = ["com", "svc", "cluster", "local", "a", "b", "internal", "io", "x-1", "_t"];
+const LABELS: [&str; 10] = [
+    "com", "svc", "cluster", "local", "a", "b", "internal", "io", "x-1", "_t",
+];
 
 fn random_case(rng: &mut StdRng, s: &str) -> Vec<u8> {
     s.bytes()
-        .map(|b| if rng.gen_bool(0.3) { b.to_ascii_uppercase() } else { b })
+        .map(|b| {
+            if rng.gen_bool(0.3) {
+                b.to_ascii_uppercase()
+            } else {
+                b
+            }
+        })
         .collect()
 }
 
@@ -46,8 +54,14 @@ fn random_patterns(rng: &mut StdRng, n: usize) -> Vec<(Pattern, Action)> {
     (0..n)
         .map(|_| {
             let k = rng.gen_range(1..=4);
-            let name: Vec<&str> = (0..k).map(|_| LABELS[rng.gen_range(0..LABELS.len())]).collect();
-            let a = if rng.gen_bool(0.7) { Action::Block } else { Action::Allow };
+            let name: Vec<&str> = (0..k)
+                .map(|_| LABELS[rng.gen_range(0..LABELS.len())])
+                .collect();
+            let a = if rng.gen_bool(0.7) {
+                Action::Block
+            } else {
+                Action::Allow
+            };
             (Pattern::parse(&name.join(".")).unwrap(), a)
         })
         .collect()
@@ -91,12 +105,19 @@ fn kernel_matches_reference_on_100k_names_and_mutations() {
             let mut w = random_wire(&mut rng);
             w.pop();
             let suffix = to_wire(&p.name);
-            w.extend(random_case(&mut rng, std::str::from_utf8(&suffix).unwrap_or("")));
+            w.extend(random_case(
+                &mut rng,
+                std::str::from_utf8(&suffix).unwrap_or(""),
+            ));
             w
         } else {
             random_wire(&mut rng)
         };
-        let wrap = if rng.gen_bool(0.5) { Wrap::v4() } else { Wrap::v6() };
+        let wrap = if rng.gen_bool(0.5) {
+            Wrap::v4()
+        } else {
+            Wrap::v6()
+        };
         let qtype = [1u16, 28, 16, 255][rng.gen_range(0..4)];
         let f = frame(&wrap, &raw_query(&wire, qtype, 1));
 

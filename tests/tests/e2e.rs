@@ -42,7 +42,8 @@ struct Setup {
 
 fn setup(mode: &str) -> Setup {
     let mut lab = Lab::new();
-    let resolv = format!("nameserver {SERVER}\nsearch {SEARCH}\noptions ndots:5 timeout:2 attempts:1\n");
+    let resolv =
+        format!("nameserver {SERVER}\nsearch {SEARCH}\noptions ndots:5 timeout:2 attempts:1\n");
     let cli = lab.add_ns("dfc", Some(&resolv)).unwrap();
     let srv = lab.add_ns("dfs", None).unwrap();
     let tag = cli.trim_start_matches("dfc").to_string();
@@ -88,11 +89,24 @@ fn setup(mode: &str) -> Setup {
         lab.spawn(
             &cli,
             bin.to_str().unwrap(),
-            &["load", "--iface", &cli_if, "--mode", "native", "--pin-dir", &format!("/sys/fs/bpf/{}", peer_pins.file_name().unwrap().to_str().unwrap())],
+            &[
+                "load",
+                "--iface",
+                &cli_if,
+                "--mode",
+                "native",
+                "--pin-dir",
+                &format!(
+                    "/sys/fs/bpf/{}",
+                    peer_pins.file_name().unwrap().to_str().unwrap()
+                ),
+            ],
             &plog,
         )
         .unwrap();
-        assert!(wait_until(Duration::from_secs(20), || xdp_attached(&lab, &cli, &cli_if)));
+        assert!(wait_until(Duration::from_secs(20), || xdp_attached(
+            &lab, &cli, &cli_if
+        )));
     }
 
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/dnsfast-test-{srv}"));
@@ -120,12 +134,25 @@ fn setup(mode: &str) -> Setup {
     let up = wait_until(Duration::from_secs(30), || {
         pin_dir.join("counters").exists() && xdp_attached(&lab, &srv, &srv_if)
     });
-    assert!(up, "agent did not come up: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        up,
+        "agent did not come up: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
     // dnsmasq must answer before the test asks.
     assert!(wait_until(Duration::from_secs(10), || {
         dig(&lab, &cli, SERVER, "real.example", "A").contains("192.0.2.10")
     }));
-    Setup { lab, cli, srv, srv_if, cli_if, pin_dir, agent, log }
+    Setup {
+        lab,
+        cli,
+        srv,
+        srv_if,
+        cli_if,
+        pin_dir,
+        agent,
+        log,
+    }
 }
 
 fn xdp_attached(lab: &Lab, ns: &str, dev: &str) -> bool {
@@ -136,7 +163,11 @@ fn xdp_attached(lab: &Lab, ns: &str, dev: &str) -> bool {
 
 fn dig(lab: &Lab, ns: &str, server: &str, name: &str, qtype: &str) -> String {
     let out = lab
-        .exec(ns, "dig", &["+tries=1", "+time=3", &format!("@{server}"), name, qtype])
+        .exec(
+            ns,
+            "dig",
+            &["+tries=1", "+time=3", &format!("@{server}"), name, qtype],
+        )
         .unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -144,8 +175,20 @@ fn dig(lab: &Lab, ns: &str, server: &str, name: &str, qtype: &str) -> String {
 /// `answered_nxdomain` summed over CPUs, read the way an operator would:
 /// `bpftool map dump pinned …`, through BTF field names.
 fn bpftool_answered(pin_dir: &std::path::Path) -> u64 {
-    let out = run_ok("bpftool", &["map", "dump", "pinned", pin_dir.join("counters").to_str().unwrap()]).unwrap();
-    assert!(out.contains("\"pass_no_match\""), "bpftool shows no field names:\n{out}");
+    let out = run_ok(
+        "bpftool",
+        &[
+            "map",
+            "dump",
+            "pinned",
+            pin_dir.join("counters").to_str().unwrap(),
+        ],
+    )
+    .unwrap();
+    assert!(
+        out.contains("\"pass_no_match\""),
+        "bpftool shows no field names:\n{out}"
+    );
     out.lines()
         .filter_map(|l| l.trim().strip_prefix("\"answered_nxdomain\": "))
         .map(|v| v.trim_end_matches(',').parse::<u64>().unwrap())
@@ -154,35 +197,81 @@ fn bpftool_answered(pin_dir: &std::path::Path) -> u64 {
 
 fn check_answers(s: &Setup) {
     let before = bpftool_answered(&s.pin_dir);
-    let out = dig(&s.lab, &s.cli, SERVER, "api.github.com.svc.cluster.local", "A");
+    let out = dig(
+        &s.lab,
+        &s.cli,
+        SERVER,
+        "api.github.com.svc.cluster.local",
+        "A",
+    );
     assert!(out.contains("status: NXDOMAIN"), "dig over IPv4:\n{out}");
     assert!(out.contains("flags: qr rd ra;"), "flags:\n{out}");
-    let out = dig(&s.lab, &s.cli, SERVER6, "API.GitHub.com.svc.cluster.local", "AAAA");
-    assert!(out.contains("status: NXDOMAIN"), "dig over IPv6 (checksum must be right):\n{out}");
-    assert!(out.contains("\n;API.GitHub.com.svc.cluster.local."), "0x20 case kept:\n{out}");
+    let out = dig(
+        &s.lab,
+        &s.cli,
+        SERVER6,
+        "API.GitHub.com.svc.cluster.local",
+        "AAAA",
+    );
+    assert!(
+        out.contains("status: NXDOMAIN"),
+        "dig over IPv6 (checksum must be right):\n{out}"
+    );
+    assert!(
+        out.contains("\n;API.GitHub.com.svc.cluster.local."),
+        "0x20 case kept:\n{out}"
+    );
     let out = dig(&s.lab, &s.cli, SERVER, "xcom.svc.cluster.local", "A");
-    assert!(out.contains("192.0.2.99"), "unmatched names reach dnsmasq:\n{out}");
+    assert!(
+        out.contains("192.0.2.99"),
+        "unmatched names reach dnsmasq:\n{out}"
+    );
     assert_eq!(bpftool_answered(&s.pin_dir), before + 2);
 
     // glibc walks the search list: every artifact is NXDOMAIN'd in the
     // kernel, then the absolute name gets dnsmasq's real answer. Without
     // dnsfast the first search suffix would already "resolve" to .99.
     let before = bpftool_answered(&s.pin_dir);
-    let out = s.lab.exec_ok(&s.cli, "getent", &["ahosts", "real.example"]).unwrap();
+    let out = s
+        .lab
+        .exec_ok(&s.cli, "getent", &["ahosts", "real.example"])
+        .unwrap();
     assert!(out.contains("192.0.2.10"), "getent:\n{out}");
-    assert!(!out.contains("192.0.2.99"), "getent took an artifact's answer:\n{out}");
+    assert!(
+        !out.contains("192.0.2.99"),
+        "getent took an artifact's answer:\n{out}"
+    );
     let answered = bpftool_answered(&s.pin_dir) - before;
-    assert!(answered >= 5, "expected the 5 search-list tries to be answered, got {answered}");
+    assert!(
+        answered >= 5,
+        "expected the 5 search-list tries to be answered, got {answered}"
+    );
 }
 
 fn check_shutdown(mut s: Setup) {
     let status = s.lab.stop(s.agent).unwrap();
-    assert!(status.success(), "agent exit {status}: {}", std::fs::read_to_string(&s.log).unwrap_or_default());
-    assert!(!xdp_attached(&s.lab, &s.srv, &s.srv_if), "program still attached after SIGTERM");
+    assert!(
+        status.success(),
+        "agent exit {status}: {}",
+        std::fs::read_to_string(&s.log).unwrap_or_default()
+    );
+    assert!(
+        !xdp_attached(&s.lab, &s.srv, &s.srv_if),
+        "program still attached after SIGTERM"
+    );
     assert!(!s.pin_dir.exists(), "pins left behind");
     // DNS falls back to the normal path.
-    let out = dig(&s.lab, &s.cli, SERVER, "api.github.com.svc.cluster.local", "A");
-    assert!(out.contains("192.0.2.99"), "after unload dnsmasq answers:\n{out}");
+    let out = dig(
+        &s.lab,
+        &s.cli,
+        SERVER,
+        "api.github.com.svc.cluster.local",
+        "A",
+    );
+    assert!(
+        out.contains("192.0.2.99"),
+        "after unload dnsmasq answers:\n{out}"
+    );
     let _ = &s.cli_if;
 }
 

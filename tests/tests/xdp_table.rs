@@ -45,7 +45,10 @@ fn question_len(dns: &[u8]) -> usize {
 fn assert_answered(dp: &mut Dataplane, q: &Q, w: &Wrap) {
     let query = frame(w, &q.bytes());
     let (verdict, reply) = dp.test_run(&query).unwrap();
-    let ctx = format!("{} {:?} {:?} vlans={:?} edns={:?}", q.name, q.qtype, w.ip, w.vlans, q.edns);
+    let ctx = format!(
+        "{} {:?} {:?} vlans={:?} edns={:?}",
+        q.name, q.qtype, w.ip, w.vlans, q.edns
+    );
     assert_eq!(verdict, XDP_TX, "{ctx}: expected XDP_TX");
     let qp = parse(&query);
     let rp = parse(&reply);
@@ -77,21 +80,37 @@ fn assert_answered(dp: &mut Dataplane, q: &Q, w: &Wrap) {
     }
     // The frame is trimmed to exactly the answer.
     let l2 = 14 + 4 * qp.vlan_tags.len();
-    assert_eq!(reply.len(), l2 + rp.l3.len() + rp.udp_len, "{ctx}: frame trimmed");
+    assert_eq!(
+        reply.len(),
+        l2 + rp.l3.len() + rp.udp_len,
+        "{ctx}: frame trimmed"
+    );
 
     // DNS.
     let qlen = question_len(qp.dns);
     let opt_len = if q.edns.is_some() { 11 } else { 0 };
     assert_eq!(rp.dns.len(), 12 + qlen + opt_len, "{ctx}: DNS length");
     assert_eq!(&rp.dns[4..10], &[0, 1, 0, 0, 0, 0], "{ctx}: counts");
-    assert_eq!(rp.dns[10..12], [0, q.edns.is_some() as u8], "{ctx}: ARCOUNT");
-    assert_eq!(&rp.dns[12..12 + qlen], &qp.dns[12..12 + qlen], "{ctx}: question byte-exact");
-    let m = Message::from_vec(rp.dns).unwrap_or_else(|e| panic!("{ctx}: reply does not parse: {e}"));
+    assert_eq!(
+        rp.dns[10..12],
+        [0, q.edns.is_some() as u8],
+        "{ctx}: ARCOUNT"
+    );
+    assert_eq!(
+        &rp.dns[12..12 + qlen],
+        &qp.dns[12..12 + qlen],
+        "{ctx}: question byte-exact"
+    );
+    let m =
+        Message::from_vec(rp.dns).unwrap_or_else(|e| panic!("{ctx}: reply does not parse: {e}"));
     let h = &m.metadata;
     assert_eq!(h.id, q.id, "{ctx}");
     assert_eq!(h.message_type, MessageType::Response, "{ctx}");
     assert_eq!(h.op_code, OpCode::Query, "{ctx}");
-    assert!(!h.authoritative && !h.truncation && !h.authentic_data, "{ctx}: AA/TC/AD");
+    assert!(
+        !h.authoritative && !h.truncation && !h.authentic_data,
+        "{ctx}: AA/TC/AD"
+    );
     assert_eq!(h.recursion_desired, q.rd, "{ctx}: RD kept");
     assert!(h.recursion_available, "{ctx}: RA");
     assert_eq!(h.checking_disabled, q.cd, "{ctx}: CD kept");
@@ -99,9 +118,15 @@ fn assert_answered(dp: &mut Dataplane, q: &Q, w: &Wrap) {
     assert_eq!(m.queries.len(), 1, "{ctx}");
     assert!(m.answers.is_empty() && m.authorities.is_empty(), "{ctx}");
     match &q.edns {
-        None => assert!(m.edns.is_none() && m.additionals.is_empty(), "{ctx}: no OPT"),
+        None => assert!(
+            m.edns.is_none() && m.additionals.is_empty(),
+            "{ctx}: no OPT"
+        ),
         Some((size, dok, _)) => {
-            let e = m.edns.as_ref().unwrap_or_else(|| panic!("{ctx}: OPT missing"));
+            let e = m
+                .edns
+                .as_ref()
+                .unwrap_or_else(|| panic!("{ctx}: OPT missing"));
             assert_eq!(e.max_payload(), *size, "{ctx}: payload size kept");
             assert_eq!(e.flags().dnssec_ok, *dok, "{ctx}: DO echoed");
             assert_eq!(e.version(), 0, "{ctx}");
@@ -143,7 +168,12 @@ fn blocked_names_are_answered_in_place() {
         "deep.ok.blocked.example",
         "a.deep.ok.blocked.example.",
     ];
-    let types = [RecordType::A, RecordType::AAAA, RecordType::TXT, RecordType::ANY];
+    let types = [
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::TXT,
+        RecordType::ANY,
+    ];
     let mut n = 0;
     for w in wraps() {
         for name in names {
@@ -207,11 +237,12 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     let good = || Q::new(blocked, RecordType::A).bytes();
     let v4 = Wrap::v4();
     let mut v = vec![];
-    let mut edit = |what: &'static str, reason: &'static str, f: &dyn Fn(&mut Vec<u8>), w: &Wrap| {
-        let mut d = good();
-        f(&mut d);
-        v.push((what, frame(w, &d), reason));
-    };
+    let mut edit =
+        |what: &'static str, reason: &'static str, f: &dyn Fn(&mut Vec<u8>), w: &Wrap| {
+            let mut d = good();
+            f(&mut d);
+            v.push((what, frame(w, &d), reason));
+        };
     edit("QR=1", "not_dns", &|d| d[2] |= 0x80, &v4);
     edit("opcode STATUS", "unsupported", &|d| d[2] |= 2 << 3, &v4);
     edit("opcode UPDATE", "unsupported", &|d| d[2] |= 5 << 3, &v4);
@@ -220,16 +251,41 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
     edit("ANCOUNT=1", "unsupported", &|d| d[7] = 1, &v4);
     edit("NSCOUNT=1", "unsupported", &|d| d[9] = 1, &v4);
     edit("ARCOUNT=2", "unsupported", &|d| d[11] = 2, &v4);
-    edit("trailing bytes", "malformed", &|d| d.extend_from_slice(b"xx"), &v4);
+    edit(
+        "trailing bytes",
+        "malformed",
+        &|d| d.extend_from_slice(b"xx"),
+        &v4,
+    );
     edit("ARCOUNT=1, no record", "malformed", &|d| d[11] = 1, &v4);
-    edit("to port 5353", "not_dns", &|_| {}, &Wrap { dport: 5353, ..Wrap::v4() });
-    edit("IPv6 to port 80", "not_dns", &|_| {}, &Wrap { dport: 80, ..Wrap::v6() });
+    edit(
+        "to port 5353",
+        "not_dns",
+        &|_| {},
+        &Wrap {
+            dport: 5353,
+            ..Wrap::v4()
+        },
+    );
+    edit(
+        "IPv6 to port 80",
+        "not_dns",
+        &|_| {},
+        &Wrap {
+            dport: 80,
+            ..Wrap::v6()
+        },
+    );
 
-    let mut with_edns = Q::new(blocked, RecordType::A).edns(1232, false, vec![]).bytes();
+    let mut with_edns = Q::new(blocked, RecordType::A)
+        .edns(1232, false, vec![])
+        .bytes();
     let n = with_edns.len();
     with_edns[n - 11 + 6] = 1; // EDNS version 1
     v.push(("EDNS version 1", frame(&v4, &with_edns), "unsupported"));
-    let mut opt_long = Q::new(blocked, RecordType::A).edns(1232, false, vec![]).bytes();
+    let mut opt_long = Q::new(blocked, RecordType::A)
+        .edns(1232, false, vec![])
+        .bytes();
     let n = opt_long.len();
     opt_long[n - 1] = 4; // OPT rdlen runs past the end
     v.push(("OPT rdlen past end", frame(&v4, &opt_long), "malformed"));
@@ -241,26 +297,54 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         RData::A("192.0.2.1".parse().unwrap()),
     );
     m.additionals.push(rec);
-    v.push(("additional A record", frame(&v4, &m.to_vec().unwrap()), "unsupported"));
-    v.push(("QCLASS CH", frame(&v4, &pkt::query_with_class(blocked, DNSClass::CH)), "unsupported"));
-    v.push(("QCLASS ANY", frame(&v4, &pkt::query_with_class(blocked, DNSClass::ANY)), "unsupported"));
+    v.push((
+        "additional A record",
+        frame(&v4, &m.to_vec().unwrap()),
+        "unsupported",
+    ));
+    v.push((
+        "QCLASS CH",
+        frame(&v4, &pkt::query_with_class(blocked, DNSClass::CH)),
+        "unsupported",
+    ));
+    v.push((
+        "QCLASS ANY",
+        frame(&v4, &pkt::query_with_class(blocked, DNSClass::ANY)),
+        "unsupported",
+    ));
 
     let wire = dnsfast_common::pattern::to_wire(blocked);
     let mut label64 = vec![64u8];
     label64.extend(std::iter::repeat_n(b'a', 64));
     label64.extend_from_slice(&wire);
-    v.push(("label of 64", frame(&v4, &raw_query(&label64, 1, 1)), "malformed"));
+    v.push((
+        "label of 64",
+        frame(&v4, &raw_query(&label64, 1, 1)),
+        "malformed",
+    ));
     let mut ptr = b"\x03api".to_vec();
     ptr.extend_from_slice(&[0xc0, 0x0c]);
-    v.push(("compression pointer", frame(&v4, &raw_query(&ptr, 1, 1)), "malformed"));
+    v.push((
+        "compression pointer",
+        frame(&v4, &raw_query(&ptr, 1, 1)),
+        "malformed",
+    ));
     let mut long = vec![];
     for _ in 0..4 {
         long.push(63u8);
         long.extend(std::iter::repeat_n(b'b', 63));
     }
     long.extend_from_slice(&wire); // > 255 bytes, ends in a blocked suffix
-    v.push(("name over 255 bytes", frame(&v4, &raw_query(&long, 1, 1)), "malformed"));
-    v.push(("name without root", frame(&v4, &raw_query(&wire[..wire.len() - 1], 1, 1)), "malformed"));
+    v.push((
+        "name over 255 bytes",
+        frame(&v4, &raw_query(&long, 1, 1)),
+        "malformed",
+    ));
+    v.push((
+        "name without root",
+        frame(&v4, &raw_query(&wire[..wire.len() - 1], 1, 1)),
+        "malformed",
+    ));
 
     // IP-level cases.
     let base = frame(&v4, &good());
@@ -352,7 +436,10 @@ fn every_truncation_passes_untouched() {
         .collect();
     for w in wraps() {
         let q = Q::new(blocked, RecordType::AAAA).edns(1232, true, vec![cookie()]);
-        frames.push((format!("good {:?} {:?}", w.ip, w.vlans), frame(&w, &q.bytes())));
+        frames.push((
+            format!("good {:?} {:?}", w.ip, w.vlans),
+            frame(&w, &q.bytes()),
+        ));
     }
     let mut runs = 0;
     for (what, f) in &frames {
@@ -365,7 +452,9 @@ fn every_truncation_passes_untouched() {
     }
     // The DNS message cut short with consistent IP/UDP lengths.
     for w in wraps() {
-        let d = Q::new(blocked, RecordType::A).edns(1232, false, vec![cookie()]).bytes();
+        let d = Q::new(blocked, RecordType::A)
+            .edns(1232, false, vec![cookie()])
+            .bytes();
         for n in 0..d.len() {
             assert_passed(&mut dp, &frame(&w, &d[..n]), &format!("DNS cut at {n}"));
             runs += 1;
@@ -387,19 +476,38 @@ fn destination_and_port_filters_apply() {
     };
     dp.set_config(&cfg).unwrap();
     // Filter on, no addresses listed: nothing is answered.
-    assert_passed(&mut dp, &frame(&Wrap::v4(), &q.bytes()), "dst filter, empty");
+    assert_passed(
+        &mut dp,
+        &frame(&Wrap::v4(), &q.bytes()),
+        "dst filter, empty",
+    );
     dp.add_server_addr(&dnsfast::load::addr_key("10.99.0.1".parse().unwrap()))
         .unwrap();
     assert_answered(&mut dp, &q, &Wrap::v4());
-    assert_answered(&mut dp, &q, &Wrap { dport: 5353, ..Wrap::v4() });
-    assert_passed(&mut dp, &frame(&Wrap::v6(), &q.bytes()), "v6 dst not listed");
+    assert_answered(
+        &mut dp,
+        &q,
+        &Wrap {
+            dport: 5353,
+            ..Wrap::v4()
+        },
+    );
+    assert_passed(
+        &mut dp,
+        &frame(&Wrap::v6(), &q.bytes()),
+        "v6 dst not listed",
+    );
     dp.add_server_addr(&dnsfast::load::addr_key("fd00:99::1".parse().unwrap()))
         .unwrap();
     assert_answered(&mut dp, &q, &Wrap::v6());
     cfg.filter_dst = 0;
     cfg.ports = [5353, 0, 0, 0];
     dp.set_config(&cfg).unwrap();
-    assert_passed(&mut dp, &frame(&Wrap::v4(), &q.bytes()), "port 53 no longer DNS");
+    assert_passed(
+        &mut dp,
+        &frame(&Wrap::v4(), &q.bytes()),
+        "port 53 no longer DNS",
+    );
 }
 
 #[test]
@@ -415,7 +523,8 @@ fn pattern_changes_take_effect_at_once() {
     dp.insert_pattern(&Pattern::parse("www.example.org").unwrap(), Action::Allow)
         .unwrap();
     assert_passed(&mut dp, &f, "allow is longer");
-    dp.remove_pattern(&Pattern::parse("www.example.org").unwrap()).unwrap();
+    dp.remove_pattern(&Pattern::parse("www.example.org").unwrap())
+        .unwrap();
     assert_answered(&mut dp, &q, &Wrap::v4());
     dp.remove_pattern(&p).unwrap();
     assert_passed(&mut dp, &f, "after delete");

@@ -1,0 +1,336 @@
+//! `cargo xtask bench`: ns/packet of the XDP program through
+//! BPF_PROG_TEST_RUN, and blocked-name qps through a veth against dnsmasq and
+//! unbound measured in the same run. Not a test: nothing here asserts a time.
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use dnsfast::bpf::{Dataplane, LoadOptions};
+use dnsfast_common::pattern::{Action, Pattern};
+use dnsfast_tests::{
+    netns::{wait_until, Lab},
+    pkt::{self, frame, Wrap, Q},
+};
+use hickory_proto::rr::RecordType;
+
+#[derive(Parser)]
+#[command(about = "dnsfast benchmarks")]
+struct Args {
+    /// BPF_PROG_TEST_RUN repeats per run.
+    #[arg(long, default_value_t = 1_000_000)]
+    repeat: u32,
+    /// Runs per case; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Seconds of dnsperf load per server.
+    #[arg(long, default_value_t = 5)]
+    seconds: u32,
+    /// Skip the dnsperf part.
+    #[arg(long)]
+    no_qps: bool,
+}
+
+const SUFFIX: &str = "svc.cluster.local";
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    println!(
+        "== XDP program, BPF_PROG_TEST_RUN: median of {} runs x {} repeats",
+        args.runs, args.repeat
+    );
+    println!(
+        "{:<34} {:>9} {:>10} {:>10}",
+        "case", "patterns", "name bytes", "ns/packet"
+    );
+    for (label, patterns) in [("10", 10usize), ("100k", 100_000)] {
+        let mut dp = Dataplane::load(&LoadOptions {
+            bench_mode: true,
+            max_patterns: 131_072,
+        })?;
+        for p in search_patterns(patterns) {
+            dp.insert_pattern(&p, Action::Block)?;
+        }
+        if label == "10" {
+            let non_dns = symmetric(
+                &Wrap {
+                    dport: 8080,
+                    sport: 8080,
+                    ..Wrap::v4()
+                },
+                &[0u8; 40],
+            );
+            row(&mut dp, &args, "non-DNS UDP -> PASS", label, "-", &non_dns)?;
+            let q = Q::new("www.example.org", RecordType::A).bytes();
+            row(
+                &mut dp,
+                &args,
+                "DNS, no match -> PASS",
+                label,
+                "15",
+                &symmetric(&dns_wrap(), &q),
+            )?;
+        }
+        for len in [25usize, 250] {
+            let name = blocked_name(len);
+            let q = Q::new(&name, RecordType::A).bytes();
+            let f = symmetric(&dns_wrap(), &q);
+            check_answers(&mut dp, &f)?;
+            row(
+                &mut dp,
+                &args,
+                "block hit -> NXDOMAIN + XDP_TX",
+                label,
+                &len.to_string(),
+                &f,
+            )?;
+        }
+    }
+    if !args.no_qps {
+        qps(&args)?;
+    }
+    Ok(())
+}
+
+fn dns_wrap() -> Wrap {
+    Wrap {
+        sport: 53,
+        dport: 53,
+        ..Wrap::v4()
+    }
+}
+
+/// Realistic patterns: `<tld>.<ns>.svc.cluster.local` for many namespaces.
+fn search_patterns(n: usize) -> Vec<Pattern> {
+    const TLDS: [&str; 10] = [
+        "com", "net", "org", "io", "dev", "app", "co", "uk", "de", "cloud",
+    ];
+    (0..n)
+        .map(|i| {
+            let tld = TLDS[i % TLDS.len()];
+            let tld = if i < TLDS.len() {
+                tld.to_string()
+            } else {
+                format!("{tld}{}", i / TLDS.len())
+            };
+            Pattern::parse(&format!("{tld}.ns{}.{SUFFIX}", i % 1000)).unwrap()
+        })
+        .collect()
+}
+
+/// A name of exactly `len` characters under the first pattern.
+fn blocked_name(len: usize) -> String {
+    let suffix = format!("com.ns0.{SUFFIX}");
+    let mut labels = vec![];
+    let mut remaining = len - suffix.len();
+    while remaining > 0 {
+        let l = (remaining - 1).clamp(1, 63);
+        labels.push("a".repeat(l));
+        remaining -= l + 1;
+    }
+    labels.push(suffix);
+    let name = labels.join(".");
+    assert_eq!(name.len(), len);
+    name
+}
+
+/// A frame whose answer is itself again (same MACs, IPs and ports), so each
+/// BPF_PROG_TEST_RUN repeat, which reruns on the rewritten buffer, takes the
+/// same path.
+fn symmetric(w: &Wrap, payload: &[u8]) -> Vec<u8> {
+    let mut f = frame(w, payload);
+    f.copy_within(0..6, 6);
+    f[26..30].copy_from_slice(&pkt::SERVER_V4);
+    f[24] = 0;
+    f[25] = 0;
+    let c = pkt::ipv4_checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+fn check_answers(dp: &mut Dataplane, f: &[u8]) -> Result<()> {
+    let (verdict, out) = dp.test_run(f)?;
+    if verdict != 3 || out.len() != f.len() {
+        bail!("bench packet not answered in place (verdict {verdict})");
+    }
+    Ok(())
+}
+
+fn row(
+    dp: &mut Dataplane,
+    a: &Args,
+    case: &str,
+    patterns: &str,
+    name: &str,
+    f: &[u8],
+) -> Result<()> {
+    let mut v: Vec<f64> = (0..a.runs)
+        .map(|_| dp.time_run(f, a.repeat).map(|d| d.as_nanos() as f64))
+        .collect::<Result<_>>()?;
+    v.sort_by(f64::total_cmp);
+    println!(
+        "{case:<34} {patterns:>9} {name:>10} {:>10.1}",
+        v[v.len() / 2]
+    );
+    Ok(())
+}
+
+/// A server under test in the server namespace.
+struct Server {
+    name: &'static str,
+    cmd: String,
+    args: Vec<String>,
+}
+
+fn qps(a: &Args) -> Result<()> {
+    let bin = std::env::var("DNSFAST_BIN").context("DNSFAST_BIN (cargo xtask bench sets it)")?;
+    let tmp = std::env::temp_dir();
+    let names = tmp.join(format!("dnsfast-bench-{}.txt", std::process::id()));
+    let mut q = String::new();
+    for i in 0..2000 {
+        q.push_str(&format!("host{i}.api.example.com.{SUFFIX} A\n"));
+    }
+    std::fs::write(&names, q)?;
+    let unbound_conf = tmp.join(format!("dnsfast-bench-{}-unbound.conf", std::process::id()));
+    std::fs::write(
+        &unbound_conf,
+        format!(
+            "server:\n  interface: 10.78.0.1\n  port: 53\n  num-threads: 2\n  do-daemonize: no\n  \
+             username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  \
+             access-control: 10.78.0.0/24 allow\n  module-config: \"iterator\"\n  \
+             local-zone: \"com.{SUFFIX}.\" always_nxdomain\n"
+        ),
+    )?;
+
+    let servers = [
+        Server {
+            name: "dnsfast XDP (skb mode)",
+            cmd: bin.clone(),
+            args: vec![],
+        },
+        Server {
+            name: "dnsmasq --address=/com.svc.../",
+            cmd: "dnsmasq".into(),
+            args: [
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=10.78.0.1",
+                "--user=root",
+                "--pid-file=",
+                "--address=/com.svc.cluster.local/",
+            ]
+            .map(String::from)
+            .to_vec(),
+        },
+        Server {
+            name: "unbound always_nxdomain (2 thr)",
+            cmd: "unbound".into(),
+            args: vec!["-d".into(), "-c".into(), unbound_conf.display().to_string()],
+        },
+    ];
+    println!(
+        "\n== Blocked names through a veth: dnsperf -l {} from a client namespace (same 2 cores)",
+        a.seconds
+    );
+    println!("{:<34} {:>12} {:>14}", "server", "qps", "vs dnsfast");
+    let mut first = None;
+    for s in &servers {
+        let r = measure(s, &bin, &names, a.seconds);
+        match r {
+            Ok(qps) => {
+                let base = *first.get_or_insert(qps);
+                println!("{:<34} {:>12.0} {:>13.2}x", s.name, qps, base / qps);
+            }
+            Err(e) => println!("{:<34} failed: {e:#}", s.name),
+        }
+    }
+    let _ = std::fs::remove_file(&names);
+    let _ = std::fs::remove_file(&unbound_conf);
+    Ok(())
+}
+
+fn measure(s: &Server, bin: &str, names: &std::path::Path, seconds: u32) -> Result<f64> {
+    let mut lab = Lab::new();
+    let cli = lab.add_ns("dbc", None)?;
+    let srv = lab.add_ns("dbs", None)?;
+    let tag = cli.trim_start_matches("dbc").to_string();
+    let srv_if = format!("bs{tag}");
+    lab.veth(
+        &cli,
+        &format!("bc{tag}"),
+        &["10.78.0.2/24"],
+        &srv,
+        &srv_if,
+        &["10.78.0.1/24"],
+    )?;
+    let log = std::env::temp_dir().join(format!("{srv}.log"));
+    let pins = PathBuf::from(format!("/sys/fs/bpf/dnsfast-bench-{srv}"));
+    if s.name.starts_with("dnsfast") {
+        let args = [
+            "load",
+            "--iface",
+            &srv_if,
+            "--mode",
+            "skb",
+            "--pin-dir",
+            pins.to_str().unwrap(),
+            "--address=/com.svc.cluster.local/",
+        ];
+        lab.spawn(&srv, bin, &args, log.to_str().unwrap())?;
+        if !wait_until(Duration::from_secs(20), || pins.join("counters").exists()) {
+            bail!(
+                "agent did not start: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+    } else {
+        let args: Vec<&str> = s.args.iter().map(String::as_str).collect();
+        lab.spawn(&srv, &s.cmd, &args, log.to_str().unwrap())?;
+    }
+    // Wait until the server answers.
+    let ready = wait_until(Duration::from_secs(10), || {
+        lab.exec(
+            &cli,
+            "dig",
+            &[
+                "+tries=1",
+                "+time=1",
+                "@10.78.0.1",
+                "x.com.svc.cluster.local",
+            ],
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("NXDOMAIN"))
+        .unwrap_or(false)
+    });
+    if !ready {
+        bail!(
+            "{} never answered NXDOMAIN: {}",
+            s.name,
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+    let out = lab.exec_ok(
+        &cli,
+        "dnsperf",
+        &[
+            "-s",
+            "10.78.0.1",
+            "-d",
+            names.to_str().unwrap(),
+            "-l",
+            &seconds.to_string(),
+            "-c",
+            "4",
+            "-q",
+            "200",
+        ],
+    )?;
+    let qps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Queries per second:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no qps in dnsperf output:\n{out}"))?;
+    Ok(qps)
+}

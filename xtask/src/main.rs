@@ -1,0 +1,239 @@
+//! `cargo xtask setup|build|test|bench|demo`.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+/// Where `setup` installs bpf-linker: outside the clone, so it survives
+/// fresh checkouts and CI runs on the same machine.
+const TOOLS_ROOT: &str = "/opt/dnsfast-tools";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Debian packages and what they are for.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("rustc-web", "Debian's rustc, which builds the eBPF crate"),
+    (
+        "libstd-rust-web-dev-bpf",
+        "prebuilt core for bpfel-unknown-none",
+    ),
+    ("llvm-22-dev", "LLVM that bpf-linker links against"),
+    (
+        "bpftool",
+        "inspecting programs and pinned maps (tests read counters with it)",
+    ),
+    (
+        "bind9-dnsutils",
+        "dig, the DNS client of the end-to-end tests",
+    ),
+    (
+        "dnsmasq-base",
+        "the DNS server behind dnsfast in tests, demo and bench",
+    ),
+    ("unbound", "the second peer of the benchmark"),
+    ("dnsperf", "load generator of the benchmark"),
+    ("iproute2", "network namespaces and veths"),
+    ("util-linux", "nsenter"),
+];
+
+#[derive(Parser)]
+#[command(about = "dnsfast development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what is missing (apt packages, bpf-linker); idempotent.
+    Setup,
+    /// Build one release `dnsfast` binary with the XDP program embedded.
+    Build,
+    /// Run the whole suite: fmt, clippy, unit, kernel and end-to-end tests.
+    Test,
+    /// Measure ns/packet (BPF_PROG_TEST_RUN) and qps against dnsmasq/unbound.
+    Bench {
+        /// Extra arguments for the bench runner (see its --help).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run a small lab: a pod's lookups with and without dnsfast.
+    Demo,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let r = match cli.task {
+        Task::Setup => setup(),
+        Task::Build => build().map(|p| println!("built {}", p.display())),
+        Task::Test => test(),
+        Task::Bench { args } => bench(&args),
+        Task::Demo => demo(),
+    };
+    if let Err(e) = r {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !st.success() {
+        bail!("{shown} failed ({st})");
+    }
+    Ok(())
+}
+
+fn apt_missing() -> Vec<&'static str> {
+    APT_PACKAGES
+        .iter()
+        .filter(|(p, _)| {
+            let out = Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .map(|(p, _)| *p)
+        .collect()
+}
+
+fn bpf_linker() -> PathBuf {
+    Path::new(TOOLS_ROOT).join("bin/bpf-linker")
+}
+
+fn bpf_linker_ok() -> bool {
+    Command::new(bpf_linker())
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
+}
+
+/// Installs what is missing, or says exactly what to install and stops.
+fn setup() -> Result<()> {
+    let missing = apt_missing();
+    let linker = bpf_linker_ok();
+    if missing.is_empty() && linker {
+        println!("setup: everything is installed");
+        return Ok(());
+    }
+    let has_apt = Path::new("/usr/bin/apt-get").exists();
+    if !is_root() || !has_apt {
+        let why = if has_apt { "not root" } else { "no apt-get" };
+        let mut msg = format!("setup: cannot install ({why}). Install these, then rerun:\n");
+        for p in &missing {
+            let what = APT_PACKAGES
+                .iter()
+                .find(|(n, _)| n == p)
+                .map(|(_, w)| *w)
+                .unwrap_or("");
+            msg.push_str(&format!("  apt package {p}  ({what})\n"));
+        }
+        if !linker {
+            msg.push_str(&format!(
+                "  LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker@{BPF_LINKER_VERSION} --locked \
+                 --no-default-features --features llvm-22 --root {TOOLS_ROOT}\n"
+            ));
+        }
+        bail!("{msg}");
+    }
+    if !missing.is_empty() {
+        println!("setup: installing {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    if !linker {
+        println!(
+            "setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)"
+        );
+        run(cargo()
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+                "--root",
+                TOOLS_ROOT,
+            ])
+            .env("LLVM_PREFIX", LLVM_PREFIX))?;
+    }
+    println!("setup: done");
+    Ok(())
+}
+
+fn build() -> Result<PathBuf> {
+    setup()?;
+    run(cargo().args(["build", "--release", "-p", "dnsfast"]))?;
+    Ok(root().join("target/release/dnsfast"))
+}
+
+fn test() -> Result<()> {
+    setup()?;
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if !is_root() {
+        if ci {
+            bail!("CI=true but not root: the kernel and end-to-end tests cannot run");
+        }
+        eprintln!("test: not root; kernel and end-to-end tests will SKIP (run with sudo for the full suite)");
+    }
+    run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    // Default members only: the eBPF crate builds for its own target (build.rs).
+    run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args(["build", "-p", "dnsfast"]))?;
+    let bin = root().join("target/debug/dnsfast");
+    run(cargo().arg("test").env("DNSFAST_BIN", &bin))?;
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("bench needs root (BPF_PROG_TEST_RUN and network namespaces)");
+    }
+    run(cargo().args(["build", "--release", "-p", "dnsfast", "-p", "dnsfast-tests"]))?;
+    let dir = root().join("target/release");
+    run(Command::new(dir.join("dnsfast-bench"))
+        .args(args)
+        .env("DNSFAST_BIN", dir.join("dnsfast")))
+}
+
+fn demo() -> Result<()> {
+    setup()?;
+    if !is_root() {
+        bail!("demo needs root (network namespaces and XDP)");
+    }
+    run(cargo().args(["build", "--release", "-p", "dnsfast", "-p", "dnsfast-tests"]))?;
+    let dir = root().join("target/release");
+    run(Command::new(dir.join("dnsfast-demo")).env("DNSFAST_BIN", dir.join("dnsfast")))
+}
