@@ -1,6 +1,7 @@
 //! Helpers for dnsfast's kernel and end-to-end tests.
 pub mod netns;
 pub mod pkt;
+pub mod upstream;
 
 /// Tests that need root call this first. Without root they skip loudly;
 /// with `CI=true` they fail instead, since CI runs as root and a skipped

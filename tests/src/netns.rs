@@ -11,6 +11,41 @@ use anyhow::{bail, Context, Result};
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Namespaces and child PIDs of every live lab, so a signal handler can clean
+/// up when Drop will not run (Ctrl-C in the demo).
+static LIVE: std::sync::Mutex<(Vec<String>, Vec<u32>)> =
+    std::sync::Mutex::new((Vec::new(), Vec::new()));
+
+/// Removes everything any lab in this process created. For signal handlers.
+pub fn cleanup_all() {
+    let (namespaces, pids) = {
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        (std::mem::take(&mut live.0), std::mem::take(&mut live.1))
+    };
+    for pid in pids {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for ns in namespaces {
+        let _ = run("ip", &["netns", "del", &ns]);
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
+    }
+}
+
+fn register(ns: Option<&str>, pid: Option<u32>) {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    live.0.extend(ns.map(String::from));
+    live.1.extend(pid);
+}
+
+fn unregister(ns: Option<&str>, pid: Option<u32>) {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    live.0.retain(|n| Some(n.as_str()) != ns);
+    live.1.retain(|p| Some(*p) != pid);
+}
+
 /// A short name unique to this process and call (interface names are
 /// limited to 15 bytes).
 pub fn unique(prefix: &str) -> String {
@@ -54,6 +89,7 @@ impl Lab {
     pub fn add_ns(&mut self, prefix: &str, resolv: Option<&str>) -> Result<String> {
         let ns = unique(prefix);
         run_ok("ip", &["netns", "add", &ns])?;
+        register(Some(&ns), None);
         self.namespaces.push(ns.clone());
         self.exec_ok(&ns, "ip", &["link", "set", "lo", "up"])?;
         if let Some(text) = resolv {
@@ -122,6 +158,7 @@ impl Lab {
             .spawn()
             .with_context(|| format!("starting {cmd} in {ns}"))?;
         let pid = child.id();
+        register(None, Some(pid));
         self.children.push((cmd.to_string(), child));
         Ok(pid)
     }
@@ -147,6 +184,7 @@ impl Lab {
 }
 
 fn terminate(child: &mut Child) -> Result<std::process::ExitStatus> {
+    unregister(None, Some(child.id()));
     let pid = child.id().to_string();
     if let Ok(Some(st)) = child.try_wait() {
         return Ok(st);
@@ -169,6 +207,7 @@ impl Drop for Lab {
             let _ = terminate(c);
         }
         for ns in &self.namespaces {
+            unregister(Some(ns), None);
             let _ = run("ip", &["netns", "del", ns]);
             let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
