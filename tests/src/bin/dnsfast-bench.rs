@@ -52,6 +52,9 @@ fn main() -> Result<()> {
             dp.insert_pattern(&p, Action::Block)?;
         }
         if label == "10" {
+            let mut arp = symmetric(&Wrap::v4(), &[0u8; 20]);
+            arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+            row(&mut dp, &args, "ARP -> PASS (floor)", label, "-", &arp)?;
             let non_dns = symmetric(
                 &Wrap {
                     dport: 8080,
