@@ -90,6 +90,13 @@ fn run() -> anyhow::Result<()> {
                 "-Cdebuginfo=2",
                 "-Clink-arg=--btf",
                 "-Cpanic=abort",
+                // The scratch buffer is copied 8 bytes at a time at arbitrary
+                // offsets. Without this LLVM splits each such access into 8
+                // byte loads or stores. x86-64 and arm64 kernels (efficient
+                // unaligned access) accept misaligned map-value access.
+                "-Ctarget-feature=+allows-misaligned-mem-access",
+                // v3: jmp32 and alu32, on every kernel since 5.1.
+                "-Ctarget-cpu=v3",
             ]
             .join("\x1f"),
         );

@@ -24,6 +24,8 @@ pub const MAP_SERVER_ADDRS: &str = "SERVER_ADDRS";
 pub const MAP_SCRATCH: &str = "SCRATCH";
 /// Program name in the object.
 pub const PROG_NAME: &str = "dnsfast_xdp";
+/// An empty XDP program in the same object, for the bench's baseline.
+pub const FLOOR_PROG_NAME: &str = "dnsfast_floor";
 /// Read-only global: when non-zero the program treats every DNS message on a
 /// DNS port as a query (QR ignored). Only `cargo xtask bench` sets it, so that
 /// `BPF_PROG_TEST_RUN`'s repeats, which rerun on the rewritten buffer, keep
@@ -142,12 +144,28 @@ impl Counters {
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Scratch {
-    pub buf: [u8; crate::name::SCRATCH_LEN],
-    pub cursor: crate::name::Cursor,
+    pub buf: [u8; crate::name::SCRATCH_LEN + crate::name::SLACK],
+    /// Wire offsets of the labels of the name being encoded.
+    pub labels: [u8; crate::name::MAX_LABELS],
     /// Values parked here and read back volatile so the verifier merges the
     /// many loop exits into one state instead of re-walking per exit.
     pub name_len: u32,
+    pub nlabels: u32,
     pub key_start: u32,
+    pub _pad: u32,
+}
+
+impl Scratch {
+    pub const fn zeroed() -> Self {
+        Self {
+            buf: [0; crate::name::SCRATCH_LEN + crate::name::SLACK],
+            labels: [0; crate::name::MAX_LABELS],
+            name_len: 0,
+            nlabels: 0,
+            key_start: 0,
+            _pad: 0,
+        }
+    }
 }
 
 #[cfg(feature = "user")]

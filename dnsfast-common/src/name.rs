@@ -10,24 +10,35 @@
 //! `prefix_len = 8 * len` then finds the longest matching pattern in one
 //! lookup.
 //!
-//! The encoder makes a single pass over the wire name. A label whose length
-//! byte sits at wire offset `i` with length `n` occupies reversed positions
-//! that end `i + n + 1` bytes before the end of the key, so each byte can be
-//! placed before the name's total length is known, provided the key is
-//! anchored at its *end* ([`KEY_END`]). The lookup key then starts
-//! `len + 4` bytes before `KEY_END`, where the `u32` prefix length is written.
+//! The wire name is first copied into the scratch buffer at [`WIRE_OFF`]
+//! (one `bpf_xdp_load_bytes` in the kernel). A first pass walks the length
+//! bytes and records where each label starts. A second pass copies the
+//! labels, last first, in 8-byte chunks lower-cased 8 bytes at a time, to
+//! their place in the key. The key is anchored at its *end* ([`KEY_END`]): a
+//! label whose length byte sits at wire offset `i` with length `n` goes to
+//! `KEY_END - (i + n + 1)`, whatever the name's total length. Writing in
+//! ascending order lets each chunk spill up to 7 bytes into the next label's
+//! place, which is written right after. The lookup key starts `len + 4` bytes
+//! before `KEY_END`, where the `u32` prefix length goes.
 
-use crate::abi::{KEY_DATA_LEN, MAX_LABEL, MAX_NAME_WIRE};
+use crate::abi::{Scratch, MAX_LABEL, MAX_NAME_WIRE};
 
-/// Size of the scratch buffer. A power of two so indices can be masked.
-pub const SCRATCH_LEN: usize = 1024;
+/// Size of the scratch buffer (plus [`SLACK`] so that an 8-byte access at
+/// any masked index stays inside). A power of two so indices can be masked.
+pub const SCRATCH_LEN: usize = 2048;
 pub const SCRATCH_MASK: usize = SCRATCH_LEN - 1;
+pub const SLACK: usize = 8;
 /// Where the reversed name ends inside the scratch buffer. The key window
-/// `[KEY_END - len - 4, KEY_END - len - 4 + 4 + KEY_DATA_LEN)` stays inside
-/// the buffer for every `len` in `0..=254`.
+/// `[KEY_END - len - 4, KEY_END - len - 4 + KEY_SIZE)` stays inside the
+/// buffer for every `len` in `0..=254`.
 pub const KEY_END: usize = 512;
+/// Where the wire name is copied to, and how much of it at most.
+pub const WIRE_OFF: usize = 1024;
+pub const WIRE_CAP: usize = 256;
+/// A name of 255 bytes has at most 127 labels.
+pub const MAX_LABELS: usize = 128;
 /// Size of an LPM key: `u32` prefix length plus the data.
-pub const KEY_SIZE: usize = 4 + KEY_DATA_LEN;
+pub const KEY_SIZE: usize = 4 + crate::abi::KEY_DATA_LEN;
 
 /// Why a wire name was not encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,9 +51,7 @@ pub enum NameError {
     TooLong,
 }
 
-/// ASCII lower-case. Label length bytes are at most 63, below `b'A'`, so the
-/// whole wire name can go through this without tracking which bytes are
-/// lengths.
+/// ASCII lower-case of one byte.
 #[inline(always)]
 pub const fn lower(b: u8) -> u8 {
     if b.is_ascii_uppercase() {
@@ -52,90 +61,134 @@ pub const fn lower(b: u8) -> u8 {
     }
 }
 
-/// Scratch index of wire byte `j` of the label whose length byte is at `i`
-/// and whose length is `n`: `KEY_END - (i + n + 1) + (j - i)`.
-/// Masked, so any input stays inside the buffer; wrapped values only occur
-/// for names that are then rejected as too long.
+/// ASCII lower-case of 8 bytes at once. Label length bytes (at most 63) are
+/// below `b'A'`, and bytes with the high bit set are left alone, so a whole
+/// chunk of wire name can go through without knowing which bytes are what.
 #[inline(always)]
-pub const fn reversed_index(label_base: usize, j: usize) -> usize {
-    label_base.wrapping_add(j) & SCRATCH_MASK
-}
-
-/// `label_base` for a label whose length byte is at `i` with length `n`.
-#[inline(always)]
-pub const fn label_base(i: usize, n: usize) -> usize {
-    KEY_END
-        .wrapping_sub(n)
-        .wrapping_sub(1)
-        .wrapping_sub(i)
-        .wrapping_sub(i)
-}
-
-/// The encoder's loop state. In the XDP program it lives in map memory:
-/// kept in registers, every label boundary would fork the verifier's state
-/// with a different known range, and a 255-step loop would never finish
-/// verifying. Loaded from memory, the values are opaque, the forks merge, and
-/// verification is linear in the loop length.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Cursor {
-    pub next_len_at: u32,
-    pub base: u32,
+pub const fn lower8(x: u64) -> u64 {
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let low7 = x & !HI;
+    // Bit 7 of each byte: set when the byte's low 7 bits are >= 'A', and
+    // when they are > 'Z'. No carry crosses a byte: 0x7f + 0x3f < 0x100.
+    let ge_a = low7 + 0x3f3f_3f3f_3f3f_3f3f;
+    let gt_z = low7 + 0x2525_2525_2525_2525;
+    let upper = ge_a & !gt_z & !x & HI;
+    x | (upper >> 2)
 }
 
 #[inline(always)]
-fn load(v: &u32) -> usize {
+fn get(s: &Scratch, i: usize) -> u8 {
+    s.buf[i & SCRATCH_MASK]
+}
+
+#[inline(always)]
+fn load8(s: &Scratch, i: usize) -> u64 {
+    let i = i & SCRATCH_MASK;
+    // SAFETY: i + 8 <= SCRATCH_LEN + SLACK, the buffer's size.
+    unsafe { core::ptr::read_unaligned(s.buf.as_ptr().add(i) as *const u64) }
+}
+
+#[inline(always)]
+fn store8(s: &mut Scratch, i: usize, v: u64) {
+    let i = i & SCRATCH_MASK;
+    // SAFETY: as in `load8`.
+    unsafe { core::ptr::write_unaligned(s.buf.as_mut_ptr().add(i) as *mut u64, v) }
+}
+
+/// Reads a `u32` through a volatile load. In the XDP program these values
+/// live in map memory: a register would carry a different known range out
+/// of each loop exit, and the verifier would re-walk what follows once per
+/// exit; a value loaded from memory is opaque, and the paths merge.
+#[inline(always)]
+fn opaque(v: &u32) -> usize {
     // SAFETY: a plain read of a valid reference.
     unsafe { core::ptr::read_volatile(v) as usize }
 }
 
 #[inline(always)]
-fn store(v: &mut u32, x: usize) {
+fn park(v: &mut u32, x: usize) {
     // SAFETY: a plain write through a valid reference.
     unsafe { core::ptr::write_volatile(v, x as u32) }
 }
 
-/// Writes the label-reversed, lower-cased form of the wire name read through
-/// `byte_at` so that it ends at [`KEY_END`] in `buf`, and returns the name's
-/// length without the root byte (the key length in bytes).
+/// Encodes the wire name already copied to `s.buf[WIRE_OFF..]`, of which
+/// `avail` bytes are real (the rest of the message may be shorter than a
+/// name can be). On success the label-reversed, lower-cased name ends at
+/// [`KEY_END`], its `u32` prefix length sits just before it, and the return
+/// value is `(len, key_start)`: the name's length without the root byte and
+/// where the lookup key starts.
 ///
-/// `byte_at(j)` returns the `j`-th byte of the wire name, or `None` past the
-/// end of the data. This is written for the verifier as much as for people:
-/// one bounded loop, state in `cur`, masked indices, no slicing.
+/// Written for the verifier as much as for people: bounded loops, state
+/// parked in `s`, masked indices, no slicing.
 #[inline(always)]
-pub fn encode_reversed(
-    buf: &mut [u8; SCRATCH_LEN],
-    cur: &mut Cursor,
-    mut byte_at: impl FnMut(usize) -> Option<u8>,
-) -> Result<usize, NameError> {
-    store(&mut cur.next_len_at, 0);
-    store(&mut cur.base, 0);
-    let mut j = 0usize;
-    while j < MAX_NAME_WIRE {
-        let b = match byte_at(j) {
-            Some(b) => b,
-            None => return Err(NameError::Truncated),
-        };
-        if j == load(&cur.next_len_at) {
-            if b == 0 {
-                return Ok(j);
-            }
-            if b as usize > MAX_LABEL {
-                return Err(NameError::BadLabel);
-            }
-            store(&mut cur.next_len_at, j + b as usize + 1);
-            store(&mut cur.base, label_base(j, b as usize));
+pub fn encode_copied(s: &mut Scratch, avail: usize) -> Result<(usize, usize), NameError> {
+    // Pass 1: where each label starts.
+    let mut pos = 0usize;
+    let mut count = 0usize;
+    loop {
+        if count >= MAX_LABELS {
+            return Err(NameError::TooLong);
         }
-        buf[reversed_index(load(&cur.base), j)] = lower(b);
-        j += 1;
+        if pos >= avail {
+            return Err(NameError::Truncated);
+        }
+        let n = get(s, WIRE_OFF + pos) as usize;
+        if n == 0 {
+            break;
+        }
+        if n > MAX_LABEL {
+            return Err(NameError::BadLabel);
+        }
+        s.labels[count & (MAX_LABELS - 1)] = pos as u8;
+        pos += n + 1;
+        // The root byte must sit at offset 254 at the latest.
+        if pos > MAX_NAME_WIRE - 1 {
+            return Err(NameError::TooLong);
+        }
+        count += 1;
     }
-    Err(NameError::TooLong)
+    park(&mut s.name_len, pos);
+    park(&mut s.nlabels, count);
+    let len = opaque(&s.name_len) & 0xff;
+
+    // Pass 2: labels last to first, in 8-byte chunks.
+    let mut k = opaque(&s.nlabels) & (MAX_LABELS - 1);
+    let mut guard = 0;
+    while k > 0 && guard < MAX_LABELS {
+        k -= 1;
+        guard += 1;
+        let src = s.labels[k & (MAX_LABELS - 1)] as usize;
+        let n = get(s, WIRE_OFF + src) as usize & MAX_LABEL;
+        let dst = KEY_END.wrapping_sub(src + n + 1);
+        // n + 1 <= 64 bytes: at most 8 chunks.
+        let mut c = 0;
+        while c < 8 {
+            if c * 8 > n {
+                break;
+            }
+            let v = load8(s, WIRE_OFF + src + c * 8);
+            store8(s, dst.wrapping_add(c * 8), lower8(v));
+            c += 1;
+        }
+    }
+
+    let start = key_start(len);
+    park(&mut s.key_start, start);
+    let start = opaque(&s.key_start) & KEY_START_MASK;
+    let bits = ((len as u32) * 8).to_ne_bytes();
+    let mut b = 0;
+    while b < 4 {
+        s.buf[(start + b) & SCRATCH_MASK] = bits[b];
+        b += 1;
+    }
+    Ok((len, start))
 }
 
 /// Every key start is below this power of two, so masking a start with
 /// `KEY_START_MASK` is a no-op that gives the verifier a bound.
 pub const KEY_START_MASK: usize = 0x1ff;
 const _: () = assert!(KEY_END - 4 <= KEY_START_MASK && KEY_START_MASK + KEY_SIZE <= SCRATCH_LEN);
+const _: () = assert!(WIRE_OFF + WIRE_CAP + 64 <= SCRATCH_LEN && KEY_END + 64 <= WIRE_OFF);
 
 /// Scratch offset where the LPM key for a name of `len` bytes starts.
 #[inline(always)]
@@ -143,31 +196,29 @@ pub const fn key_start(len: usize) -> usize {
     (KEY_END - 4).wrapping_sub(len) & KEY_START_MASK
 }
 
-/// Writes the key's `u32` prefix length (in bits, host order as the kernel's
-/// `struct bpf_lpm_trie_key` wants) at `start = key_start(len)`, just before
-/// the data. The caller passes `start` so the XDP program can launder it
-/// through map memory for the verifier.
-#[inline(always)]
-pub fn finish_key(buf: &mut [u8; SCRATCH_LEN], start: usize, len: usize) {
-    let start = start & KEY_START_MASK;
-    let bits = ((len as u32) * 8).to_ne_bytes();
-    buf[start & SCRATCH_MASK] = bits[0];
-    buf[(start + 1) & SCRATCH_MASK] = bits[1];
-    buf[(start + 2) & SCRATCH_MASK] = bits[2];
-    buf[(start + 3) & SCRATCH_MASK] = bits[3];
+/// Encodes a wire name held in memory (user space, tests).
+pub fn encode_slice(s: &mut Scratch, wire: &[u8]) -> Result<(usize, usize), NameError> {
+    let n = wire.len().min(WIRE_CAP);
+    s.buf[WIRE_OFF..WIRE_OFF + n].copy_from_slice(&wire[..n]);
+    encode_copied(s, n)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn enc(wire: &[u8]) -> Result<std::vec::Vec<u8>, NameError> {
-        let mut buf = [0u8; SCRATCH_LEN];
-        let len = encode_reversed(&mut buf, &mut Cursor::default(), |j| wire.get(j).copied())?;
-        Ok(buf[KEY_END - len..KEY_END].to_vec())
-    }
-
     extern crate std;
+    use super::*;
+    use std::{boxed::Box, vec::Vec};
+
+    fn enc(wire: &[u8]) -> Result<Vec<u8>, NameError> {
+        let mut s = Box::new(Scratch::zeroed());
+        let (len, start) = encode_slice(&mut s, wire)?;
+        assert_eq!(start + 4 + len, KEY_END);
+        assert_eq!(
+            u32::from_ne_bytes(s.buf[start..start + 4].try_into().unwrap()),
+            len as u32 * 8
+        );
+        Ok(s.buf[KEY_END - len..KEY_END].to_vec())
+    }
 
     #[test]
     fn reverses_labels_and_lowercases() {
@@ -177,51 +228,59 @@ mod tests {
         );
         assert_eq!(enc(b"\x03com\x00").unwrap(), b"\x03com");
         assert_eq!(enc(b"\x00").unwrap(), b"");
+        // Labels longer than a chunk, and chunks that spill into the next label.
+        let long = b"\x0aABCDEFGHIJ\x01x\x11QRSTUVWXYZ@[`{abc\x00";
+        assert_eq!(
+            enc(long).unwrap(),
+            b"\x11qrstuvwxyz@[`{abc\x01x\x0aabcdefghij"
+        );
+    }
+
+    #[test]
+    fn lower8_matches_lower_on_every_byte() {
+        for b in 0..=255u8 {
+            let x = u64::from_le_bytes([b, b'A', 0xc1, b, b'Z', b'[', b'@', b]);
+            let want: Vec<u8> = x.to_le_bytes().iter().map(|&c| lower(c)).collect();
+            assert_eq!(lower8(x).to_le_bytes().to_vec(), want, "byte {b:#x}");
+        }
     }
 
     #[test]
     fn rejects_bad_names() {
         assert_eq!(enc(b"\x03co"), Err(NameError::Truncated));
         assert_eq!(enc(b"\x03com"), Err(NameError::Truncated));
+        assert_eq!(enc(b""), Err(NameError::Truncated));
         assert_eq!(enc(b"\xc0\x0c"), Err(NameError::BadLabel));
         assert_eq!(enc(b"\x40aaaa"), Err(NameError::BadLabel));
         // 4 labels of 63 = 256 bytes + root: too long.
-        let mut long = std::vec::Vec::new();
+        let mut long = Vec::new();
         for _ in 0..4 {
             long.push(63);
             long.extend(std::iter::repeat_n(b'a', 63));
         }
         long.push(0);
         assert_eq!(enc(&long), Err(NameError::TooLong));
+        // 128 one-byte labels: too long before the label table overflows.
+        let many: Vec<u8> = (0..128).flat_map(|_| [1u8, b'a']).chain([0]).collect();
+        assert_eq!(enc(&many), Err(NameError::TooLong));
     }
 
     #[test]
     fn longest_legal_name_fits() {
         // 3 x 63 + 61 labels: 64*3 + 62 = 254 bytes + root = 255.
-        let mut wire = std::vec::Vec::new();
+        let mut wire = Vec::new();
         for n in [63usize, 63, 63, 61] {
             wire.push(n as u8);
-            wire.extend(std::iter::repeat_n(b'x', n));
+            wire.extend(std::iter::repeat_n(b'X', n));
         }
         wire.push(0);
         assert_eq!(wire.len(), 255);
-        assert_eq!(enc(&wire).unwrap().len(), 254);
-    }
-
-    #[test]
-    fn key_prefix_len_precedes_data() {
-        let mut buf = [0u8; SCRATCH_LEN];
-        let wire = b"\x01a\x02bc\x00";
-        let len =
-            encode_reversed(&mut buf, &mut Cursor::default(), |j| wire.get(j).copied()).unwrap();
-        let start = key_start(len);
-        finish_key(&mut buf, start, len);
-        assert_eq!(start + 4 + len, KEY_END);
-        assert_eq!(
-            u32::from_ne_bytes(buf[start..start + 4].try_into().unwrap()),
-            40
-        );
-        assert_eq!(&buf[start + 4..KEY_END], b"\x02bc\x01a");
-        assert!(start + KEY_SIZE <= SCRATCH_LEN);
+        let key = enc(&wire).unwrap();
+        assert_eq!(key.len(), 254);
+        assert_eq!(key[0], 61);
+        assert!(key.iter().all(|&b| b != b'X'));
+        // 127 one-byte labels: 254 bytes + root.
+        let many: Vec<u8> = (0..127).flat_map(|_| [1u8, b'a']).chain([0]).collect();
+        assert_eq!(enc(&many).unwrap().len(), 254);
     }
 }

@@ -4,8 +4,9 @@
 use std::collections::HashMap;
 use std::fmt;
 
+use crate::abi::Scratch;
 use crate::abi::{Rule, ACTION_ALLOW, ACTION_BLOCK, KEY_DATA_LEN, MAX_LABEL, MAX_NAME_WIRE};
-use crate::name::{encode_reversed, Cursor, NameError, KEY_END, SCRATCH_LEN};
+use crate::name::{encode_slice, NameError, KEY_END};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
@@ -155,9 +156,9 @@ pub fn to_wire(name: &str) -> Vec<u8> {
 
 /// The shared encoder applied to a wire name in memory.
 pub fn reversed_key(wire: &[u8]) -> Result<Vec<u8>, NameError> {
-    let mut buf = [0u8; SCRATCH_LEN];
-    let len = encode_reversed(&mut buf, &mut Cursor::default(), |j| wire.get(j).copied())?;
-    Ok(buf[KEY_END - len..KEY_END].to_vec())
+    let mut s = Box::new(Scratch::zeroed());
+    let (len, _) = encode_slice(&mut s, wire)?;
+    Ok(s.buf[KEY_END - len..KEY_END].to_vec())
 }
 
 /// Turns a key back into dotted text (for explaining which rule decided).

@@ -10,8 +10,8 @@ use aya::{
 };
 use dnsfast_common::{
     pattern::{rule_for, Action, Pattern},
-    AddrKey, Config, Counters, Rule, DEFAULT_MAX_PATTERNS, GLOBAL_BENCH_MODE, KEY_DATA_LEN,
-    MAP_CONFIG, MAP_COUNTERS, MAP_PATTERNS, MAP_SERVER_ADDRS, PROG_NAME,
+    AddrKey, Config, Counters, Rule, DEFAULT_MAX_PATTERNS, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE,
+    KEY_DATA_LEN, MAP_CONFIG, MAP_COUNTERS, MAP_PATTERNS, MAP_SERVER_ADDRS, PROG_NAME,
 };
 
 /// The XDP object, built by `build.rs` and embedded so that one binary is
@@ -149,13 +149,26 @@ impl Dataplane {
     }
 
     /// Runs `packet` `repeat` times in the kernel and returns the kernel's
-    /// average time per run.
-    pub fn time_run(&mut self, packet: &[u8], repeat: u32) -> Result<std::time::Duration> {
+    /// average time per run. `floor` times the empty program instead.
+    pub fn time_run(
+        &mut self,
+        packet: &[u8],
+        repeat: u32,
+        floor: bool,
+    ) -> Result<std::time::Duration> {
+        let name = if floor { FLOOR_PROG_NAME } else { PROG_NAME };
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?;
+        if floor && prog.fd().is_err() {
+            prog.load().map_err(explain_load_error)?;
+        }
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.repeat = repeat;
-        let r = self
-            .program()?
+        let r = prog
             .test_run(opts)
             .map_err(|e| anyhow!("BPF_PROG_TEST_RUN: {}", error_chain(&e)))?;
         Ok(r.duration)
