@@ -33,7 +33,6 @@ fn run() -> anyhow::Result<()> {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    println!("cargo:rerun-if-env-changed=DNSFAST_EBPF_FEATURES");
 
     let path = format!("{TOOLS_BIN}:{}", env::var("PATH").unwrap_or_default());
     let have_linker = path
@@ -47,17 +46,20 @@ fn run() -> anyhow::Result<()> {
         );
     }
 
-    let target_dir = root.join("target/ebpf");
+    let log = env::var_os("CARGO_FEATURE_EBPF_LOG").is_some();
+    let target_dir = root.join(if log {
+        "target/ebpf-log"
+    } else {
+        "target/ebpf"
+    });
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&root)
         .args(["build", "-p", "dnsfast-ebpf", "--release"])
         .args(["--target", "bpfel-unknown-none", "--target-dir"])
         .arg(&target_dir);
-    if let Ok(f) = env::var("DNSFAST_EBPF_FEATURES") {
-        if !f.is_empty() {
-            cmd.args(["--features", &f]);
-        }
+    if log {
+        cmd.args(["--features", "log"]);
     }
     // The outer build's compiler settings (rustup's rustc, clippy's wrapper,
     // coverage flags) must not leak into the BPF build.

@@ -185,6 +185,8 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
         _ => return Err(Pass::NoMatch),
     }
 
+    #[cfg(feature = "log")]
+    aya_log_ebpf::debug!(ctx, "NXDOMAIN in place: name of {} bytes", len);
     reply::nxdomain(ctx, &hdrs, qend - dns, opt)
 }
 

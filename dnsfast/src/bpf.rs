@@ -41,6 +41,9 @@ impl Default for LoadOptions {
 /// The loaded program and its maps.
 pub struct Dataplane {
     ebpf: Ebpf,
+    /// Reader of the program's aya-log ring buffer (feature `ebpf-log`).
+    #[cfg(feature = "ebpf-log")]
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Dataplane {
@@ -52,12 +55,25 @@ impl Dataplane {
             .map_max_entries(MAP_PATTERNS, opts.max_patterns)
             .load(OBJECT)
             .context("creating the eBPF maps (are you root, with CAP_BPF and CAP_NET_ADMIN?)")?;
+        // The log map must be claimed before the program loads.
+        #[cfg(feature = "ebpf-log")]
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                log::warn!("aya-log unavailable: {e}");
+                None
+            }
+        };
         let prog: &mut Xdp = ebpf
             .program_mut(PROG_NAME)
             .ok_or_else(|| anyhow!("program {PROG_NAME} missing from the embedded object"))?
             .try_into()?;
         prog.load().map_err(explain_load_error)?;
-        let mut dp = Self { ebpf };
+        let mut dp = Self {
+            ebpf,
+            #[cfg(feature = "ebpf-log")]
+            logger,
+        };
         dp.set_config(&Config::default())?;
         Ok(dp)
     }

@@ -104,6 +104,10 @@ pub fn run(args: LoadArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
+    #[cfg(feature = "ebpf-log")]
+    if let Some(logger) = dp.logger.take() {
+        forward_ebpf_logs(logger);
+    }
     let sig = rt.block_on(wait_for_shutdown())?;
     info!("{sig}: detaching and removing pins");
     drop(dp); // detaches every link and closes the program
@@ -255,6 +259,24 @@ impl Drop for PinDir {
             warn!("removing {}: {e}", self.dir.display());
         }
     }
+}
+
+/// Copies the XDP program's aya-log records into the agent's log, from a
+/// thread of its own that sleeps in poll(2) until the ring has data.
+#[cfg(feature = "ebpf-log")]
+fn forward_ebpf_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    std::thread::spawn(move || loop {
+        {
+            let mut fds = [PollFd::new(logger.as_fd(), PollFlags::POLLIN)];
+            if let Err(e) = poll(&mut fds, PollTimeout::from(1000u16)) {
+                warn!("eBPF log ring: {e}");
+                return;
+            }
+        }
+        logger.flush();
+    });
 }
 
 async fn wait_for_shutdown() -> Result<&'static str> {

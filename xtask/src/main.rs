@@ -210,6 +210,17 @@ fn test() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     // Default members only: the eBPF crate builds for its own target (build.rs).
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The feature-gated eBPF logging build must keep compiling too.
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "dnsfast",
+        "--features",
+        "ebpf-log",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(cargo().args(["build", "-p", "dnsfast"]))?;
     let bin = root().join("target/debug/dnsfast");
     run(cargo().arg("test").env("DNSFAST_BIN", &bin))?;
