@@ -20,8 +20,8 @@ struct Args {
     /// BPF_PROG_TEST_RUN repeats per run.
     #[arg(long, default_value_t = 1_000_000)]
     repeat: u32,
-    /// Runs per case; the median is reported.
-    #[arg(long, default_value_t = 5)]
+    /// Interleaved rounds; each case reports its median.
+    #[arg(long, default_value_t = 7)]
     runs: usize,
     /// Seconds of dnsperf load per server.
     #[arg(long, default_value_t = 5)]
@@ -33,62 +33,123 @@ struct Args {
 
 const SUFFIX: &str = "svc.cluster.local";
 
+/// One timed case: which dataplane (10 or 100k patterns), what, and the frame.
+struct Case {
+    dp: usize,
+    floor: bool,
+    what: &'static str,
+    patterns: &'static str,
+    name: String,
+    frame: Vec<u8>,
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
-    println!(
-        "== XDP program, BPF_PROG_TEST_RUN: median of {} runs x {} repeats",
-        args.runs, args.repeat
-    );
-    println!(
-        "{:<34} {:>9} {:>10} {:>10}",
-        "case", "patterns", "name bytes", "ns/packet"
-    );
-    for (label, patterns) in [("10", 10usize), ("100k", 100_000)] {
+    let mut dps = vec![];
+    for n in [10usize, 100_000] {
         let mut dp = Dataplane::load(&LoadOptions {
             bench_mode: true,
             max_patterns: 131_072,
         })?;
-        for p in search_patterns(patterns) {
+        for p in search_patterns(n) {
             dp.insert_pattern(&p, Action::Block)?;
         }
-        if label == "10" {
-            let mut arp = symmetric(&Wrap::v4(), &[0u8; 20]);
-            arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-            row_floor(&mut dp, &args, &arp)?;
-            row(&mut dp, &args, "ARP -> PASS", label, "-", &arp)?;
-            let non_dns = symmetric(
-                &Wrap {
-                    dport: 8080,
-                    sport: 8080,
-                    ..Wrap::v4()
-                },
-                &[0u8; 40],
-            );
-            row(&mut dp, &args, "non-DNS UDP -> PASS", label, "-", &non_dns)?;
-            let q = Q::new("www.example.org", RecordType::A).bytes();
-            row(
-                &mut dp,
-                &args,
-                "DNS, no match -> PASS",
-                label,
-                "15",
-                &symmetric(&dns_wrap(), &q),
-            )?;
-        }
+        dps.push(dp);
+    }
+    let mut arp = symmetric(&Wrap::v4(), &[0u8; 20]);
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let udp = Wrap {
+        dport: 8080,
+        sport: 8080,
+        ..Wrap::v4()
+    };
+    let nomatch = Q::new("www.example.org", RecordType::A).bytes();
+    let case = |dp, floor, what, patterns, name: &str, frame| Case {
+        dp,
+        floor,
+        what,
+        patterns,
+        name: name.to_string(),
+        frame,
+    };
+    let mut cases = vec![
+        case(
+            0,
+            true,
+            "empty program (test-run floor)",
+            "-",
+            "-",
+            arp.clone(),
+        ),
+        case(0, false, "ARP -> PASS", "10", "-", arp),
+        case(
+            0,
+            false,
+            "non-DNS UDP -> PASS",
+            "10",
+            "-",
+            symmetric(&udp, &[0u8; 40]),
+        ),
+        case(
+            0,
+            false,
+            "DNS, no match -> PASS",
+            "10",
+            "15",
+            symmetric(&dns_wrap(), &nomatch),
+        ),
+    ];
+    for (dp, patterns) in [(0, "10"), (1, "100k")] {
         for len in [25usize, 250] {
-            let name = blocked_name(len);
-            let q = Q::new(&name, RecordType::A).bytes();
+            let q = Q::new(&blocked_name(len), RecordType::A).bytes();
             let f = symmetric(&dns_wrap(), &q);
-            check_answers(&mut dp, &f)?;
-            row(
-                &mut dp,
-                &args,
+            check_answers(&mut dps[dp], &f)?;
+            cases.push(case(
+                dp,
+                false,
                 "block hit -> NXDOMAIN + XDP_TX",
-                label,
+                patterns,
                 &len.to_string(),
-                &f,
-            )?;
+                f,
+            ));
         }
+    }
+
+    // Rounds interleave the cases, so drift in the machine's load hits
+    // them all alike; each case reports its median over the rounds.
+    let mut samples = vec![Vec::new(); cases.len()];
+    for _ in 0..args.runs {
+        for (c, v) in cases.iter().zip(samples.iter_mut()) {
+            let d = dps[c.dp].time_run(&c.frame, args.repeat, c.floor)?;
+            v.push(d.as_nanos() as f64);
+        }
+    }
+    let medians: Vec<f64> = samples
+        .iter_mut()
+        .map(|v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        })
+        .collect();
+    let floor = medians[0];
+    println!(
+        "== XDP program, BPF_PROG_TEST_RUN: median of {} interleaved rounds x {} repeats",
+        args.runs, args.repeat
+    );
+    println!(
+        "{:<34} {:>9} {:>10} {:>10} {:>16}",
+        "case", "patterns", "name bytes", "ns/packet", "minus floor (ns)"
+    );
+    for (c, m) in cases.iter().zip(&medians) {
+        let net = if c.floor {
+            "-".to_string()
+        } else {
+            format!("{:.0}", m - floor)
+        };
+        println!(
+            "{:<34} {:>9} {:>10} {:>10.0} {:>16}",
+            c.what, c.patterns, c.name, m, net
+        );
     }
     if !args.no_qps {
         qps(&args)?;
@@ -160,37 +221,6 @@ fn check_answers(dp: &mut Dataplane, f: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn median(dp: &mut Dataplane, a: &Args, f: &[u8], floor: bool) -> Result<f64> {
-    let mut v: Vec<f64> = (0..a.runs)
-        .map(|_| dp.time_run(f, a.repeat, floor).map(|d| d.as_nanos() as f64))
-        .collect::<Result<_>>()?;
-    v.sort_by(f64::total_cmp);
-    Ok(v[v.len() / 2])
-}
-
-fn row(
-    dp: &mut Dataplane,
-    a: &Args,
-    case: &str,
-    patterns: &str,
-    name: &str,
-    f: &[u8],
-) -> Result<()> {
-    let ns = median(dp, a, f, false)?;
-    println!("{case:<34} {patterns:>9} {name:>10} {ns:>10.1}");
-    Ok(())
-}
-
-/// The cost of BPF_PROG_TEST_RUN itself: an empty program on the same frame.
-fn row_floor(dp: &mut Dataplane, a: &Args, f: &[u8]) -> Result<()> {
-    let ns = median(dp, a, f, true)?;
-    println!(
-        "{:<34} {:>9} {:>10} {ns:>10.1}",
-        "empty program (test-run floor)", "-", "-"
-    );
-    Ok(())
-}
-
 /// A server under test in the server namespace.
 struct Server {
     name: &'static str,
@@ -250,14 +280,17 @@ fn qps(a: &Args) -> Result<()> {
         "\n== Blocked names through a veth: dnsperf -l {} from a client namespace (same 2 cores)",
         a.seconds
     );
-    println!("{:<34} {:>12} {:>14}", "server", "qps", "vs dnsfast");
+    println!(
+        "{:<34} {:>12} {:>22}",
+        "server", "qps", "dnsfast qps / this qps"
+    );
     let mut first = None;
     for s in &servers {
         let r = measure(s, &bin, &names, a.seconds);
         match r {
             Ok(qps) => {
                 let base = *first.get_or_insert(qps);
-                println!("{:<34} {:>12.0} {:>13.2}x", s.name, qps, base / qps);
+                println!("{:<34} {:>12.0} {:>21.2}x", s.name, qps, base / qps);
             }
             Err(e) => println!("{:<34} failed: {e:#}", s.name),
         }
