@@ -152,7 +152,8 @@ pub struct Scratch {
     pub name_len: u32,
     pub nlabels: u32,
     pub key_start: u32,
-    pub _pad: u32,
+    /// How many wire bytes were copied to the scratch buffer.
+    pub wire_len: u32,
 }
 
 impl Scratch {
@@ -163,7 +164,7 @@ impl Scratch {
             name_len: 0,
             nlabels: 0,
             key_start: 0,
-            _pad: 0,
+            wire_len: 0,
         }
     }
 }

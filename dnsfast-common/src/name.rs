@@ -88,8 +88,9 @@ fn load8(s: &Scratch, i: usize) -> u64 {
     unsafe { core::ptr::read_unaligned(s.buf.as_ptr().add(i) as *const u64) }
 }
 
+/// Writes 8 bytes at `i` (masked), unaligned.
 #[inline(always)]
-fn store8(s: &mut Scratch, i: usize, v: u64) {
+pub fn store8(s: &mut Scratch, i: usize, v: u64) {
     let i = i & SCRATCH_MASK;
     // SAFETY: as in `load8`.
     unsafe { core::ptr::write_unaligned(s.buf.as_mut_ptr().add(i) as *mut u64, v) }
@@ -100,13 +101,13 @@ fn store8(s: &mut Scratch, i: usize, v: u64) {
 /// of each loop exit, and the verifier would re-walk what follows once per
 /// exit; a value loaded from memory is opaque, and the paths merge.
 #[inline(always)]
-fn opaque(v: &u32) -> usize {
+pub fn opaque(v: &u32) -> usize {
     // SAFETY: a plain read of a valid reference.
     unsafe { core::ptr::read_volatile(v) as usize }
 }
 
 #[inline(always)]
-fn park(v: &mut u32, x: usize) {
+pub fn park(v: &mut u32, x: usize) {
     // SAFETY: a plain write through a valid reference.
     unsafe { core::ptr::write_volatile(v, x as u32) }
 }

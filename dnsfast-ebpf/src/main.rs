@@ -9,18 +9,16 @@
 mod packet;
 mod reply;
 
-use core::ffi::c_void;
-
 use aya_ebpf::{
     bindings::xdp_action,
     btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
-    helpers::bpf_xdp_load_bytes,
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use dnsfast_common::{
-    encode_copied, AddrKey, Config, Counters, Rule, Scratch, ACTION_ALLOW, ACTION_BLOCK,
-    DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6, KEY_DATA_LEN, MAX_SERVER_ADDRS, WIRE_CAP, WIRE_OFF,
+    encode_copied, opaque, park, AddrKey, Config, Counters, Rule, Scratch, ACTION_ALLOW,
+    ACTION_BLOCK, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6, KEY_DATA_LEN, MAX_SERVER_ADDRS,
+    WIRE_CAP, WIRE_OFF,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
@@ -134,23 +132,14 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     // Copy what can hold the name (at most 256 bytes) into scratch, then
     // encode it there; `encode_copied` checks it ends within those bytes.
     let avail = dns_end.saturating_sub(name_off);
-    if avail == 0 {
+    park(
+        &mut scratch.wire_len,
+        if avail > WIRE_CAP { WIRE_CAP } else { avail },
+    );
+    if !packet::copy_to_scratch(&pkt, name_off, scratch) {
         return Err(Pass::Malformed);
     }
-    let copy = if avail > WIRE_CAP { WIRE_CAP } else { avail };
-    // SAFETY: the destination has WIRE_CAP bytes at WIRE_OFF (see
-    // dnsfast_common::name); the helper checks the packet side.
-    let rc = unsafe {
-        bpf_xdp_load_bytes(
-            ctx.ctx,
-            name_off as u32,
-            scratch.buf.as_mut_ptr().add(WIRE_OFF) as *mut c_void,
-            (copy & (WIRE_CAP * 2 - 1)) as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(Pass::Malformed);
-    }
+    let copy = opaque(&scratch.wire_len) & (WIRE_CAP * 2 - 1);
     let (len, start) = encode_copied(scratch, copy).map_err(|_| Pass::Malformed)?;
 
     // QTYPE/QCLASS.
