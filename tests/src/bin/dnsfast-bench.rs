@@ -32,6 +32,8 @@ struct Args {
 }
 
 const SUFFIX: &str = "svc.cluster.local";
+/// An allow pattern under a block pattern (`net.ns1.svc.cluster.local`).
+const ALLOWED: &str = "b.net.ns1.svc.cluster.local";
 
 /// One timed case: which dataplane (10 or 100k patterns), what, and the frame.
 struct Case {
@@ -54,6 +56,7 @@ fn main() -> Result<()> {
         for p in search_patterns(n) {
             dp.insert_pattern(&p, Action::Block)?;
         }
+        dp.insert_pattern(&Pattern::parse(ALLOWED)?, Action::Allow)?;
         dps.push(dp);
     }
     let mut arp = symmetric(&Wrap::v4(), &[0u8; 20]);
@@ -99,6 +102,15 @@ fn main() -> Result<()> {
             symmetric(&dns_wrap(), &nomatch),
         ),
     ];
+    let allowed = Q::new(&format!("a.{ALLOWED}"), RecordType::A).bytes();
+    cases.push(case(
+        0,
+        false,
+        "allow hit -> PASS",
+        "10",
+        "29",
+        symmetric(&dns_wrap(), &allowed),
+    ));
     for (dp, patterns) in [(0, "10"), (1, "100k")] {
         for len in [25usize, 250] {
             let q = Q::new(&blocked_name(len), RecordType::A).bytes();
