@@ -81,6 +81,7 @@ pub struct Lab {
 
 impl Lab {
     pub fn new() -> Self {
+        ensure_bpffs();
         Self::default()
     }
 
@@ -212,6 +213,20 @@ impl Drop for Lab {
             let _ = std::fs::remove_dir_all(format!("/etc/netns/{ns}"));
         }
     }
+}
+
+/// Mounts bpffs at /sys/fs/bpf once per process if it is not there. The
+/// agent mounts it itself when needed, but two agents started at the same
+/// moment by parallel tests could both see it missing and stack two mounts,
+/// hiding one agent's pins from its test.
+pub fn ensure_bpffs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let fs = run_ok("stat", &["-f", "-c", "%T", "/sys/fs/bpf"]).unwrap_or_default();
+        if fs.trim() != "bpf_fs" {
+            let _ = run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"]);
+        }
+    });
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
