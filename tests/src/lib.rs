@@ -30,3 +30,64 @@ macro_rules! require_root {
         }
     };
 }
+
+/// The agent binary under test: `DNSFAST_BIN` (set by `cargo xtask`), or
+/// the newer of the workspace's debug and release builds.
+pub fn dnsfast_bin() -> std::path::PathBuf {
+    if let Ok(p) = std::env::var("DNSFAST_BIN") {
+        return p.into();
+    }
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    ["debug", "release"]
+        .iter()
+        .map(|p| target.join(p).join("dnsfast"))
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max()
+        .map(|(_, p)| p)
+        .expect("no dnsfast binary: run `cargo build -p dnsfast` or `cargo xtask test`")
+}
+
+/// Kernel counters as an operator reads them: `bpftool map dump pinned
+/// DIR/counters`, one BTF-named field summed over CPUs. Fails if bpftool
+/// shows no field names.
+pub fn bpftool_counters(pin_dir: &std::path::Path) -> anyhow::Result<Vec<(String, u64)>> {
+    let path = pin_dir.join("counters");
+    let out = netns::run_ok(
+        "bpftool",
+        &["map", "dump", "pinned", &path.to_string_lossy()],
+    )?;
+    let mut totals: Vec<(String, u64)> = Vec::new();
+    for line in out.lines() {
+        let Some((k, v)) = line.trim().trim_end_matches(',').split_once(": ") else {
+            continue;
+        };
+        let (Some(k), Ok(v)) = (
+            k.strip_prefix('"').and_then(|k| k.strip_suffix('"')),
+            v.parse::<u64>(),
+        ) else {
+            continue;
+        };
+        if k == "key" || k == "cpu" {
+            continue;
+        }
+        match totals.iter_mut().find(|(n, _)| n == k) {
+            Some((_, t)) => *t += v,
+            None => totals.push((k.to_string(), v)),
+        }
+    }
+    anyhow::ensure!(
+        totals.iter().any(|(k, _)| k == "pass_no_match"),
+        "bpftool shows no BTF field names:\n{out}"
+    );
+    Ok(totals)
+}
+
+/// One field of [`bpftool_counters`].
+pub fn bpftool_counter(pin_dir: &std::path::Path, field: &str) -> u64 {
+    bpftool_counters(pin_dir)
+        .unwrap()
+        .into_iter()
+        .find(|(k, _)| k == field)
+        .map(|(_, v)| v)
+        .unwrap_or_else(|| panic!("no counter {field}"))
+}

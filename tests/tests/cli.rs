@@ -4,23 +4,11 @@
 
 use std::{path::PathBuf, process::Command};
 
-use dnsfast_tests::{netns::Lab, require_root};
+use dnsfast_tests::{dnsfast_bin, netns::Lab, require_root};
 
 /// Tests that must fail before touching an interface name one that does not
 /// exist: a regression then fails the test instead of attaching anywhere.
 const NO_IF: &str = "dnsfast-none0";
-
-fn dnsfast_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("DNSFAST_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    ["debug", "release"]
-        .iter()
-        .map(|p| root.join("target").join(p).join("dnsfast"))
-        .find(|p| p.is_file())
-        .expect("no dnsfast binary: run `cargo build -p dnsfast` or `cargo xtask test`")
-}
 
 /// Runs dnsfast and returns (exit code, stdout, stderr).
 fn run(args: &[&str]) -> (i32, String, String) {

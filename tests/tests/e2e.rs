@@ -7,27 +7,14 @@
 use std::{path::PathBuf, time::Duration};
 
 use dnsfast_tests::{
-    netns::{run_ok, wait_until, Lab},
+    bpftool_counter, dnsfast_bin,
+    netns::{wait_until, Lab},
     require_root,
 };
 
 const SERVER: &str = "10.77.0.1";
 const SERVER6: &str = "fd77::1";
 const SEARCH: &str = "default.svc.cluster.local svc.cluster.local cluster.local us-west-2.compute.internal compute.internal";
-
-fn dnsfast_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("DNSFAST_BIN") {
-        return PathBuf::from(p);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    for profile in ["release", "debug"] {
-        let p = root.join("target").join(profile).join("dnsfast");
-        if p.is_file() {
-            return p;
-        }
-    }
-    panic!("no dnsfast binary: run `cargo build -p dnsfast` or `cargo xtask test`");
-}
 
 struct Setup {
     lab: Lab,
@@ -172,27 +159,8 @@ fn dig(lab: &Lab, ns: &str, server: &str, name: &str, qtype: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `answered_nxdomain` summed over CPUs, read the way an operator would:
-/// `bpftool map dump pinned …`, through BTF field names.
 fn bpftool_answered(pin_dir: &std::path::Path) -> u64 {
-    let out = run_ok(
-        "bpftool",
-        &[
-            "map",
-            "dump",
-            "pinned",
-            pin_dir.join("counters").to_str().unwrap(),
-        ],
-    )
-    .unwrap();
-    assert!(
-        out.contains("\"pass_no_match\""),
-        "bpftool shows no field names:\n{out}"
-    );
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix("\"answered_nxdomain\": "))
-        .map(|v| v.trim_end_matches(',').parse::<u64>().unwrap())
-        .sum()
+    bpftool_counter(pin_dir, "answered_nxdomain")
 }
 
 fn check_answers(s: &Setup) {

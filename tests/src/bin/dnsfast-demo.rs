@@ -15,7 +15,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use dnsfast_tests::{
-    netns::{cleanup_all, run_ok, wait_until, Lab},
+    bpftool_counters,
+    netns::{cleanup_all, wait_until, Lab},
     upstream::Upstream,
 };
 
@@ -190,27 +191,7 @@ fn demo() -> Result<()> {
         "\nkernel counters (bpftool map dump pinned {}/counters, summed over CPUs):",
         pins.display()
     );
-    let dump = run_ok(
-        "bpftool",
-        &[
-            "map",
-            "dump",
-            "pinned",
-            pins.join("counters").to_str().unwrap(),
-        ],
-    )?;
-    for field in [
-        "packets",
-        "dns_queries",
-        "answered_nxdomain",
-        "pass_no_match",
-        "pass_not_dns",
-    ] {
-        let total: u64 = dump
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix(&format!("\"{field}\": ")))
-            .filter_map(|v| v.trim_end_matches(',').parse::<u64>().ok())
-            .sum();
+    for (field, total) in bpftool_counters(&pins)? {
         println!("  {field:<20} {total}");
     }
     lab.stop(agent)?;
