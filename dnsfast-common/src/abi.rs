@@ -154,6 +154,11 @@ pub struct Scratch {
     pub key_start: u32,
     /// How many wire bytes were copied to the scratch buffer.
     pub wire_len: u32,
+    /// IPv6 UDP checksum: bytes to sum, and the running sum.
+    pub csum_len: u32,
+    pub csum_acc: u32,
+    /// The packet's layer offsets (L3, L4, DNS end, is-IPv6), laundered.
+    pub hdr: [u32; 4],
 }
 
 impl Scratch {
@@ -165,6 +170,9 @@ impl Scratch {
             nlabels: 0,
             key_start: 0,
             wire_len: 0,
+            csum_len: 0,
+            csum_acc: 0,
+            hdr: [0; 4],
         }
     }
 }

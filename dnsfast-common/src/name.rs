@@ -113,8 +113,8 @@ pub fn park(v: &mut u32, x: usize) {
 }
 
 /// Encodes the wire name already copied to `s.buf[WIRE_OFF..]`, of which
-/// `avail` bytes are real (the rest of the message may be shorter than a
-/// name can be). On success the label-reversed, lower-cased name ends at
+/// `s.wire_len` bytes are real (the rest of the message may be shorter than
+/// a name can be). On success the label-reversed, lower-cased name ends at
 /// [`KEY_END`], its `u32` prefix length sits just before it, and the return
 /// value is `(len, key_start)`: the name's length without the root byte and
 /// where the lookup key starts.
@@ -122,15 +122,22 @@ pub fn park(v: &mut u32, x: usize) {
 /// Written for the verifier as much as for people: bounded loops, state
 /// parked in `s`, masked indices, no slicing.
 #[inline(always)]
-pub fn encode_copied(s: &mut Scratch, avail: usize) -> Result<(usize, usize), NameError> {
-    // Pass 1: where each label starts.
-    let mut pos = 0usize;
-    let mut count = 0usize;
+pub fn encode_copied(s: &mut Scratch) -> Result<(usize, usize), NameError> {
+    // Pass 1: where each label starts. Position and count live in `s` (see
+    // `opaque`), so every step looks alike to the verifier.
+    park(&mut s.name_len, 0);
+    park(&mut s.nlabels, 0);
+    let mut guard = 0;
     loop {
-        if count >= MAX_LABELS {
+        let pos = opaque(&s.name_len);
+        let count = opaque(&s.nlabels);
+        if guard >= MAX_LABELS || count >= MAX_LABELS {
             return Err(NameError::TooLong);
         }
-        if pos >= avail {
+        guard += 1;
+        // Reloaded, not passed in: a known bound on `avail` lets LLVM drop
+        // the index masks below, and Linux 6.1's verifier cannot follow it.
+        if pos >= opaque(&s.wire_len) {
             return Err(NameError::Truncated);
         }
         let n = get(s, WIRE_OFF + pos) as usize;
@@ -141,24 +148,29 @@ pub fn encode_copied(s: &mut Scratch, avail: usize) -> Result<(usize, usize), Na
             return Err(NameError::BadLabel);
         }
         s.labels[count & (MAX_LABELS - 1)] = pos as u8;
-        pos += n + 1;
+        let next = pos + n + 1;
         // The root byte must sit at offset 254 at the latest.
-        if pos > MAX_NAME_WIRE - 1 {
+        if next > MAX_NAME_WIRE - 1 {
             return Err(NameError::TooLong);
         }
-        count += 1;
+        park(&mut s.name_len, next);
+        park(&mut s.nlabels, count + 1);
     }
-    park(&mut s.name_len, pos);
-    park(&mut s.nlabels, count);
     let len = opaque(&s.name_len) & 0xff;
 
-    // Pass 2: labels last to first, in 8-byte chunks.
-    let mut k = opaque(&s.nlabels) & (MAX_LABELS - 1);
+    // Pass 2: labels last to first, in 8-byte chunks. The label counter
+    // lives in `s.nlabels` and is reloaded every step: LLVM then cannot
+    // prove the index mask redundant and drop it, which older verifiers
+    // (Linux 6.1) need to bound the access.
     let mut guard = 0;
-    while k > 0 && guard < MAX_LABELS {
-        k -= 1;
+    while guard < MAX_LABELS {
+        let k = opaque(&s.nlabels);
+        if k == 0 {
+            break;
+        }
+        park(&mut s.nlabels, k - 1);
         guard += 1;
-        let src = s.labels[k & (MAX_LABELS - 1)] as usize;
+        let src = s.labels[(k - 1) & (MAX_LABELS - 1)] as usize;
         let n = get(s, WIRE_OFF + src) as usize & MAX_LABEL;
         let dst = KEY_END.wrapping_sub(src + n + 1);
         // n + 1 <= 64 bytes: at most 8 chunks.
@@ -201,7 +213,8 @@ pub const fn key_start(len: usize) -> usize {
 pub fn encode_slice(s: &mut Scratch, wire: &[u8]) -> Result<(usize, usize), NameError> {
     let n = wire.len().min(WIRE_CAP);
     s.buf[WIRE_OFF..WIRE_OFF + n].copy_from_slice(&wire[..n]);
-    encode_copied(s, n)
+    s.wire_len = n as u32;
+    encode_copied(s)
 }
 
 #[cfg(test)]

@@ -99,6 +99,13 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     if cfg.filter_dst != 0 && !is_server_addr(&pkt, &hdrs) {
         return Err(Pass::NotDns);
     }
+    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Pass::NotDns)?;
+    // SAFETY: this CPU's slot; nothing else touches it while we run.
+    let scratch = unsafe { &mut *scratch };
+    // From here on the layout goes through map memory: with up to two VLAN
+    // tags and two IP versions, each known offset would otherwise be its own
+    // verifier path through everything below, too many for Linux 6.1.
+    let hdrs = packet::launder(scratch, hdrs);
 
     // DNS header.
     let dns = hdrs.l4 + 8;
@@ -124,9 +131,6 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     }
 
     // Question name → label-reversed key in per-CPU scratch.
-    let scratch = SCRATCH.get_ptr_mut(0).ok_or(Pass::NotDns)?;
-    // SAFETY: this CPU's slot; nothing else touches it while we run.
-    let scratch = unsafe { &mut *scratch };
     let name_off = dns + DNS_HDR_LEN;
     let dns_end = hdrs.dns_end;
     // Copy what can hold the name (at most 256 bytes) into scratch, then
@@ -139,8 +143,7 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     if !packet::copy_to_scratch(&pkt, name_off, scratch) {
         return Err(Pass::Malformed);
     }
-    let copy = opaque(&scratch.wire_len) & (WIRE_CAP * 2 - 1);
-    let (len, start) = encode_copied(scratch, copy).map_err(|_| Pass::Malformed)?;
+    let (len, start) = encode_copied(scratch).map_err(|_| Pass::Malformed)?;
 
     // QTYPE/QCLASS.
     let qtail = name_off + len + 1;
@@ -176,7 +179,7 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
 
     #[cfg(feature = "log")]
     aya_log_ebpf::debug!(ctx, "NXDOMAIN in place: name of {} bytes", len);
-    reply::nxdomain(ctx, &hdrs, qend - dns, opt)
+    reply::nxdomain(ctx, scratch, &hdrs, qend - dns, opt)
 }
 
 #[inline(always)]

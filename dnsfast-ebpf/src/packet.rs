@@ -8,7 +8,7 @@ use network_types::{
 };
 
 use dnsfast_common::{
-    opaque, store8, Config, Scratch, MAX_PORTS, SCRATCH_MASK, WIRE_CAP, WIRE_OFF,
+    opaque, park, store8, Config, Scratch, MAX_PORTS, SCRATCH_MASK, WIRE_CAP, WIRE_OFF,
 };
 
 use crate::Pass;
@@ -68,8 +68,14 @@ impl Packet {
 
     #[inline(always)]
     pub fn byte(&self, off: usize) -> Option<u8> {
-        // SAFETY: bounds checked by `ptr`.
-        self.ptr::<u8>(off).map(|p| unsafe { *p })
+        let p = self.start + (off & OFF_MASK);
+        // `p + 1 > end` would become `p >= end`, from which the verifier
+        // grants no readable byte; an opaque 1 keeps the form it follows.
+        if p + core::hint::black_box(1) > self.end() {
+            return None;
+        }
+        // SAFETY: bounds checked just above.
+        Some(unsafe { *(p as *const u8) })
     }
 
     /// Copies the destination address into `out`; false if out of bounds.
@@ -139,6 +145,22 @@ pub fn copy_to_scratch(pkt: &Packet, off: usize, s: &mut Scratch) -> bool {
         i += 1;
     }
     true
+}
+
+/// `h` written to and read back from map memory: same values, but opaque to
+/// LLVM and the verifier (see `dnsfast_common::name::opaque`).
+#[inline(always)]
+pub fn launder(s: &mut Scratch, h: Headers) -> Headers {
+    park(&mut s.hdr[0], h.l3);
+    park(&mut s.hdr[1], h.l4);
+    park(&mut s.hdr[2], h.dns_end);
+    park(&mut s.hdr[3], h.v6 as usize);
+    Headers {
+        l3: opaque(&s.hdr[0]) & OFF_MASK,
+        l4: opaque(&s.hdr[1]) & OFF_MASK,
+        dns_end: opaque(&s.hdr[2]) & OFF_MASK,
+        v6: opaque(&s.hdr[3]) != 0,
+    }
 }
 
 /// Where the layers of a UDP datagram sit.

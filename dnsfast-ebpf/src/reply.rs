@@ -3,6 +3,8 @@
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, udp::UdpHdr};
 
+use dnsfast_common::{opaque, park, Scratch};
+
 use crate::{
     packet::{be16, Headers, Packet, DNS_HDR_LEN},
     Pass,
@@ -42,6 +44,7 @@ pub fn check_opt(pkt: &Packet, at: usize, dns_end: usize) -> Result<u8, Pass> {
 #[inline(always)]
 pub fn nxdomain(
     ctx: &XdpContext,
+    scratch: &mut Scratch,
     hdrs: &Headers,
     qlen: usize,
     opt: Option<u8>,
@@ -98,7 +101,7 @@ pub fn nxdomain(
         // Computed from scratch: pod veths offload TX checksums, so the
         // query's value is no safe base for an incremental update.
         let mut sum = sum_words(&ip.src_addr) + sum_words(&ip.dst_addr) + udp_len as u32 + 17;
-        sum += sum_packet(&pkt, hdrs.l4, udp_len);
+        sum += sum_packet(&pkt, scratch, hdrs.l4, udp_len);
         let c = fold(sum);
         let udp: *mut UdpHdr = pkt.ptr(hdrs.l4).ok_or(Pass::Malformed)?;
         // SAFETY: bounds checked by `ptr`. A computed 0 is sent as 0xffff.
@@ -154,26 +157,37 @@ fn sum_words<const N: usize>(b: &[u8; N]) -> u32 {
 }
 
 /// One's-complement sum of `len` packet bytes from `off`, odd tail padded.
+/// The length and the running sum live in map memory and are reloaded on
+/// every step: with them in registers, each step's exit leaves a different
+/// known range and older verifiers (Linux 6.1) run out of budget walking
+/// them all.
 #[inline(always)]
-fn sum_packet(pkt: &Packet, off: usize, len: usize) -> u32 {
-    let mut sum = 0u32;
+fn sum_packet(pkt: &Packet, s: &mut Scratch, off: usize, len: usize) -> u32 {
+    park(&mut s.csum_len, len);
+    park(&mut s.csum_acc, 0);
     let mut i = 0usize;
     while i < MAX_ANSWER_UDP {
+        let len = opaque(&s.csum_len);
         if i >= len {
             break;
         }
-        if i + 1 < len {
+        let word = if i + 1 < len {
             match pkt.ptr::<[u8; 2]>(off + i) {
                 // SAFETY: bounds checked by `ptr`.
-                Some(w) => sum += unsafe { be16((*w)[0], (*w)[1]) } as u32,
+                Some(w) => usize::from(unsafe { be16((*w)[0], (*w)[1]) }),
                 None => break,
             }
-        } else if let Some(b) = pkt.byte(off + i) {
-            sum += (b as u32) << 8;
-        }
+        } else {
+            match pkt.byte(off + i) {
+                Some(b) => (b as usize) << 8,
+                None => break,
+            }
+        };
+        let acc = opaque(&s.csum_acc);
+        park(&mut s.csum_acc, acc + word);
         i += 2;
     }
-    sum
+    opaque(&s.csum_acc) as u32
 }
 
 #[inline(always)]

@@ -212,7 +212,12 @@ fn explain_load_error(e: ProgramError) -> anyhow::Error {
         } => {
             let log = verifier_log.to_string();
             let lines: Vec<&str> = log.lines().collect();
-            let tail = lines[lines.len().saturating_sub(15)..].join("\n  ");
+            // DNSFAST_VERIFIER_LOG_LINES=N shows more of the log.
+            let keep = std::env::var("DNSFAST_VERIFIER_LOG_LINES")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(15);
+            let tail = lines[lines.len().saturating_sub(keep)..].join("\n  ");
             anyhow!(
                 "the kernel verifier rejected the XDP program ({io_error}); log tail:\n  {tail}"
             )
