@@ -8,6 +8,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod kernels;
+
 /// Where `setup` installs bpf-linker: outside the clone, so it survives
 /// fresh checkouts and CI runs on the same machine.
 const TOOLS_ROOT: &str = "/opt/dnsfast-tools";
@@ -55,6 +57,8 @@ enum Task {
     Build,
     /// Run the whole suite: fmt, clippy, unit, kernel and end-to-end tests.
     Test,
+    /// Verify and run the XDP program's packet table on older kernels under QEMU.
+    TestKernels,
     /// Measure ns/packet (BPF_PROG_TEST_RUN) and qps against dnsmasq/unbound.
     Bench {
         /// Extra arguments for the bench runner (see its --help).
@@ -71,6 +75,7 @@ fn main() {
         Task::Setup => setup(),
         Task::Build => build().map(|p| println!("built {}", p.display())),
         Task::Test => test(),
+        Task::TestKernels => kernels::test_kernels(&root()),
         Task::Bench { args } => bench(&args),
         Task::Demo => demo(),
     };
@@ -94,13 +99,13 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
     c
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     let shown = format!("{cmd:?}");
     let st = cmd.status().with_context(|| format!("starting {shown}"))?;
     if !st.success() {
@@ -224,6 +229,9 @@ fn test() -> Result<()> {
     run(cargo().args(["build", "-p", "dnsfast"]))?;
     let bin = root().join("target/debug/dnsfast");
     run(cargo().arg("test").env("DNSFAST_BIN", &bin))?;
+    if is_root() {
+        kernels::test_kernels(&root())?;
+    }
     Ok(())
 }
 

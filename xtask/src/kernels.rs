@@ -1,0 +1,237 @@
+//! `cargo xtask test-kernels`: boots Debian kernels older than the host's
+//! under QEMU (software emulation; KVM does not work here) and runs the XDP
+//! packet table (`tests/tests/xdp_table.rs`) inside: load and verification
+//! of the program exactly as the agent does it, then every BPF_PROG_TEST_RUN
+//! case with the same expected verdicts and replies.
+//!
+//! Kernel, QEMU and busybox packages are downloaded with `apt-get download`
+//! and unpacked into a cache outside the clone, once. QEMU is not installed:
+//! `apt-get install qemu-system-x86` would remove a package CI needs.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{cargo, run};
+
+/// One line per kernel: the Debian package and the release it boots.
+const KERNELS: &[(&str, &str)] = &[(
+    "linux-image-6.1.0-50-cloud-amd64-unsigned",
+    "6.1.0-50-cloud-amd64",
+)];
+
+const CACHE: &str = "/var/cache/dnsfast-kernels";
+/// QEMU under TCG runs the whole table in about 35 s; this is a safety net.
+const GUEST_TIMEOUT_SECS: &str = "300";
+
+pub fn test_kernels(root: &Path) -> Result<()> {
+    let cache = Path::new(CACHE);
+    let sysroot = cache.join("root");
+    std::fs::create_dir_all(&sysroot).with_context(|| format!("creating {CACHE}"))?;
+    fetch_qemu(cache, &sysroot)?;
+    let table = build_table(root)?;
+    for (pkg, release) in KERNELS {
+        let vmlinuz = sysroot.join(format!("boot/vmlinuz-{release}"));
+        fetch(cache, &sysroot, pkg, &vmlinuz)?;
+        boot(cache, &sysroot, release, &table)?;
+    }
+    Ok(())
+}
+
+/// Downloads and unpacks `pkg` unless `marker` exists.
+fn fetch(cache: &Path, sysroot: &Path, pkg: &str, marker: &Path) -> Result<()> {
+    if marker.exists() {
+        return Ok(());
+    }
+    println!("test-kernels: downloading {pkg}");
+    let dl = cache.join("debs");
+    std::fs::create_dir_all(&dl)?;
+    run(Command::new("apt-get")
+        .arg("download")
+        .arg(pkg)
+        .current_dir(&dl))?;
+    unpack_all(&dl, sysroot)
+}
+
+fn unpack_all(dir: &Path, sysroot: &Path) -> Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "deb") {
+            run(Command::new("dpkg-deb").arg("-x").arg(&p).arg(sysroot))?;
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
+}
+
+/// QEMU and its libraries, unpacked rather than installed.
+fn fetch_qemu(cache: &Path, sysroot: &Path) -> Result<()> {
+    fetch(
+        cache,
+        sysroot,
+        "busybox-static",
+        &sysroot.join("bin/busybox"),
+    )?;
+    if qemu(sysroot).exists() {
+        return Ok(());
+    }
+    let sim = Command::new("apt-get")
+        .args([
+            "install",
+            "-s",
+            "--no-install-recommends",
+            "qemu-system-x86",
+        ])
+        .output()
+        .context("asking apt which packages QEMU needs")?;
+    let pkgs: Vec<String> = String::from_utf8_lossy(&sim.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("Inst "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect();
+    if pkgs.is_empty() {
+        bail!("apt lists no packages for qemu-system-x86 (run apt-get update?)");
+    }
+    println!("test-kernels: downloading QEMU ({} packages)", pkgs.len());
+    let dl = cache.join("debs");
+    std::fs::create_dir_all(&dl)?;
+    run(Command::new("apt-get")
+        .arg("download")
+        .args(&pkgs)
+        .current_dir(&dl))?;
+    unpack_all(&dl, sysroot)
+}
+
+fn qemu(sysroot: &Path) -> PathBuf {
+    sysroot.join("usr/bin/qemu-system-x86_64")
+}
+
+/// The packet-table test as one static executable, runnable in a bare
+/// initramfs.
+fn build_table(root: &Path) -> Result<PathBuf> {
+    let out = cargo()
+        .args([
+            "test",
+            "--no-run",
+            "-p",
+            "dnsfast-tests",
+            "--test",
+            "xdp_table",
+        ])
+        .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
+        .arg(root.join("target/static"))
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .output()
+        .context("building the static packet-table test")?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        bail!("building the static packet-table test failed:\n{err}");
+    }
+    let exe = err
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Executable tests/xdp_table.rs ("))
+        .and_then(|l| l.strip_suffix(')'))
+        .context("cargo did not name the xdp_table executable")?;
+    Ok(root.join(exe))
+}
+
+fn boot(cache: &Path, sysroot: &Path, release: &str, table: &Path) -> Result<()> {
+    let initrd_dir = cache.join(format!("initrd-{release}"));
+    let _ = std::fs::remove_dir_all(&initrd_dir);
+    for d in ["bin", "proc", "sys", "dev", "tmp", "lib/modules"] {
+        std::fs::create_dir_all(initrd_dir.join(d))?;
+    }
+    std::fs::copy(sysroot.join("bin/busybox"), initrd_dir.join("bin/busybox"))?;
+    std::fs::copy(table, initrd_dir.join("bin/xdp_table"))?;
+    let veth = sysroot.join(format!("lib/modules/{release}/kernel/drivers/net/veth.ko"));
+    if veth.exists() {
+        std::fs::copy(&veth, initrd_dir.join("lib/modules/veth.ko"))?;
+    }
+    let init = initrd_dir.join("init");
+    std::fs::write(&init, INIT)?;
+    run(Command::new("chmod").arg("+x").arg(&init))?;
+    let initrd = cache.join(format!("initrd-{release}.gz"));
+    let pack = format!(
+        "cd '{}' && find . | ./bin/busybox cpio -o -H newc 2>/dev/null | gzip -1 > '{}'",
+        initrd_dir.display(),
+        initrd.display()
+    );
+    run(Command::new("sh").arg("-c").arg(&pack))?;
+
+    let results = cache.join(format!("results-{release}.txt"));
+    let _ = std::fs::remove_file(&results);
+    let libs = format!(
+        "{}:{}",
+        sysroot.join("usr/lib/x86_64-linux-gnu").display(),
+        sysroot.join("lib/x86_64-linux-gnu").display()
+    );
+    println!("test-kernels: booting Linux {release} under QEMU (TCG)");
+    let started = std::time::Instant::now();
+    let st = Command::new("timeout")
+        .arg(GUEST_TIMEOUT_SECS)
+        .arg(qemu(sysroot))
+        .args(["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1024"])
+        .arg("-bios")
+        .arg(sysroot.join("usr/share/qemu/qboot.rom"))
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(sysroot.join(format!("boot/vmlinuz-{release}")))
+        .arg("-initrd")
+        .arg(&initrd)
+        .args([
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+            "-serial",
+            "null",
+            "-serial",
+        ])
+        .arg(format!("file:{}", results.display()))
+        .arg("-L")
+        .arg(sysroot.join("usr/share/qemu"))
+        .arg("-L")
+        .arg(sysroot.join("usr/share/seabios"))
+        .env("LD_LIBRARY_PATH", libs)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("starting QEMU")?;
+    let out = std::fs::read_to_string(&results).unwrap_or_default();
+    let ok = out.contains("\nexit=0") && out.contains("test result: ok.");
+    let summary: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("kernel ") || l.starts_with("test ") || l.starts_with("exit="))
+        .collect();
+    println!("{}", summary.join("\n"));
+    if !ok {
+        let tail: Vec<&str> = out.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "the XDP packet table failed on Linux {release} (QEMU {st}); guest output tail:\n{}",
+            tail.join("\n")
+        );
+    }
+    println!(
+        "test-kernels: Linux {release}: program verified and packet table passed ({:.0?})",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// The guest's /init: mount what the tests need, run them, report on the
+/// second serial port, power off.
+const INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t bpf bpf /sys/fs/bpf
+[ -f /lib/modules/veth.ko ] && insmod /lib/modules/veth.ko
+echo "kernel $(uname -r)" > /dev/ttyS1
+cd /tmp
+DNSFAST_VERIFIER_LOG_LINES=60 RUST_BACKTRACE=0 /bin/xdp_table --test-threads=1 > /dev/ttyS1 2>&1
+echo "exit=$?" > /dev/ttyS1
+poweroff -f
+"#;
