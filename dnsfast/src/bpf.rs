@@ -86,6 +86,16 @@ impl Dataplane {
             .try_into()?)
     }
 
+    /// How many instructions the verifier walked to accept the program
+    /// (`None` before Linux 5.16).
+    pub fn verified_insns(&mut self) -> Result<Option<u32>> {
+        let info = self
+            .program()?
+            .info()
+            .map_err(|e| anyhow!("reading program info: {}", error_chain(&e)))?;
+        Ok(info.verified_instruction_count())
+    }
+
     /// Attaches to `iface`; the link lives as long as `self`.
     pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
         self.program()?

@@ -529,3 +529,17 @@ fn pattern_changes_take_effect_at_once() {
     dp.remove_pattern(&p).unwrap();
     assert_passed(&mut dp, &f, "after delete");
 }
+
+/// Prints the verifier's effort, so host and guest kernels (test-kernels)
+/// can be compared in the logs; fails only if the kernel reports nothing
+/// where it should (5.16 and later).
+#[test]
+fn verifier_instruction_count_is_reported() {
+    require_root!();
+    let mut dp = dataplane();
+    let n = dp.verified_insns().unwrap();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("verified instructions on {}: {n:?}", release.trim());
+    eprintln!("verified instructions on {}: {n:?}", release.trim());
+    assert!(n.is_some_and(|n| n > 0));
+}

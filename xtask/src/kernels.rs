@@ -202,7 +202,11 @@ fn boot(cache: &Path, sysroot: &Path, release: &str, table: &Path) -> Result<()>
     let ok = out.contains("\nexit=0") && out.contains("test result: ok.");
     let summary: Vec<&str> = out
         .lines()
-        .filter(|l| l.starts_with("kernel ") || l.starts_with("test ") || l.starts_with("exit="))
+        .filter(|l| {
+            ["kernel ", "test ", "exit=", "verified instructions"]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
         .collect();
     println!("{}", summary.join("\n"));
     if !ok {
@@ -231,7 +235,7 @@ mount -t bpf bpf /sys/fs/bpf
 [ -f /lib/modules/veth.ko ] && insmod /lib/modules/veth.ko
 echo "kernel $(uname -r)" > /dev/ttyS1
 cd /tmp
-DNSFAST_VERIFIER_LOG_LINES=60 RUST_BACKTRACE=0 /bin/xdp_table --test-threads=1 > /dev/ttyS1 2>&1
+DNSFAST_VERIFIER_LOG_LINES=60 RUST_BACKTRACE=0 /bin/xdp_table --test-threads=1 --nocapture > /dev/ttyS1 2>&1
 echo "exit=$?" > /dev/ttyS1
 poweroff -f
 "#;
