@@ -122,20 +122,6 @@ impl Counters {
         }
         s
     }
-
-    /// (name, value) pairs, in declaration order.
-    pub fn fields(&self) -> [(&'static str, u64); 8] {
-        [
-            ("packets", self.packets),
-            ("dns_queries", self.dns_queries),
-            ("answered_nxdomain", self.answered_nxdomain),
-            ("pass_not_dns", self.pass_not_dns),
-            ("pass_malformed", self.pass_malformed),
-            ("pass_unsupported", self.pass_unsupported),
-            ("pass_no_match", self.pass_no_match),
-            ("pass_allowed", self.pass_allowed),
-        ]
-    }
 }
 
 /// Per-CPU scratch where the program builds the lookup key (see

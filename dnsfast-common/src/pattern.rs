@@ -161,20 +161,6 @@ pub fn reversed_key(wire: &[u8]) -> Result<Vec<u8>, NameError> {
     Ok(s.buf[KEY_END - len..KEY_END].to_vec())
 }
 
-/// Turns a key back into dotted text (for explaining which rule decided).
-pub fn key_to_name(key: &[u8]) -> String {
-    let mut labels = Vec::new();
-    let mut i = 0;
-    while i < key.len() {
-        let n = key[i] as usize;
-        let end = (i + 1 + n).min(key.len());
-        labels.push(String::from_utf8_lossy(&key[i + 1..end]).into_owned());
-        i = end;
-    }
-    labels.reverse();
-    labels.join(".")
-}
-
 /// The matching semantics written plainly, with no trie and no reversed
 /// encoding: walk the name's suffixes at label boundaries, longest first, and
 /// return the first pattern found. Tests compare the kernel against it.
@@ -316,7 +302,6 @@ mod tests {
     fn key_is_label_reversed() {
         let (data, len) = Pattern::parse("www.Example.COM").unwrap().key();
         assert_eq!(&data[..len], b"\x03com\x07example\x03www");
-        assert_eq!(key_to_name(&data[..len]), "www.example.com");
     }
 
     #[test]

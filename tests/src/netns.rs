@@ -174,14 +174,6 @@ impl Lab {
         let (_, mut child) = self.children.remove(i);
         terminate(&mut child)
     }
-
-    /// Whether a child is still running.
-    pub fn running(&mut self, pid: u32) -> bool {
-        self.children
-            .iter_mut()
-            .find(|(_, c)| c.id() == pid)
-            .is_some_and(|(_, c)| matches!(c.try_wait(), Ok(None)))
-    }
 }
 
 fn terminate(child: &mut Child) -> Result<std::process::ExitStatus> {

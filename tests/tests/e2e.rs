@@ -14,6 +14,8 @@ use dnsfast_tests::{
 
 const SERVER: &str = "10.77.0.1";
 const SERVER6: &str = "fd77::1";
+/// Under the `com.svc.cluster.local` block pattern.
+const BLOCKED: &str = "api.github.com.svc.cluster.local";
 const SEARCH: &str = "default.svc.cluster.local svc.cluster.local cluster.local us-west-2.compute.internal compute.internal";
 
 struct Setup {
@@ -165,13 +167,7 @@ fn bpftool_answered(pin_dir: &std::path::Path) -> u64 {
 
 fn check_answers(s: &Setup) {
     let before = bpftool_answered(&s.pin_dir);
-    let out = dig(
-        &s.lab,
-        &s.cli,
-        SERVER,
-        "api.github.com.svc.cluster.local",
-        "A",
-    );
+    let out = dig(&s.lab, &s.cli, SERVER, BLOCKED, "A");
     assert!(out.contains("status: NXDOMAIN"), "dig over IPv4:\n{out}");
     assert!(out.contains("flags: qr rd ra;"), "flags:\n{out}");
     let out = dig(
@@ -229,13 +225,7 @@ fn check_shutdown(mut s: Setup) {
     );
     assert!(!s.pin_dir.exists(), "pins left behind");
     // DNS falls back to the normal path.
-    let out = dig(
-        &s.lab,
-        &s.cli,
-        SERVER,
-        "api.github.com.svc.cluster.local",
-        "A",
-    );
+    let out = dig(&s.lab, &s.cli, SERVER, BLOCKED, "A");
     assert!(
         out.contains("192.0.2.99"),
         "after unload dnsmasq answers:\n{out}"
