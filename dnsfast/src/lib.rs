@@ -3,4 +3,5 @@
 pub mod bpf;
 pub mod config;
 pub mod dnsmasq;
+pub mod kernel;
 pub mod load;

@@ -78,6 +78,7 @@ pub fn run(args: LoadArgs) -> Result<()> {
         ifindex(i)?;
     }
     require_root("dnsfast load")?;
+    crate::kernel::check_running_kernel()?;
     raise_memlock();
     ensure_bpffs(&args.pin_dir)?;
     let pins = PinDir::create(&args.pin_dir)?;
