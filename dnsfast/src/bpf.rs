@@ -86,14 +86,31 @@ impl Dataplane {
             .try_into()?)
     }
 
-    /// How many instructions the verifier walked to accept the program
-    /// (`None` before Linux 5.16).
-    pub fn verified_insns(&mut self) -> Result<Option<u32>> {
-        let info = self
-            .program()?
-            .info()
-            .map_err(|e| anyhow!("reading program info: {}", error_chain(&e)))?;
-        Ok(info.verified_instruction_count())
+    /// Loads every other program in the object (the bench's empty program),
+    /// so that all of it has passed the verifier.
+    pub fn load_all(&mut self) -> Result<()> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(FLOOR_PROG_NAME)
+            .ok_or_else(|| anyhow!("program {FLOOR_PROG_NAME} missing"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load().map_err(explain_load_error)?;
+        }
+        Ok(())
+    }
+
+    /// Per loaded program: how many instructions the verifier walked to
+    /// accept it (`None` before Linux 5.16).
+    pub fn verified_insns(&self) -> Result<Vec<(String, Option<u32>)>> {
+        let mut out = vec![];
+        for (name, prog) in self.ebpf.programs() {
+            if let Ok(info) = prog.info() {
+                out.push((name.to_string(), info.verified_instruction_count()));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 
     /// Attaches to `iface`; the link lives as long as `self`.
