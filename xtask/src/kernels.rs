@@ -32,11 +32,12 @@ pub fn test_kernels(root: &Path) -> Result<()> {
     let sysroot = cache.join("root");
     std::fs::create_dir_all(&sysroot).with_context(|| format!("creating {CACHE}"))?;
     fetch_qemu(cache, &sysroot)?;
-    let table = build_table(root)?;
+    let (table, agent) = build_static(root)?;
+    host_costs(&table)?;
     for (pkg, release) in KERNELS {
         let vmlinuz = sysroot.join(format!("boot/vmlinuz-{release}"));
         fetch(cache, &sysroot, pkg, &vmlinuz)?;
-        boot(cache, &sysroot, release, &table)?;
+        boot(cache, &sysroot, release, &table, &agent)?;
     }
     Ok(())
 }
@@ -110,9 +111,10 @@ fn qemu(sysroot: &Path) -> PathBuf {
     sysroot.join("usr/bin/qemu-system-x86_64")
 }
 
-/// The packet-table test as one static executable, runnable in a bare
-/// initramfs.
-fn build_table(root: &Path) -> Result<PathBuf> {
+/// The packet-table test and the agent as static executables, runnable in
+/// a bare initramfs.
+fn build_static(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let target_dir = Path::new(CACHE).join("target-static");
     let out = cargo()
         .args([
             "test",
@@ -125,7 +127,7 @@ fn build_table(root: &Path) -> Result<PathBuf> {
         .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
         // In the cache, outside the clone: CI's fresh clones then rebuild
         // only dnsfast's own crates, not every dependency.
-        .arg(Path::new(CACHE).join("target-static"))
+        .arg(&target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .output()
         .context("building the static packet-table test")?;
@@ -138,11 +140,41 @@ fn build_table(root: &Path) -> Result<PathBuf> {
         .find_map(|l| l.trim().strip_prefix("Executable tests/xdp_table.rs ("))
         .and_then(|l| l.strip_suffix(')'))
         .context("cargo did not name the xdp_table executable")?;
-    // Cargo prints the path relative to the workspace when it can.
-    Ok(root.join(exe))
+    run(cargo()
+        .args([
+            "build",
+            "-p",
+            "dnsfast",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--target-dir",
+        ])
+        .arg(&target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
+    // Cargo prints the test's path relative to the workspace when it can.
+    Ok((
+        root.join(exe),
+        target_dir.join("x86_64-unknown-linux-gnu/debug/dnsfast"),
+    ))
 }
 
-fn boot(cache: &Path, sysroot: &Path, release: &str, table: &Path) -> Result<()> {
+/// The host kernel's verifier cost per program, printed next to the guests'.
+fn host_costs(table: &Path) -> Result<()> {
+    let out = Command::new(table)
+        .args(["every_program_verifies", "--nocapture", "--test-threads=1"])
+        .output()
+        .context("running the packet-table test on the host")?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    for l in text.lines().filter(|l| l.contains("verified instructions")) {
+        println!("{l}");
+    }
+    if !out.status.success() {
+        bail!("the host failed the verifier check:\n{text}");
+    }
+    Ok(())
+}
+
+fn boot(cache: &Path, sysroot: &Path, release: &str, table: &Path, agent: &Path) -> Result<()> {
     let initrd_dir = cache.join(format!("initrd-{release}"));
     let _ = std::fs::remove_dir_all(&initrd_dir);
     for d in ["bin", "proc", "sys", "dev", "tmp", "lib/modules"] {
@@ -150,6 +182,7 @@ fn boot(cache: &Path, sysroot: &Path, release: &str, table: &Path) -> Result<()>
     }
     std::fs::copy(sysroot.join("bin/busybox"), initrd_dir.join("bin/busybox"))?;
     std::fs::copy(table, initrd_dir.join("bin/xdp_table"))?;
+    std::fs::copy(agent, initrd_dir.join("bin/dnsfast"))?;
     let veth = sysroot.join(format!("lib/modules/{release}/kernel/drivers/net/veth.ko"));
     if veth.exists() {
         std::fs::copy(&veth, initrd_dir.join("lib/modules/veth.ko"))?;
@@ -202,11 +235,12 @@ fn boot(cache: &Path, sysroot: &Path, release: &str, table: &Path) -> Result<()>
         .status()
         .context("starting QEMU")?;
     let out = std::fs::read_to_string(&results).unwrap_or_default();
-    let ok = out.contains("\nexit=0") && out.contains("test result: ok.");
+    let ok =
+        out.contains("\nexit=0") && out.contains("test result: ok.") && out.contains("\nveth=ok");
     let summary: Vec<&str> = out
         .lines()
         .filter(|l| {
-            ["kernel ", "test ", "exit=", "verified instructions"]
+            ["kernel ", "test ", "exit=", "verified instructions", "veth"]
                 .iter()
                 .any(|p| l.starts_with(p))
         })
@@ -221,14 +255,21 @@ fn boot(cache: &Path, sysroot: &Path, release: &str, table: &Path) -> Result<()>
         );
     }
     println!(
-        "test-kernels: Linux {release}: program verified and packet table passed ({:.0?})",
+        "test-kernels: Linux {release}: program verified, packet table passed, \
+         `dnsfast load` answered a query over a veth ({:.0?})",
         started.elapsed()
     );
     Ok(())
 }
 
-/// The guest's /init: mount what the tests need, run them, report on the
-/// second serial port, power off.
+/// The guest's /init: mount what the tests need, run the packet table, then
+/// `dnsfast load` on a veth in SKB mode and a real query through it, and
+/// report on the second serial port before powering off.
+///
+/// Busybox has no network namespaces here, so the client's side of the veth
+/// gets the address and a static ARP entry for the server's: the query then
+/// leaves through veth1 and meets the program on veth0's ingress, and the
+/// answer comes back the same way.
 const INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox --install -s /bin
 mount -t proc proc /proc
@@ -240,5 +281,26 @@ echo "kernel $(uname -r)" > /dev/ttyS1
 cd /tmp
 DNSFAST_VERIFIER_LOG_LINES=60 RUST_BACKTRACE=0 /bin/xdp_table --test-threads=1 --nocapture > /dev/ttyS1 2>&1
 echo "exit=$?" > /dev/ttyS1
+
+ip link set lo up
+ip link add type veth
+ip link set veth0 up
+ip link set veth1 up
+ip addr add 10.55.0.2/24 dev veth1
+arp -s 10.55.0.1 "$(cat /sys/class/net/veth0/address)" -i veth1
+/bin/dnsfast load --iface veth0 --mode skb --address=/blocked.test/ > /tmp/agent.log 2>&1 &
+agent=$!
+i=0; while [ ! -e /sys/fs/bpf/dnsfast/counters ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+answer=$(nslookup -timeout=5 x.blocked.test 10.55.0.1 2>&1)
+echo "$answer" > /dev/ttyS1
+kill -TERM $agent; wait $agent; status=$?
+# Detached: nothing answers any more (nothing listens on 10.55.0.1).
+after=$(nslookup -timeout=2 y.blocked.test 10.55.0.1 2>&1)
+cat /tmp/agent.log > /dev/ttyS1
+if echo "$answer" | grep -q NXDOMAIN && ! echo "$after" | grep -q NXDOMAIN && [ $status = 0 ] && [ ! -e /sys/fs/bpf/dnsfast/counters ]; then
+  echo "veth=ok" > /dev/ttyS1
+else
+  echo "veth=FAILED agent_exit=$status after-unload: $after" > /dev/ttyS1
+fi
 poweroff -f
 "#;
