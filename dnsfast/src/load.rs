@@ -72,8 +72,13 @@ pub fn run(args: LoadArgs) -> Result<()> {
     // Everything that can be checked without touching the kernel is checked
     // first, so a bad input never leaves a half-applied state behind.
     let cfg = build_config(args.config.as_deref(), &args.addresses)?;
-    let mut ifaces = args.ifaces.clone();
-    ifaces.dedup();
+    // Each interface once, in the order given.
+    let mut ifaces: Vec<String> = Vec::new();
+    for i in &args.ifaces {
+        if !ifaces.contains(i) {
+            ifaces.push(i.clone());
+        }
+    }
     for i in &ifaces {
         ifindex(i)?;
     }
