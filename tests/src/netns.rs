@@ -101,17 +101,18 @@ impl Lab {
         Ok(ns)
     }
 
-    /// A veth pair `a` (in `ns_a`) ↔ `b` (in `ns_b`) with the given CIDR
-    /// addresses; no default routes.
+    /// A veth pair between `ns_a` and `ns_b` with the given CIDR addresses
+    /// and no default routes. Returns the two ends' names, which are unique
+    /// like the namespaces'.
     pub fn veth(
         &mut self,
         ns_a: &str,
-        a: &str,
         addr_a: &[&str],
         ns_b: &str,
-        b: &str,
         addr_b: &[&str],
-    ) -> Result<()> {
+    ) -> Result<(String, String)> {
+        let (a, b) = (unique("va"), unique("vb"));
+        let (a, b) = (a.as_str(), b.as_str());
         run_ok(
             "ip",
             &[
@@ -128,7 +129,7 @@ impl Lab {
             }
             self.exec_ok(ns, "ip", &["link", "set", dev, "up"])?;
         }
-        Ok(())
+        Ok((a.to_string(), b.to_string()))
     }
 
     /// Runs a command inside `ns` (with its /etc/netns files bound).

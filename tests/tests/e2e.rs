@@ -35,17 +35,14 @@ fn setup(mode: &str) -> Setup {
         format!("nameserver {SERVER}\nsearch {SEARCH}\noptions ndots:5 timeout:2 attempts:1\n");
     let cli = lab.add_ns("dfc", Some(&resolv)).unwrap();
     let srv = lab.add_ns("dfs", None).unwrap();
-    let tag = cli.trim_start_matches("dfc").to_string();
-    let (cli_if, srv_if) = (format!("vc{tag}"), format!("vs{tag}"));
-    lab.veth(
-        &cli,
-        &cli_if,
-        &["10.77.0.2/24", "fd77::2/64"],
-        &srv,
-        &srv_if,
-        &[&format!("{SERVER}/24"), &format!("{SERVER6}/64")],
-    )
-    .unwrap();
+    let (cli_if, srv_if) = lab
+        .veth(
+            &cli,
+            &["10.77.0.2/24", "fd77::2/64"],
+            &srv,
+            &[&format!("{SERVER}/24"), &format!("{SERVER6}/64")],
+        )
+        .unwrap();
 
     let tmp = std::env::temp_dir();
     let dlog = tmp.join(format!("{srv}-dnsmasq.log")).display().to_string();

@@ -316,16 +316,7 @@ fn measure(s: &Server, bin: &str, names: &std::path::Path, seconds: u32) -> Resu
     let mut lab = Lab::new();
     let cli = lab.add_ns("dbc", None)?;
     let srv = lab.add_ns("dbs", None)?;
-    let tag = cli.trim_start_matches("dbc").to_string();
-    let srv_if = format!("bs{tag}");
-    lab.veth(
-        &cli,
-        &format!("bc{tag}"),
-        &["10.78.0.2/24"],
-        &srv,
-        &srv_if,
-        &["10.78.0.1/24"],
-    )?;
+    let (_, srv_if) = lab.veth(&cli, &["10.78.0.2/24"], &srv, &["10.78.0.1/24"])?;
     let log = std::env::temp_dir().join(format!("{srv}.log"));
     let pins = PathBuf::from(format!("/sys/fs/bpf/dnsfast-bench-{srv}"));
     if s.name.starts_with("dnsfast") {

@@ -82,24 +82,8 @@ fn demo() -> Result<()> {
     let pod = lab.add_ns("dmp", Some(&resolv))?;
     let node = lab.add_ns("dmn", None)?;
     let up = lab.add_ns("dmu", None)?;
-    let tag = pod.trim_start_matches("dmp").to_string();
-    let node_if = format!("np{tag}");
-    lab.veth(
-        &pod,
-        &format!("pn{tag}"),
-        &["10.79.0.2/24"],
-        &node,
-        &node_if,
-        &[&format!("{NODE_DNS}/24")],
-    )?;
-    lab.veth(
-        &node,
-        &format!("nu{tag}"),
-        &["10.80.0.1/24"],
-        &up,
-        &format!("un{tag}"),
-        &[&format!("{UPSTREAM}/24")],
-    )?;
+    let (_, node_if) = lab.veth(&pod, &["10.79.0.2/24"], &node, &[&format!("{NODE_DNS}/24")])?;
+    lab.veth(&node, &["10.80.0.1/24"], &up, &[&format!("{UPSTREAM}/24")])?;
 
     let tmp = std::env::temp_dir();
     let log = |n: &str| tmp.join(format!("{n}.log")).display().to_string();
