@@ -10,6 +10,8 @@ pub mod abi;
 pub mod name;
 #[cfg(feature = "user")]
 pub mod pattern;
+#[cfg(feature = "user")]
+pub mod suffix;
 
 pub use abi::*;
 pub use name::*;

@@ -13,6 +13,8 @@ use dnsfast_common::{
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::forward::settings::{self, ForwardSettings};
+
 /// An example configuration, documented; `dnsfast load` without `--config`
 /// uses the same defaults.
 pub const EXAMPLE: &str = include_str!("../../examples/dnsfast.toml");
@@ -24,6 +26,12 @@ struct RawConfig {
     xdp: RawXdp,
     #[serde(default)]
     patterns: RawPatterns,
+    #[serde(default)]
+    forward: settings::RawForward,
+    #[serde(default)]
+    cache: settings::RawCache,
+    #[serde(default)]
+    zone: Vec<settings::RawZone>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +80,7 @@ pub enum Origin {
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Origin::File { path, line: 0 } => write!(f, "{}", path.display()),
             Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
             Origin::Flag(flag) => write!(f, "flag {flag}"),
         }
@@ -83,6 +92,7 @@ impl std::fmt::Display for Origin {
 pub struct Config {
     pub xdp: XdpSettings,
     pub patterns: PatternTable,
+    pub forward: ForwardSettings,
 }
 
 /// Patterns with their actions; a name in both lists is an error.
@@ -179,7 +189,12 @@ impl Config {
                 patterns.add(p.get_ref(), action, at(p.span()))?;
             }
         }
-        Ok(Config { xdp, patterns })
+        let forward = ForwardSettings::from_raw(raw.forward, raw.cache, raw.zone, &at)?;
+        Ok(Config {
+            xdp,
+            patterns,
+            forward,
+        })
     }
 }
 

@@ -3,5 +3,7 @@
 pub mod bpf;
 pub mod config;
 pub mod dnsmasq;
+pub mod forward;
 pub mod kernel;
 pub mod load;
+pub mod serve;

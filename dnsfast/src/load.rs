@@ -16,6 +16,7 @@ use crate::{
     bpf::{require_root, Dataplane, LoadOptions},
     config::Config,
     dnsmasq,
+    forward::{settings::parse_listen, Forwarder},
 };
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -40,6 +41,43 @@ pub struct LoadArgs {
     /// Where the maps are pinned, for the CLI and bpftool.
     #[arg(long, value_name = "DIR", default_value = PIN_DIR)]
     pub pin_dir: PathBuf,
+    /// Run only the XDP program; no DNS forwarder in user space.
+    #[arg(long)]
+    pub no_forward: bool,
+    #[command(flatten)]
+    pub forward: ForwardArgs,
+}
+
+/// The forwarder's flags, shared by `load` and `serve`. The dnsmasq ones
+/// (--server, --cache-size, --no-negcache, --no-resolv, --log-queries) take
+/// kube-dns's values unchanged.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ForwardArgs {
+    /// Address to answer DNS on, over UDP and TCP: IP:PORT, [IPv6]:PORT, or
+    /// IP for port 53. Repeat for several; replaces forward.listen from the
+    /// config. Default 127.0.0.1:53.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Upstream, dnsmasq style: IP[#PORT] for every name,
+    /// /ZONE/[ZONE/…]IP[#PORT] for names under the zones (longest zone
+    /// wins), /ZONE/# for "the default upstreams". Repeat to add upstreams,
+    /// tried in order.
+    #[arg(long = "server", value_name = "[/ZONE/]IP[#PORT]")]
+    pub servers: Vec<String>,
+    /// Answer cache capacity in entries (0 turns it off). Default 10000.
+    #[arg(long = "cache-size", value_name = "N")]
+    pub cache_size: Option<usize>,
+    /// Do not cache NXDOMAIN or NODATA (the default; accepted for dnsmasq
+    /// compatibility, and overrides cache.neg-cache = true).
+    #[arg(long)]
+    pub no_negcache: bool,
+    /// Do not take default upstreams from /etc/resolv.conf.
+    #[arg(long)]
+    pub no_resolv: bool,
+    /// Log one line per query: client, name, type, route, upstream, rcode,
+    /// cache outcome and latency.
+    #[arg(long)]
+    pub log_queries: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,8 +87,12 @@ pub enum Mode {
     Skb,
 }
 
-/// Config file plus `--address` flags, fully validated.
-pub fn build_config(file: Option<&Path>, addresses: &[String]) -> Result<Config> {
+/// Config file plus flags, fully validated.
+pub fn build_config(
+    file: Option<&Path>,
+    addresses: &[String],
+    fwd: &ForwardArgs,
+) -> Result<Config> {
     let mut cfg = match file {
         Some(f) => Config::load(f)?,
         None => Config::default(),
@@ -58,6 +100,25 @@ pub fn build_config(file: Option<&Path>, addresses: &[String]) -> Result<Config>
     for a in addresses {
         dnsmasq::add_address(&mut cfg.patterns, a)?;
     }
+    let f = &mut cfg.forward;
+    if !fwd.listen.is_empty() {
+        f.listen = fwd
+            .listen
+            .iter()
+            .map(|l| parse_listen(l).map_err(|e| anyhow::anyhow!("--listen={l}: {e}")))
+            .collect::<Result<_>>()?;
+    }
+    for v in &fwd.servers {
+        dnsmasq::add_server(f, v)?;
+    }
+    if let Some(n) = fwd.cache_size {
+        f.cache.size = n;
+    }
+    if fwd.no_negcache {
+        f.cache.neg_cache = false;
+    }
+    f.no_resolv |= fwd.no_resolv;
+    f.log_queries |= fwd.log_queries;
     if cfg.patterns.len() > cfg.xdp.max_patterns as usize {
         bail!(
             "{} patterns do not fit xdp.max-patterns = {}; raise it in the config",
@@ -71,7 +132,7 @@ pub fn build_config(file: Option<&Path>, addresses: &[String]) -> Result<Config>
 pub fn run(args: LoadArgs) -> Result<()> {
     // Everything that can be checked without touching the kernel is checked
     // first, so a bad input never leaves a half-applied state behind.
-    let cfg = build_config(args.config.as_deref(), &args.addresses)?;
+    let cfg = build_config(args.config.as_deref(), &args.addresses, &args.forward)?;
     // Each interface once, in the order given.
     let mut ifaces: Vec<String> = Vec::new();
     for i in &args.ifaces {
@@ -84,6 +145,19 @@ pub fn run(args: LoadArgs) -> Result<()> {
     }
     require_root("dnsfast load")?;
     crate::kernel::check_running_kernel()?;
+    let rt = runtime(if args.no_forward {
+        1
+    } else {
+        cfg.forward.worker_count()
+    })?;
+    // Listeners are bound before the kernel is touched, so a taken port
+    // fails the command with nothing loaded.
+    let mut forwarder = if args.no_forward {
+        None
+    } else {
+        let _guard = rt.enter();
+        Some(Forwarder::start(&cfg.forward, &cfg.patterns)?)
+    };
     raise_memlock();
     ensure_bpffs(&args.pin_dir)?;
     let pins = PinDir::create(&args.pin_dir)?;
@@ -106,19 +180,46 @@ pub fn run(args: LoadArgs) -> Result<()> {
         pins.dir.display()
     );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
     #[cfg(feature = "ebpf-log")]
     if let Some(logger) = dp.logger.take() {
         forward_ebpf_logs(logger);
     }
-    let sig = rt.block_on(wait_for_shutdown())?;
-    info!("{sig}: detaching and removing pins");
+    let result = rt.block_on(serve_until_signal(forwarder.as_mut()));
+    if let Some(f) = &forwarder {
+        info!("{}", f.summary());
+    }
+    drop(rt); // stops the forwarder's tasks and closes its sockets
+    info!("detaching and removing pins");
     drop(dp); // detaches every link and closes the program
     drop(pins);
-    Ok(())
+    result
+}
+
+/// A runtime with `threads` workers (the forwarder's UDP sockets each get
+/// one to themselves when the kernel spreads load evenly).
+pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// Serves until SIGINT/SIGTERM; an error if the forwarder fails first.
+pub async fn serve_until_signal(forwarder: Option<&mut Forwarder>) -> Result<()> {
+    let run = async {
+        match forwarder {
+            Some(f) => f.run().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        sig = wait_for_shutdown() => {
+            info!("{}: shutting down", sig?);
+            Ok(())
+        }
+        r = run => r.context("the forwarder stopped"),
+    }
 }
 
 /// Writes config, server addresses and patterns into freshly loaded maps.

@@ -3,11 +3,13 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use dnsfast::{
     config::Config,
-    load::{self, LoadArgs},
+    load::{self, ForwardArgs, LoadArgs},
+    serve::{self, ServeArgs},
 };
 
 /// dnsfast: answers Kubernetes search-path artifacts with NXDOMAIN from the
-/// kernel (XDP), so pod lookups of external names stop waiting on upstreams.
+/// kernel (XDP), so pod lookups of external names stop waiting on upstreams,
+/// and forwards the rest per zone, with a cache.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -17,21 +19,33 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Load the XDP program, attach it and serve until SIGINT/SIGTERM.
+    /// Load the XDP program, attach it, run the forwarder, and serve until
+    /// SIGINT/SIGTERM.
     ///
     /// Patterns come from the config file and from dnsmasq-style
-    /// --address=/suffix/ flags. On exit the program is detached and the pins
-    /// removed, so DNS falls back to the normal path.
+    /// --address=/suffix/ flags; the kernel answers them with NXDOMAIN, and
+    /// the forwarder does too for what reaches it (TCP). Everything else the
+    /// forwarder sends to its zone's upstreams. On exit the program is
+    /// detached and the pins removed, so DNS falls back to the normal path.
     ///
-    /// Example: dnsfast load --iface eth0 --address=/com.svc.cluster.local/
+    /// Example, as kube-dns ran dnsmasq:
+    ///   dnsfast load --iface eth0 --listen 169.254.20.10 \
+    ///     --server=/cluster.local/127.0.0.1#10053 --server=10.0.0.2 \
+    ///     --cache-size=10000 --no-negcache --address=/com.svc.cluster.local/
     Load(LoadArgs),
-    /// Validate a config file (and --address flags) and print what it sets.
+    /// Run the forwarder alone, without XDP (no root needed on a high port).
+    ///
+    /// Example: dnsfast serve --listen 127.0.0.1:5353 --server=9.9.9.9
+    Serve(ServeArgs),
+    /// Validate a config file and flags, and print what they set.
     CheckConfig {
         /// The TOML config file.
         file: PathBuf,
         /// dnsmasq-style block patterns, as `load` takes them.
         #[arg(long = "address", value_name = "/DOMAIN[/DOMAIN…]/")]
         addresses: Vec<String>,
+        #[command(flatten)]
+        forward: ForwardArgs,
     },
     /// Print an example config file with every key documented.
     ExampleConfig,
@@ -44,7 +58,12 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Load(args) => load::run(args),
-        Command::CheckConfig { file, addresses } => check_config(&file, &addresses),
+        Command::Serve(args) => serve::run(args),
+        Command::CheckConfig {
+            file,
+            addresses,
+            forward,
+        } => check_config(&file, &addresses, &forward),
         Command::ExampleConfig => {
             print!("{}", dnsfast::config::EXAMPLE);
             Ok(())
@@ -57,8 +76,12 @@ fn main() {
     }
 }
 
-fn check_config(file: &std::path::Path, addresses: &[String]) -> anyhow::Result<()> {
-    let cfg = load::build_config(Some(file), addresses)?;
+fn check_config(
+    file: &std::path::Path,
+    addresses: &[String],
+    forward: &ForwardArgs,
+) -> anyhow::Result<()> {
+    let cfg = load::build_config(Some(file), addresses, forward)?;
     print_config(&cfg);
     Ok(())
 }
@@ -74,5 +97,57 @@ fn print_config(cfg: &Config) {
     println!("xdp.max-patterns = {}", cfg.xdp.max_patterns);
     for (p, a) in cfg.patterns.iter() {
         println!("{a:5} {p}");
+    }
+    let f = &cfg.forward;
+    let listen: Vec<String> = f.listen.iter().map(|a| a.to_string()).collect();
+    println!(
+        "forward.listen = [{}] (udp x{} workers, tcp)",
+        listen.join(", "),
+        f.worker_count()
+    );
+    println!(
+        "forward: timeout {} ms, max-inflight {}, log-queries {}",
+        f.timeout.as_millis(),
+        f.max_inflight,
+        f.log_queries
+    );
+    let c = &f.cache;
+    println!(
+        "cache: size {}, ttl clamp {}..{} s, negative answers {}",
+        c.size,
+        c.min_ttl,
+        c.max_ttl,
+        if c.neg_cache {
+            format!("cached up to {} s", c.neg_ttl)
+        } else {
+            "not cached".into()
+        }
+    );
+    let zones = match f.resolved_zones() {
+        Ok(z) => z,
+        Err(e) => {
+            println!("note: {e:#}");
+            f.zones.clone()
+        }
+    };
+    if !zones.iter().any(|z| z.name == ".") {
+        println!("note: no default zone: names outside the zones below get REFUSED");
+    }
+    for z in zones {
+        let ups: Vec<String> = if z.use_default {
+            vec!["(the default zone's upstreams)".into()]
+        } else {
+            z.upstreams
+                .iter()
+                .map(|u| format!("{} ({} ms)", u.addr, u.timeout.as_millis()))
+                .collect()
+        };
+        println!(
+            "zone {} [{:?}] -> {}   from {}",
+            z.name,
+            z.policy,
+            ups.join(", "),
+            z.origin
+        );
     }
 }

@@ -288,7 +288,7 @@ ip link set veth0 up
 ip link set veth1 up
 ip addr add 10.55.0.2/24 dev veth1
 arp -s 10.55.0.1 "$(cat /sys/class/net/veth0/address)" -i veth1
-/bin/dnsfast load --iface veth0 --mode skb --address=/blocked.test/ > /tmp/agent.log 2>&1 &
+/bin/dnsfast load --no-forward --iface veth0 --mode skb --address=/blocked.test/ > /tmp/agent.log 2>&1 &
 agent=$!
 i=0; while [ ! -e /sys/fs/bpf/dnsfast/counters ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
 answer=$(nslookup -timeout=5 x.blocked.test 10.55.0.1 2>&1)

@@ -65,10 +65,10 @@ fn upstream() -> Result<()> {
         ),
     ]);
     Upstream {
-        listen: SocketAddr::new(UPSTREAM.parse()?, 53),
         delay: Duration::from_millis(30),
         answers,
         drop_suffixes: vec!["compute.internal.".into()],
+        ..Upstream::new(SocketAddr::new(UPSTREAM.parse()?, 53))
     }
     .serve()
 }

@@ -1,0 +1,159 @@
+//! Longest-suffix lookup in user space, on the same label-reversed key the
+//! kernel's LPM trie uses. The forwarder decides block/allow and picks a
+//! zone with it, so a TCP query or a host without XDP gets the very verdict
+//! the XDP program would give.
+
+use std::collections::HashMap;
+
+use crate::abi::Scratch;
+use crate::name::{encode_slice, NameError, KEY_END};
+
+/// The label-reversed, lower-cased key of a wire name (no root byte), and
+/// the name's length in wire form (root byte included).
+pub fn name_key(wire: &[u8]) -> Result<(Vec<u8>, usize), NameError> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Box<Scratch>> =
+            std::cell::RefCell::new(Box::new(Scratch::zeroed()));
+    }
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let (len, _) = encode_slice(&mut s, wire)?;
+        Ok((s.buf[KEY_END - len..KEY_END].to_vec(), len + 1))
+    })
+}
+
+/// Values keyed by name suffix. `longest` returns the value of the longest
+/// suffix of a name, at label boundaries; the empty key (the root, `.`)
+/// matches every name.
+#[derive(Clone, Debug)]
+pub struct SuffixMap<V> {
+    map: HashMap<Box<[u8]>, V>,
+}
+
+impl<V> Default for SuffixMap<V> {
+    fn default() -> Self {
+        Self {
+            map: HashMap::new(),
+        }
+    }
+}
+
+impl<V> SuffixMap<V> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `key` as made by [`name_key`] or `Pattern::key`.
+    pub fn insert(&mut self, key: &[u8], value: V) -> Option<V> {
+        self.map.insert(key.into(), value)
+    }
+
+    pub fn remove(&mut self, key: &[u8]) -> Option<V> {
+        self.map.remove(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The longest stored suffix of the name whose key is `key`, with the
+    /// length of that suffix's key.
+    pub fn longest(&self, key: &[u8]) -> Option<(&V, usize)> {
+        if self.map.is_empty() {
+            return None;
+        }
+        // Label boundaries of the reversed key, shortest first: each one
+        // ends a suffix of the name.
+        let mut ends = [0u8; 128];
+        let mut n = 0;
+        let mut i = 0usize;
+        while i < key.len() && n < ends.len() - 1 {
+            i += 1 + key[i] as usize;
+            n += 1;
+            ends[n] = i.min(key.len()) as u8;
+        }
+        (0..=n).rev().find_map(|j| {
+            let end = ends[j] as usize;
+            self.map.get(&key[..end]).map(|v| (v, end))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pattern::{to_wire, Action, Pattern, ReferenceMatcher};
+
+    fn key(name: &str) -> Vec<u8> {
+        name_key(&to_wire(name)).unwrap().0
+    }
+
+    #[test]
+    fn name_key_is_the_pattern_key() {
+        let p = Pattern::parse("Api.GitHub.com").unwrap();
+        let (data, len) = p.key();
+        assert_eq!(key("api.github.COM"), &data[..len]);
+        assert_eq!(name_key(b"\x03com\x00").unwrap().1, 5);
+        assert_eq!(name_key(b"\x00").unwrap(), (vec![], 1));
+        assert!(name_key(b"\xc0\x0c").is_err());
+    }
+
+    #[test]
+    fn longest_suffix_at_label_boundaries() {
+        let mut m = SuffixMap::new();
+        m.insert(&key("cluster.local"), "cd");
+        m.insert(&key("svc.cluster.local"), "svc");
+        m.insert(&[], "root");
+        let l = |n: &str| m.longest(&key(n)).map(|(v, _)| *v);
+        assert_eq!(l("a.svc.cluster.local"), Some("svc"));
+        assert_eq!(l("svc.cluster.local"), Some("svc"));
+        assert_eq!(l("xsvc.cluster.local"), Some("cd"));
+        assert_eq!(l("CLUSTER.local"), Some("cd"));
+        assert_eq!(l("example.com"), Some("root"));
+        m.remove(&[]);
+        assert_eq!(m.longest(&key("example.com")), None);
+    }
+
+    /// The production matcher against the plain reference, on random names.
+    #[test]
+    fn agrees_with_the_reference_matcher() {
+        let labels = ["a", "B", "com", "svc", "cluster", "local", "x-y", "COM"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut gen = |max: usize| {
+            let k = 1 + next(max);
+            (0..k)
+                .map(|_| labels[next(labels.len())])
+                .collect::<Vec<_>>()
+                .join(".")
+        };
+        let mut reference = ReferenceMatcher::new();
+        let mut ours = SuffixMap::new();
+        for i in 0..200 {
+            let p = Pattern::parse(&gen(4)).unwrap();
+            let a = if i % 3 == 0 {
+                Action::Allow
+            } else {
+                Action::Block
+            };
+            reference.insert(&p, a);
+            let (d, l) = p.key();
+            ours.insert(&d[..l], a);
+        }
+        for _ in 0..20_000 {
+            let n = gen(7);
+            let want = reference.decide_wire(&to_wire(&n)).map(|x| x.0);
+            let got = ours.longest(&key(&n)).map(|(a, _)| *a);
+            assert_eq!(got, want, "{n}");
+        }
+    }
+}

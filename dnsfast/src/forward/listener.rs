@@ -1,0 +1,226 @@
+//! Client-facing sockets. UDP: one SO_REUSEPORT socket per worker, so the
+//! kernel spreads clients over threads without a shared queue. Answers that
+//! need no upstream are sent from the receive loop; the rest are handed to a
+//! task. TCP: length-prefixed messages, pipelined, answered in any order.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use log::debug;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::{mpsc, Semaphore},
+};
+
+use super::{
+    resolver::{Resolver, Transport},
+    wire::{parse_query, Incoming},
+};
+
+/// An idle TCP client is closed after this long (RFC 7766 suggests seconds).
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Open TCP connections at most; more wait in the accept queue.
+const MAX_TCP_CONNECTIONS: usize = 1024;
+/// Queries in flight per TCP connection; a pipelining client waits past it.
+const TCP_PIPELINE: usize = 64;
+const TCP_ANSWER_LIMIT: usize = 65_535;
+
+/// Binds `workers` UDP sockets on `addr` that share it through SO_REUSEPORT.
+pub fn bind_udp(addr: SocketAddr, workers: usize) -> Result<Vec<UdpSocket>> {
+    (0..workers)
+        .map(|_| {
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.set_reuse_port(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            UdpSocket::from_std(s.into())
+        })
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("listening on udp {addr}"))
+}
+
+pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .and_then(|s| {
+            if addr.is_ipv6() {
+                s.set_only_v6(true)?;
+            }
+            s.set_reuse_address(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr.into())?;
+            s.listen(1024)?;
+            Ok(s)
+        })
+        .with_context(|| format!("listening on tcp {addr}"))?;
+    TcpListener::from_std(s.into()).with_context(|| format!("listening on tcp {addr}"))
+}
+
+pub async fn serve_udp(sock: UdpSocket, r: Arc<Resolver>) -> Result<()> {
+    let sock = Arc::new(sock);
+    let mut buf = vec![0u8; 4096];
+    let mut out = Vec::with_capacity(1500);
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            // ICMP errors from earlier sends surface here; they concern
+            // one client, never the socket.
+            Err(e) => {
+                debug!("udp receive: {e}");
+                continue;
+            }
+        };
+        let start = r.log_queries.then(Instant::now);
+        r.metrics.udp_queries.fetch_add(1, Ordering::Relaxed);
+        let q = match parse_query(&buf[..n]) {
+            Incoming::Query(q) => q,
+            Incoming::Reply(b) => {
+                let _ = sock.try_send_to(&b, peer);
+                continue;
+            }
+            Incoming::Ignore => continue,
+        };
+        let limit = q.udp_limit();
+        if let Some(o) = r.answer_locally(&q) {
+            r.finish(&q, &o, limit, &mut out, peer, Transport::Udp, start);
+            send(&sock, &out, peer).await;
+            continue;
+        }
+        let Some(permit) = r.admit() else {
+            let o = r.overloaded(&q);
+            r.finish(&q, &o, limit, &mut out, peer, Transport::Udp, start);
+            send(&sock, &out, peer).await;
+            continue;
+        };
+        let (r, sock) = (r.clone(), sock.clone());
+        tokio::spawn(async move {
+            let o = r.forward(&q).await;
+            drop(permit);
+            let mut out = Vec::new();
+            r.finish(&q, &o, limit, &mut out, peer, Transport::Udp, start);
+            send(&sock, &out, peer).await;
+        });
+    }
+}
+
+async fn send(sock: &UdpSocket, b: &[u8], peer: SocketAddr) {
+    // try_send_to first: a socket buffer with room takes it without a trip
+    // through the reactor.
+    match sock.try_send_to(b, peer) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            if let Err(e) = sock.send_to(b, peer).await {
+                debug!("udp send to {peer}: {e}");
+            }
+        }
+        Err(e) => debug!("udp send to {peer}: {e}"),
+    }
+}
+
+pub async fn serve_tcp(listener: TcpListener, r: Arc<Resolver>) -> Result<()> {
+    let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let permit = slots.clone().acquire_owned().await?;
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                debug!("tcp accept: {e}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let r = r.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tcp_connection(stream, peer, r).await {
+                debug!("tcp client {peer}: {e}");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_connection(stream: TcpStream, peer: SocketAddr, r: Arc<Resolver>) -> Result<()> {
+    stream.set_nodelay(true)?;
+    let (mut rd, mut wr) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_PIPELINE);
+    let writer = tokio::spawn(async move {
+        while let Some(b) = rx.recv().await {
+            let mut framed = Vec::with_capacity(b.len() + 2);
+            framed.extend_from_slice(&(b.len() as u16).to_be_bytes());
+            framed.extend_from_slice(&b);
+            if wr.write_all(&framed).await.is_err() {
+                break;
+            }
+        }
+    });
+    let pipeline = Arc::new(Semaphore::new(TCP_PIPELINE));
+    loop {
+        let len = match tokio::time::timeout(TCP_IDLE, rd.read_u16()).await {
+            Ok(Ok(n)) => n as usize,
+            _ => break, // idle, closed or reset
+        };
+        let mut buf = vec![0u8; len];
+        if tokio::time::timeout(TCP_IDLE, rd.read_exact(&mut buf))
+            .await
+            .map_or(true, |x| x.is_err())
+        {
+            break;
+        }
+        let start = r.log_queries.then(Instant::now);
+        r.metrics.tcp_queries.fetch_add(1, Ordering::Relaxed);
+        let q = match parse_query(&buf) {
+            Incoming::Query(q) => q,
+            Incoming::Reply(b) => {
+                let _ = tx.send(b).await;
+                continue;
+            }
+            Incoming::Ignore => continue,
+        };
+        if let Some(o) = r.answer_locally(&q) {
+            let mut out = Vec::new();
+            r.finish(
+                &q,
+                &o,
+                TCP_ANSWER_LIMIT,
+                &mut out,
+                peer,
+                Transport::Tcp,
+                start,
+            );
+            let _ = tx.send(out).await;
+            continue;
+        }
+        let slot = pipeline.clone().acquire_owned().await?;
+        let (r, tx) = (r.clone(), tx.clone());
+        tokio::spawn(async move {
+            let o = match r.admit() {
+                Some(_permit) => r.forward(&q).await,
+                None => r.overloaded(&q),
+            };
+            let mut out = Vec::new();
+            r.finish(
+                &q,
+                &o,
+                TCP_ANSWER_LIMIT,
+                &mut out,
+                peer,
+                Transport::Tcp,
+                start,
+            );
+            let _ = tx.send(out).await;
+            drop(slot);
+        });
+    }
+    drop(tx);
+    // Let answers still in flight reach the client before closing.
+    let _ = writer.await;
+    Ok(())
+}

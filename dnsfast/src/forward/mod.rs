@@ -1,0 +1,143 @@
+//! The user-space DNS path: what the XDP program passes up is answered
+//! here. `listener` owns the sockets, `resolver` decides per query,
+//! `router` picks a zone, `upstream` talks to servers, `cache` keeps
+//! answers, `wire` shapes bytes, `settings` holds the configuration.
+
+pub mod cache;
+pub mod listener;
+pub mod metrics;
+pub mod resolver;
+pub mod router;
+pub mod settings;
+pub mod upstream;
+pub mod wire;
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::Result;
+use dnsfast_common::{pattern::Action, suffix::SuffixMap};
+use hickory_proto::{
+    op::{Message, Query},
+    rr::{Name, RecordType},
+};
+use log::{info, warn};
+use tokio::{sync::Semaphore, task::JoinSet};
+
+use crate::config::PatternTable;
+use cache::Cache;
+use metrics::Metrics;
+use resolver::Resolver;
+use router::Router;
+use settings::ForwardSettings;
+
+/// How often down upstreams are probed.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// A running forwarder: its tasks end when this is dropped (with the
+/// runtime) or when one of them fails.
+pub struct Forwarder {
+    pub resolver: Arc<Resolver>,
+    tasks: JoinSet<Result<()>>,
+}
+
+/// The block/allow table as the forwarder consults it: the same keys the
+/// kernel trie holds.
+pub fn pattern_map(patterns: &PatternTable) -> SuffixMap<Action> {
+    let mut m = SuffixMap::new();
+    for (p, a) in patterns.iter() {
+        let (data, len) = p.key();
+        m.insert(&data[..len], a);
+    }
+    m
+}
+
+impl Forwarder {
+    /// Binds every listener (so a taken port fails here, before anything
+    /// else starts) and spawns the serving tasks on the current runtime.
+    pub fn start(s: &ForwardSettings, patterns: &PatternTable) -> Result<Forwarder> {
+        let zones = s.resolved_zones()?;
+        if !zones.iter().any(|z| z.name == ".") {
+            warn!("no default upstreams (no-resolv, and no --server=IP or zone \".\"): names outside the zones get REFUSED");
+        }
+        let router = Router::new(&zones);
+        for z in &router.zones {
+            let ups: Vec<String> = z.upstreams.iter().map(|u| u.addr.to_string()).collect();
+            info!("zone {} -> [{}] ({:?})", z.name, ups.join(", "), z.policy);
+        }
+        let resolver = Arc::new(Resolver {
+            router,
+            patterns: pattern_map(patterns),
+            cache: Cache::new(&s.cache),
+            cache_settings: s.cache.clone(),
+            inflight: Arc::new(Semaphore::new(s.max_inflight)),
+            metrics: Metrics::default(),
+            log_queries: s.log_queries,
+        });
+        let workers = s.worker_count();
+        let mut tasks = JoinSet::new();
+        for addr in &s.listen {
+            let udp = listener::bind_udp(*addr, workers)?;
+            let tcp = listener::bind_tcp(*addr)?;
+            for sock in udp {
+                tasks.spawn(listener::serve_udp(sock, resolver.clone()));
+            }
+            tasks.spawn(listener::serve_tcp(tcp, resolver.clone()));
+            info!("forwarder listening on {addr} (udp x{workers}, tcp)");
+        }
+        tasks.spawn(probe_down_upstreams(resolver.clone()));
+        Ok(Forwarder { resolver, tasks })
+    }
+
+    /// Waits until a serving task fails; normally never returns.
+    pub async fn run(&mut self) -> Result<()> {
+        match self.tasks.join_next().await {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => Err(anyhow::anyhow!("forwarder task: {e}")),
+            None => Ok(()),
+        }
+    }
+
+    /// One log line with the counters, for the end of a run.
+    pub fn summary(&self) -> String {
+        let r = &self.resolver;
+        let m = &r.metrics;
+        let g = Metrics::get;
+        format!(
+            "forwarder: udp={} tcp={} blocked={} cache hits={} misses={} evictions={} size={} \
+             upstream-failed={} overloaded={} no-route={} truncated={} rcodes: {}",
+            g(&m.udp_queries),
+            g(&m.tcp_queries),
+            g(&m.blocked),
+            g(&r.cache.hits),
+            g(&r.cache.misses),
+            r.cache.evictions(),
+            r.cache.len(),
+            g(&m.upstreams_failed),
+            g(&m.overloaded),
+            g(&m.no_route),
+            g(&m.truncated),
+            m.rcode_summary()
+        )
+    }
+}
+
+/// Every second, asks each down upstream for the root NS; any answer
+/// that matches (whatever its RCODE) shows it is alive again.
+async fn probe_down_upstreams(r: Arc<Resolver>) -> Result<()> {
+    let mut probe = Message::query();
+    probe.add_query(Query::query(Name::root(), RecordType::NS));
+    let probe = match wire::parse_query(&probe.to_vec()?) {
+        wire::Incoming::Query(q) => q,
+        _ => anyhow::bail!("the probe query does not parse"),
+    };
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for up in r.router.upstreams.iter().filter(|u| !u.is_up()) {
+            if up.exchange_udp(&probe).await.is_ok() {
+                up.mark_success();
+            }
+        }
+    }
+}

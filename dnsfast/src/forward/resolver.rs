@@ -1,0 +1,208 @@
+//! What happens to one query: blocked → NXDOMAIN; cached → served; else
+//! routed to its zone's upstreams, with failover, and cached.
+
+use std::{
+    net::SocketAddr,
+    sync::{atomic::Ordering, Arc},
+    time::Instant,
+};
+
+use dnsfast_common::{pattern::Action, suffix::SuffixMap};
+use hickory_proto::op::ResponseCode;
+use log::info;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{
+    cache::{Cache, CacheKey},
+    metrics::{rcode_name, Metrics},
+    router::Router,
+    settings::CacheSettings,
+    wire::{Answer, ClientQuery},
+};
+
+/// Where an answer came from, for the query log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Blocked,
+    Cache,
+    Upstream,
+    /// Made here: SERVFAIL, REFUSED.
+    Local,
+}
+
+/// An answer and how it was reached.
+pub struct Outcome {
+    pub answer: Arc<Answer>,
+    /// Seconds to take off the TTLs (cache age).
+    pub age: u32,
+    pub source: Source,
+    pub zone: Option<String>,
+    pub upstream: Option<SocketAddr>,
+}
+
+pub struct Resolver {
+    pub router: Router,
+    pub patterns: SuffixMap<Action>,
+    pub cache: Cache,
+    pub cache_settings: CacheSettings,
+    pub inflight: Arc<Semaphore>,
+    pub metrics: Metrics,
+    pub log_queries: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+impl Resolver {
+    /// Answers without leaving the process: a block pattern or the cache.
+    pub fn answer_locally(&self, q: &ClientQuery) -> Option<Outcome> {
+        if let Some((Action::Block, _)) = self.patterns.longest(&q.key) {
+            self.metrics.blocked.fetch_add(1, Ordering::Relaxed);
+            return Some(self.made_here(q, ResponseCode::NXDomain, Source::Blocked));
+        }
+        let (entry, age) = self.cache.get(&CacheKey::of(q))?;
+        Some(Outcome {
+            answer: Arc::clone(&entry.answer),
+            age,
+            source: Source::Cache,
+            zone: None,
+            upstream: None,
+        })
+    }
+
+    /// A permit for one more upstream query, or `None` past `max-inflight`.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let p = self.inflight.clone().try_acquire_owned().ok();
+        if p.is_none() {
+            self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+        }
+        p
+    }
+
+    pub fn overloaded(&self, q: &ClientQuery) -> Outcome {
+        // REFUSED sends a stub to its next nameserver at once.
+        self.made_here(q, ResponseCode::Refused, Source::Local)
+    }
+
+    /// Asks the zone's upstreams in policy order until one answers.
+    /// SERVFAIL and REFUSED from one upstream move on to the next; only
+    /// timeouts and network errors count against an upstream's health.
+    pub async fn forward(&self, q: &ClientQuery) -> Outcome {
+        let Some(zone) = self.router.route(&q.key) else {
+            self.metrics.no_route.fetch_add(1, Ordering::Relaxed);
+            return self.made_here(q, ResponseCode::Refused, Source::Local);
+        };
+        zone.queries.fetch_add(1, Ordering::Relaxed);
+        let mut last: Option<(Answer, SocketAddr)> = None;
+        for up in zone.candidates() {
+            let reply = match up.exchange(q).await {
+                Ok(r) => r,
+                Err(e) => {
+                    log::debug!("upstream {}: {e}", up.addr);
+                    up.mark_failure();
+                    continue;
+                }
+            };
+            up.mark_success();
+            let Some(answer) = Answer::from_upstream(&reply, &self.cache_settings) else {
+                log::debug!("upstream {}: an answer that does not parse", up.addr);
+                continue;
+            };
+            if matches!(answer.rcode, ResponseCode::ServFail | ResponseCode::Refused) {
+                last = Some((answer, up.addr));
+                continue;
+            }
+            let answer = Arc::new(answer);
+            self.cache.put(CacheKey::of(q), &answer);
+            return Outcome {
+                answer,
+                age: 0,
+                source: Source::Upstream,
+                zone: Some(zone.name.clone()),
+                upstream: Some(up.addr),
+            };
+        }
+        self.metrics
+            .upstreams_failed
+            .fetch_add(1, Ordering::Relaxed);
+        let (answer, upstream) = match last {
+            Some((a, addr)) => (a, Some(addr)),
+            None => (Answer::synthesized(q, ResponseCode::ServFail), None),
+        };
+        Outcome {
+            answer: Arc::new(answer),
+            age: 0,
+            source: if upstream.is_some() {
+                Source::Upstream
+            } else {
+                Source::Local
+            },
+            zone: Some(zone.name.clone()),
+            upstream,
+        }
+    }
+
+    fn made_here(&self, q: &ClientQuery, rcode: ResponseCode, source: Source) -> Outcome {
+        Outcome {
+            answer: Arc::new(Answer::synthesized(q, rcode)),
+            age: 0,
+            source,
+            zone: None,
+            upstream: None,
+        }
+    }
+
+    /// Renders `o` for `q`, counts it and, with `--log-queries`, logs it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn finish(
+        &self,
+        q: &ClientQuery,
+        o: &Outcome,
+        limit: usize,
+        out: &mut Vec<u8>,
+        client: SocketAddr,
+        transport: Transport,
+        start: Option<Instant>,
+    ) {
+        o.answer.render(q, o.age, limit, out);
+        let tc = out.len() > 2 && out[2] & 0x02 != 0 && !super::wire::truncated(&o.answer.wire);
+        self.metrics.answered(o.answer.rcode, tc);
+        if self.log_queries {
+            log_query(q, o, client, transport, start, tc);
+        }
+    }
+}
+
+fn log_query(
+    q: &ClientQuery,
+    o: &Outcome,
+    client: SocketAddr,
+    transport: Transport,
+    start: Option<Instant>,
+    tc: bool,
+) {
+    let source = match o.source {
+        Source::Blocked => "blocked",
+        Source::Cache => "hit",
+        Source::Upstream => "miss",
+        Source::Local => "local",
+    };
+    info!(
+        target: "query",
+        "client={client} proto={} name={} type={} route={} upstream={} rcode={} cache={source}{} latency_us={}",
+        match transport {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+        },
+        q.name_text(),
+        q.type_text(),
+        o.zone.as_deref().unwrap_or("-"),
+        o.upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
+        rcode_name(o.answer.rcode),
+        if tc { " tc=1" } else { "" },
+        start.map(|s| s.elapsed().as_micros()).unwrap_or(0),
+    );
+}

@@ -1,0 +1,480 @@
+//! Forwarder settings: the `[forward]`, `[cache]` and `[[zone]]` tables of
+//! the config file, validated, plus the default zone from resolv.conf.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use dnsfast_common::pattern::Pattern;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::Origin;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:53";
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_CACHE_SIZE: usize = 10_000;
+pub const DEFAULT_MAX_TTL: u32 = 86_400;
+pub const DEFAULT_NEG_TTL: u32 = 60;
+pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
+pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawForward {
+    listen: Option<Vec<Spanned<String>>>,
+    workers: Option<Spanned<usize>>,
+    timeout_ms: Option<Spanned<u64>>,
+    max_inflight: Option<Spanned<usize>>,
+    log_queries: Option<bool>,
+    no_resolv: Option<bool>,
+    resolv_conf: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawCache {
+    size: Option<usize>,
+    min_ttl: Option<u32>,
+    max_ttl: Option<Spanned<u32>>,
+    neg_cache: Option<bool>,
+    neg_ttl: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RawZone {
+    name: Spanned<String>,
+    upstreams: Vec<Spanned<RawUpstream>>,
+    policy: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawUpstream {
+    Addr(String),
+    Table {
+        addr: String,
+        #[serde(rename = "timeout-ms")]
+        timeout_ms: Option<u64>,
+    },
+}
+
+/// How a zone spreads queries over its upstreams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// The first healthy upstream; the next one only when it fails.
+    Sequential,
+    /// A random healthy upstream first, then the others in random order.
+    Random,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamSpec {
+    pub addr: SocketAddr,
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ZoneSpec {
+    /// Canonical zone name; `.` is the default zone.
+    pub name: String,
+    pub upstreams: Vec<UpstreamSpec>,
+    pub policy: Policy,
+    /// dnsmasq's `--server=/zone/#`: this zone uses the default upstreams.
+    pub use_default: bool,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Entries; 0 turns the cache off.
+    pub size: usize,
+    pub min_ttl: u32,
+    pub max_ttl: u32,
+    /// Cache NXDOMAIN and NODATA (off by default, as kube-dns ran dnsmasq
+    /// with `--no-negcache`).
+    pub neg_cache: bool,
+    pub neg_ttl: u32,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            size: DEFAULT_CACHE_SIZE,
+            min_ttl: 0,
+            max_ttl: DEFAULT_MAX_TTL,
+            neg_cache: false,
+            neg_ttl: DEFAULT_NEG_TTL,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForwardSettings {
+    pub listen: Vec<SocketAddr>,
+    /// UDP sockets (SO_REUSEPORT) and runtime threads; 0 = one per CPU.
+    pub workers: usize,
+    pub timeout: Duration,
+    pub max_inflight: usize,
+    pub log_queries: bool,
+    pub no_resolv: bool,
+    pub resolv_conf: PathBuf,
+    pub cache: CacheSettings,
+    pub zones: Vec<ZoneSpec>,
+}
+
+impl Default for ForwardSettings {
+    fn default() -> Self {
+        Self {
+            listen: vec![DEFAULT_LISTEN.parse().expect("a valid address")],
+            workers: 0,
+            timeout: DEFAULT_TIMEOUT,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            log_queries: false,
+            no_resolv: false,
+            resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
+            cache: CacheSettings::default(),
+            zones: Vec::new(),
+        }
+    }
+}
+
+/// `1.2.3.4`, `1.2.3.4#5353` (dnsmasq), `1.2.3.4:5353`, `fd00::1`,
+/// `fd00::1#5353` or `[fd00::1]:5353`. The port defaults to 53.
+pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+    let t = text.trim();
+    if let Some((ip, port)) = t.split_once('#') {
+        let ip: IpAddr = ip
+            .parse()
+            .map_err(|_| format!("'{ip}' is not an IP address"))?;
+        let port = parse_port(port)?;
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    match t.parse::<SocketAddr>() {
+        Ok(a) if a.port() != 0 => Ok(a),
+        Ok(_) => Err(format!("'{t}': port 0 is not a DNS server's port")),
+        Err(_) => Err(format!(
+            "'{t}' is not an upstream address (IP, IP#PORT, IP:PORT or [IPv6]:PORT)"
+        )),
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16, String> {
+    match p.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("'{p}' is not a port (1-65535)")),
+        Ok(n) => Ok(n),
+    }
+}
+
+/// A listen address: `IP:PORT`, `[IPv6]:PORT`, or a bare IP for port 53.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    let t = text.trim();
+    if let Ok(ip) = t.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    t.parse::<SocketAddr>()
+        .map_err(|_| format!("'{t}' is not a listen address (IP, IP:PORT or [IPv6]:PORT)"))
+}
+
+/// Canonical zone name: lower case without the trailing dot; `.` for the root.
+pub fn parse_zone(text: &str) -> Result<String, String> {
+    let t = text.trim();
+    if t == "." || t.is_empty() {
+        return Ok(".".into());
+    }
+    Pattern::parse(t)
+        .map(|p| p.name)
+        .map_err(|e| format!("zone '{t}': {e}"))
+}
+
+impl ForwardSettings {
+    /// Validates the raw tables; `at` maps a byte span to its file:line.
+    pub(crate) fn from_raw(
+        f: RawForward,
+        c: RawCache,
+        zones: Vec<RawZone>,
+        at: &dyn Fn(std::ops::Range<usize>) -> Origin,
+    ) -> Result<Self> {
+        let mut s = ForwardSettings::default();
+        if let Some(list) = f.listen {
+            s.listen.clear();
+            for l in list {
+                let a = parse_listen(l.get_ref())
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", at(l.span())))?;
+                s.listen.push(a);
+            }
+        }
+        if let Some(w) = f.workers {
+            if *w.get_ref() > 256 {
+                bail!("{}: forward.workers is at most 256", at(w.span()));
+            }
+            s.workers = w.into_inner();
+        }
+        if let Some(t) = f.timeout_ms {
+            s.timeout =
+                timeout(*t.get_ref()).map_err(|e| anyhow::anyhow!("{}: {e}", at(t.span())))?;
+        }
+        if let Some(m) = f.max_inflight {
+            if *m.get_ref() == 0 {
+                bail!("{}: forward.max-inflight must be at least 1", at(m.span()));
+            }
+            s.max_inflight = m.into_inner();
+        }
+        s.log_queries = f.log_queries.unwrap_or(false);
+        s.no_resolv = f.no_resolv.unwrap_or(false);
+        if let Some(p) = f.resolv_conf {
+            s.resolv_conf = p;
+        }
+        let d = CacheSettings::default();
+        s.cache = CacheSettings {
+            size: c.size.unwrap_or(d.size),
+            min_ttl: c.min_ttl.unwrap_or(d.min_ttl),
+            max_ttl: c
+                .max_ttl
+                .as_ref()
+                .map(|m| *m.get_ref())
+                .unwrap_or(d.max_ttl),
+            neg_cache: c.neg_cache.unwrap_or(d.neg_cache),
+            neg_ttl: c.neg_ttl.unwrap_or(d.neg_ttl),
+        };
+        if s.cache.max_ttl < s.cache.min_ttl {
+            let where_ = c
+                .max_ttl
+                .map(|m| at(m.span()).to_string())
+                .unwrap_or_default();
+            bail!(
+                "{where_}: cache.max-ttl ({}) is below cache.min-ttl ({})",
+                s.cache.max_ttl,
+                s.cache.min_ttl
+            );
+        }
+        for z in zones {
+            let origin = at(z.name.span());
+            let name =
+                parse_zone(z.name.get_ref()).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+            let policy = match z.policy.as_ref().map(|p| p.get_ref().as_str()) {
+                None | Some("sequential") => Policy::Sequential,
+                Some("random") => Policy::Random,
+                Some(other) => bail!(
+                    "{}: zone '{name}': policy '{other}' is not one of sequential, random",
+                    at(z.policy.as_ref().map(|p| p.span()).unwrap_or(z.name.span()))
+                ),
+            };
+            if z.upstreams.is_empty() {
+                bail!("{origin}: zone '{name}' has no upstreams");
+            }
+            let mut ups = Vec::new();
+            for u in z.upstreams {
+                let uo = at(u.span());
+                let (addr, t) = match u.into_inner() {
+                    RawUpstream::Addr(a) => (a, None),
+                    RawUpstream::Table { addr, timeout_ms } => (addr, timeout_ms),
+                };
+                let addr = parse_upstream(&addr).map_err(|e| anyhow::anyhow!("{uo}: {e}"))?;
+                let timeout = match t {
+                    Some(ms) => timeout(ms).map_err(|e| anyhow::anyhow!("{uo}: {e}"))?,
+                    None => s.timeout,
+                };
+                ups.push(UpstreamSpec { addr, timeout });
+            }
+            s.add_zone(ZoneSpec {
+                name,
+                upstreams: ups,
+                policy,
+                use_default: false,
+                origin,
+            })?;
+        }
+        Ok(s)
+    }
+
+    /// Adds a zone, or appends upstreams to one already named.
+    pub fn add_zone(&mut self, z: ZoneSpec) -> Result<()> {
+        if let Some(prev) = self.zones.iter_mut().find(|p| p.name == z.name) {
+            if prev.use_default != z.use_default {
+                bail!(
+                    "{}: zone '{}' is sent to the default upstreams at {} and to its own here; pick one",
+                    z.origin,
+                    z.name,
+                    prev.origin
+                );
+            }
+            for u in z.upstreams {
+                if !prev.upstreams.contains(&u) {
+                    prev.upstreams.push(u);
+                }
+            }
+            return Ok(());
+        }
+        self.zones.push(z);
+        Ok(())
+    }
+
+    /// Listeners and UDP workers actually used.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    /// The zones with the default zone completed from resolv.conf (unless
+    /// `no-resolv`). Nameservers that are one of our own listen addresses
+    /// are skipped: forwarding to ourselves would loop.
+    pub fn resolved_zones(&self) -> Result<Vec<ZoneSpec>> {
+        let mut zones = self.zones.clone();
+        if self.no_resolv {
+            return Ok(zones);
+        }
+        let servers = read_resolv_conf(&self.resolv_conf)?;
+        let own = |a: &SocketAddr| {
+            self.listen
+                .iter()
+                .any(|l| l.port() == a.port() && (l.ip() == a.ip() || l.ip().is_unspecified()))
+        };
+        let ups: Vec<UpstreamSpec> = servers
+            .into_iter()
+            .filter(|a| {
+                let loops = own(a);
+                if loops {
+                    log::warn!(
+                        "resolv.conf nameserver {a} is one of our listen addresses; skipped"
+                    );
+                }
+                !loops
+            })
+            .map(|addr| UpstreamSpec {
+                addr,
+                timeout: self.timeout,
+            })
+            .collect();
+        if ups.is_empty() {
+            return Ok(zones);
+        }
+        let origin = Origin::File {
+            path: self.resolv_conf.clone(),
+            line: 0,
+        };
+        match zones.iter_mut().find(|z| z.name == ".") {
+            Some(root) => {
+                for u in ups {
+                    if !root.upstreams.contains(&u) {
+                        root.upstreams.push(u);
+                    }
+                }
+            }
+            None => zones.push(ZoneSpec {
+                name: ".".into(),
+                upstreams: ups,
+                policy: Policy::Sequential,
+                use_default: false,
+                origin,
+            }),
+        }
+        Ok(zones)
+    }
+}
+
+fn timeout(ms: u64) -> Result<Duration, String> {
+    if !(10..=60_000).contains(&ms) {
+        return Err(format!("timeout-ms = {ms}: use 10 to 60000 milliseconds"));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// The `nameserver` lines of a resolv.conf.
+pub fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading {} for the default upstreams (set no-resolv to do without)",
+            path.display()
+        )
+    })?;
+    Ok(parse_resolv_conf(&text))
+}
+
+pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            match (w.next(), w.next()) {
+                (Some("nameserver"), Some(ip)) => {
+                    // A scoped IPv6 address (fe80::1%eth0) keeps only the IP.
+                    let ip = ip.split('%').next().unwrap_or(ip);
+                    ip.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53))
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_forms() {
+        let p = |s: &str| parse_upstream(s).unwrap().to_string();
+        assert_eq!(p("10.0.0.1"), "10.0.0.1:53");
+        assert_eq!(p("127.0.0.1#10053"), "127.0.0.1:10053");
+        assert_eq!(p("127.0.0.1:10053"), "127.0.0.1:10053");
+        assert_eq!(p("fd00::1"), "[fd00::1]:53");
+        assert_eq!(p("fd00::1#5353"), "[fd00::1]:5353");
+        assert_eq!(p("[fd00::1]:5353"), "[fd00::1]:5353");
+        assert!(parse_upstream("10.0.0.1#0")
+            .unwrap_err()
+            .contains("not a port"));
+        assert!(parse_upstream("10.0.0.1#x").is_err());
+        assert!(parse_upstream("dns.google")
+            .unwrap_err()
+            .contains("not an upstream address"));
+        assert!(parse_upstream("10.0.0.1:0").is_err());
+    }
+
+    #[test]
+    fn resolv_conf_nameservers() {
+        let t = "# c\nsearch a b\nnameserver 10.0.0.10\nnameserver fe80::1%eth0\nnameserver bogus\noptions ndots:5\n";
+        let v = parse_resolv_conf(t);
+        assert_eq!(
+            v,
+            vec![
+                "10.0.0.10:53".parse().unwrap(),
+                "[fe80::1]:53".parse().unwrap()
+            ]
+        );
+    }
+
+    #[test]
+    fn zone_names() {
+        assert_eq!(parse_zone("Cluster.Local.").unwrap(), "cluster.local");
+        assert_eq!(parse_zone(".").unwrap(), ".");
+        assert!(parse_zone("a..b").unwrap_err().contains("empty label"));
+    }
+
+    #[test]
+    fn own_listen_address_is_not_an_upstream() {
+        let dir = std::env::temp_dir().join(format!("dnsfast-resolv-{}", std::process::id()));
+        std::fs::write(&dir, "nameserver 127.0.0.1\nnameserver 10.0.0.10\n").unwrap();
+        let s = ForwardSettings {
+            resolv_conf: dir.clone(),
+            ..Default::default()
+        };
+        let z = s.resolved_zones().unwrap();
+        std::fs::remove_file(&dir).unwrap();
+        assert_eq!(z.len(), 1);
+        assert_eq!(z[0].name, ".");
+        assert_eq!(z[0].upstreams.len(), 1);
+        assert_eq!(z[0].upstreams[0].addr.to_string(), "10.0.0.10:53");
+    }
+}

@@ -1,0 +1,39 @@
+//! `dnsfast serve`: the forwarder alone, with no XDP: for hosts without
+//! eBPF, and for development as an ordinary user on a high port.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use log::info;
+
+use crate::{
+    forward::Forwarder,
+    load::{build_config, runtime, serve_until_signal, ForwardArgs},
+};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TOML config file (see `dnsfast example-config`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// dnsmasq-style NXDOMAIN suffixes, answered here instead of in the
+    /// kernel, e.g. --address=/com.svc.cluster.local/; repeatable.
+    #[arg(long = "address", value_name = "/DOMAIN[/DOMAIN…]/")]
+    pub addresses: Vec<String>,
+    #[command(flatten)]
+    pub forward: ForwardArgs,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let cfg = build_config(args.config.as_deref(), &args.addresses, &args.forward)?;
+    let rt = runtime(cfg.forward.worker_count())?;
+    let mut forwarder = {
+        let _guard = rt.enter();
+        Forwarder::start(&cfg.forward, &cfg.patterns)?
+    };
+    info!("serving: {} block/allow pattern(s)", cfg.patterns.len());
+    let result = rt.block_on(serve_until_signal(Some(&mut forwarder)));
+    info!("{}", forwarder.summary());
+    result
+}

@@ -1,0 +1,193 @@
+//! `dnsfast serve`, the forwarder without XDP, as an ordinary user on
+//! loopback high ports: blocked names, the in-flight bound, and its flags.
+
+use std::{
+    net::UdpSocket,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use dnsfast_tests::{dnsfast_bin, netns::wait_until};
+use hickory_proto::{
+    op::{Message, Query, ResponseCode},
+    rr::{Name, RecordType},
+};
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills (by PID) what it started.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn query(name: &str, id: u16) -> Vec<u8> {
+    let mut m = Message::query();
+    m.metadata.id = id;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    m.to_vec().unwrap()
+}
+
+fn ask(sock: &UdpSocket, port: u16, name: &str) -> Option<Message> {
+    sock.send_to(&query(name, 7), ("127.0.0.1", port)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).ok()?;
+    Message::from_vec(&buf[..n]).ok()
+}
+
+#[test]
+fn serve_blocks_forwards_and_bounds_inflight() {
+    let (up_port, port) = (free_port(), free_port());
+    let tmp = std::env::temp_dir();
+    let cfg = tmp.join(format!("dnsfast-serve-{port}.toml"));
+    std::fs::write(&cfg, "[forward]\nmax-inflight = 2\n").unwrap();
+    let log = tmp.join(format!("dnsfast-serve-{port}.log"));
+    let mut procs = Procs(Vec::new());
+    procs.0.push(
+        Command::new(env!("CARGO_BIN_EXE_dnsfast-testdns"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{up_port}"),
+                "--delay-ms",
+                "400",
+                "--answer",
+                "www.example.com=192.0.2.7",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    procs.0.push(
+        Command::new(dnsfast_bin())
+            .args([
+                "serve",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--no-resolv",
+                &format!("--server=127.0.0.1#{up_port}"),
+                "--address=/com.svc.cluster.local/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let up = wait_until(Duration::from_secs(10), || {
+        ask(&sock, port, "www.example.com.")
+            .is_some_and(|m| m.metadata.response_code == ResponseCode::NoError)
+    });
+    assert!(up, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+
+    // Blocked names are answered by the forwarder itself when there is no XDP.
+    let m = ask(&sock, port, "API.github.com.svc.cluster.local.").unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(
+        m.queries[0].name().to_ascii(),
+        "API.github.com.svc.cluster.local."
+    );
+
+    // Eight distinct misses at once, two upstream slots: two are forwarded,
+    // six are refused at once (a stub then tries its next nameserver).
+    for i in 0..8u16 {
+        sock.send_to(
+            &query(&format!("n{i}.example.org."), i),
+            ("127.0.0.1", port),
+        )
+        .unwrap();
+    }
+    let mut refused = 0;
+    let mut forwarded = 0;
+    let mut buf = [0u8; 4096];
+    for _ in 0..8 {
+        let n = sock.recv(&mut buf).expect("every query gets an answer");
+        match Message::from_vec(&buf[..n]).unwrap().metadata.response_code {
+            ResponseCode::Refused => refused += 1,
+            ResponseCode::NXDomain => forwarded += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((forwarded, refused), (2, 6));
+    drop(procs);
+    let _ = std::fs::remove_file(&cfg);
+    let _ = std::fs::remove_file(&log);
+}
+
+#[test]
+fn check_config_explains_the_forwarder() {
+    let tmp = std::env::temp_dir().join(format!("dnsfast-cc-{}.toml", std::process::id()));
+    std::fs::write(
+        &tmp,
+        "[cache]\nsize = 500\nneg-cache = true\n\n[[zone]]\nname = \"cluster.local\"\nupstreams = [\"10.0.0.10\", { addr = \"10.0.0.11#5353\", timeout-ms = 500 }]\npolicy = \"random\"\n",
+    )
+    .unwrap();
+    let out = Command::new(dnsfast_bin())
+        .args([
+            "check-config",
+            tmp.to_str().unwrap(),
+            "--server=/in-addr.arpa/10.0.0.10",
+            "--server=10.0.0.2",
+            "--no-resolv",
+            "--no-negcache",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("cache: size 500, ttl clamp 0..86400 s, negative answers not cached"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "zone cluster.local [Random] -> 10.0.0.10:53 (2000 ms), 10.0.0.11:5353 (500 ms)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("zone in-addr.arpa [Sequential] -> 10.0.0.10:53 (2000 ms)   from flag --server=/in-addr.arpa/10.0.0.10"), "{text}");
+    assert!(
+        text.contains("zone . [Sequential] -> 10.0.0.2:53"),
+        "{text}"
+    );
+
+    std::fs::write(
+        &tmp,
+        "[[zone]]\nname = \"x.test\"\nupstreams = [\"10.0.0.1\"]\npolicy = \"fastest\"\n",
+    )
+    .unwrap();
+    let out = Command::new(dnsfast_bin())
+        .args(["check-config", tmp.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(
+        err.trim(),
+        format!(
+            "dnsfast: error: {}:4: zone 'x.test': policy 'fastest' is not one of sequential, random",
+            tmp.display()
+        )
+    );
+    let _ = std::fs::remove_file(&tmp);
+}
