@@ -3,7 +3,8 @@
 //! without dnsfast, then with `dnsfast load` on the node's pod-facing veth.
 //!
 //!   pod (resolv.conf: ndots:5, 5 search domains)
-//!    └─veth─ node: dnsmasq 10.79.0.1 (no cache) [+ dnsfast XDP on this veth]
+//!    └─veth─ node 10.79.0.1: first dnsmasq (no cache), then `dnsfast load`
+//!              (XDP on this veth + its own forwarder, replacing dnsmasq)
 //!              └─veth─ upstream 10.80.0.2: answers after 30 ms, drops *.compute.internal
 
 use std::{
@@ -88,7 +89,7 @@ fn demo() -> Result<()> {
     let tmp = std::env::temp_dir();
     let log = |n: &str| tmp.join(format!("{n}.log")).display().to_string();
     lab.spawn(&up, me.to_str().unwrap(), &["upstream"], &log(&up))?;
-    lab.spawn(
+    let dnsmasq = lab.spawn(
         &node,
         "dnsmasq",
         &[
@@ -129,7 +130,11 @@ fn demo() -> Result<()> {
         .map(|n| lookup(&lab, &pod, n))
         .collect::<Result<_>>()?;
 
+    // dnsfast takes dnsmasq's place: same address, same upstream flag.
+    lab.stop(dnsmasq)?;
     let pins = PathBuf::from(format!("/sys/fs/bpf/dnsfast-demo-{node}"));
+    let upstream_flag = format!("--server={UPSTREAM}");
+    let agent_log = log(&format!("{node}-dnsfast"));
     let agent = lab.spawn(
         &node,
         &bin,
@@ -139,14 +144,23 @@ fn demo() -> Result<()> {
             &node_if,
             "--pin-dir",
             pins.to_str().unwrap(),
+            "--listen",
+            NODE_DNS,
+            "--no-resolv",
+            &upstream_flag,
             PATTERNS,
         ],
-        &log(&format!("{node}-dnsfast")),
+        &agent_log,
     )?;
-    if !wait_until(Duration::from_secs(20), || pins.join("counters").exists()) {
+    let serving = || {
+        std::fs::read_to_string(&agent_log)
+            .unwrap_or_default()
+            .contains("serving:")
+    };
+    if !wait_until(Duration::from_secs(20), serving) {
         bail!(
             "dnsfast did not start: {}",
-            std::fs::read_to_string(log(&format!("{node}-dnsfast")))?
+            std::fs::read_to_string(&agent_log)?
         );
     }
     let with: Vec<(Duration, String)> = LOOKUPS
@@ -179,6 +193,11 @@ fn demo() -> Result<()> {
         println!("  {field:<20} {total}");
     }
     lab.stop(agent)?;
+    let agent_text = std::fs::read_to_string(&agent_log)?;
+    if let Some(line) = agent_text.lines().find(|l| l.contains("forwarder: udp=")) {
+        let counters = line.split("forwarder: ").nth(1).unwrap_or(line);
+        println!("\nforwarder counters (logged by the agent at exit):\n  {counters}");
+    }
     println!("\ndnsfast stopped (program detached, pins removed); lab removed.");
     Ok(())
 }

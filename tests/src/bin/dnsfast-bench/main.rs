@@ -1,6 +1,9 @@
 //! `cargo xtask bench`: ns/packet of the XDP program through
-//! BPF_PROG_TEST_RUN, and blocked-name qps through a veth against dnsmasq and
-//! unbound measured in the same run. Not a test: nothing here asserts a time.
+//! BPF_PROG_TEST_RUN, blocked-name qps through a veth, and the forwarder's
+//! cache-hit and miss qps, each against dnsmasq and unbound measured in the
+//! same run. Not a test: nothing here asserts a time.
+
+mod forward;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -26,9 +29,12 @@ struct Args {
     /// Seconds of dnsperf load per server.
     #[arg(long, default_value_t = 5)]
     seconds: u32,
-    /// Skip the dnsperf part.
+    /// Skip the dnsperf parts.
     #[arg(long)]
     no_qps: bool,
+    /// Only the forwarder part.
+    #[arg(long)]
+    forward_only: bool,
 }
 
 const SUFFIX: &str = "svc.cluster.local";
@@ -47,6 +53,18 @@ struct Case {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if !args.forward_only {
+        xdp(&args)?;
+    }
+    if !args.no_qps {
+        let bin =
+            std::env::var("DNSFAST_BIN").context("DNSFAST_BIN (cargo xtask bench sets it)")?;
+        forward::run(&bin, args.seconds)?;
+    }
+    Ok(())
+}
+
+fn xdp(args: &Args) -> Result<()> {
     let mut dps = vec![];
     for n in [10usize, 100_000] {
         let mut dp = Dataplane::load(&LoadOptions {
@@ -164,7 +182,7 @@ fn main() -> Result<()> {
         );
     }
     if !args.no_qps {
-        qps(&args)?;
+        qps(args)?;
     }
     Ok(())
 }
@@ -328,6 +346,7 @@ fn measure(s: &Server, bin: &str, names: &std::path::Path, seconds: u32) -> Resu
             "skb",
             "--pin-dir",
             pins.to_str().unwrap(),
+            "--no-forward",
             "--address=/com.svc.cluster.local/",
         ];
         lab.spawn(&srv, bin, &args, log.to_str().unwrap())?;

@@ -1,0 +1,274 @@
+//! The forwarder against dnsmasq and unbound, each configured for the same
+//! upstream and cache, measured one after the other in the same run:
+//!
+//!   dnsperf (client ns) ──veth── server under test 10.78.0.1 ──veth── unbound 10.79.0.2
+//!                                                                    (answers *.bench.example)
+//!
+//! - cache hits: 1000 names asked over and over after a warm-up;
+//! - p99 latency of cache hits at 80 % of that server's peak (dnsperf -Q -v);
+//! - forwarded misses: every name new, against the fast local upstream;
+//! - resident memory of the server after the miss run (a full cache).
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use dnsfast_tests::netns::{wait_until, Lab};
+
+const SERVER: &str = "10.78.0.1";
+const UPSTREAM: &str = "10.79.0.2";
+const ZONE: &str = "bench.example";
+const HIT_NAMES: usize = 1000;
+const CACHE: &str = "10000";
+
+struct Peer {
+    name: &'static str,
+    cmd: String,
+    args: Vec<String>,
+}
+
+/// What one server did.
+#[derive(Default)]
+struct Row {
+    hit_qps: f64,
+    p99_ms: f64,
+    p50_ms: f64,
+    lost_at_80: f64,
+    miss_qps: f64,
+    rss_mb: f64,
+}
+
+pub fn run(bin: &str, seconds: u32) -> Result<()> {
+    let tmp = std::env::temp_dir();
+    let tag = std::process::id();
+    let hits = tmp.join(format!("dnsfast-bench-{tag}-hits.txt"));
+    let misses = tmp.join(format!("dnsfast-bench-{tag}-misses.txt"));
+    let text: String = (0..HIT_NAMES).map(|i| format!("h{i}.{ZONE} A\n")).collect();
+    std::fs::write(&hits, text)?;
+    // More unique names than the fastest server answers in the run.
+    let text: String = (0..300_000 * seconds as usize)
+        .map(|i| format!("m{i}.{ZONE} A\n"))
+        .collect();
+    std::fs::write(&misses, text)?;
+    let unbound_peer = tmp.join(format!("dnsfast-bench-{tag}-unbound-fwd.conf"));
+    std::fs::write(
+        &unbound_peer,
+        format!(
+            "server:\n  interface: {SERVER}\n  port: 53\n  num-threads: 2\n  do-daemonize: no\n  \
+             username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  \
+             access-control: 10.78.0.0/24 allow\n  module-config: \"iterator\"\n  \
+             qname-minimisation: no\n  so-reuseport: yes\n\
+             forward-zone:\n  name: \".\"\n  forward-addr: {UPSTREAM}\n"
+        ),
+    )?;
+    let upstream_conf = tmp.join(format!("dnsfast-bench-{tag}-upstream.conf"));
+    std::fs::write(
+        &upstream_conf,
+        format!(
+            "server:\n  interface: {UPSTREAM}\n  port: 53\n  num-threads: 1\n  do-daemonize: no\n  \
+             username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  \
+             access-control: 10.79.0.0/24 allow\n  module-config: \"iterator\"\n  \
+             local-zone: \"{ZONE}.\" redirect\n  local-data: \"{ZONE}. 3600 IN A 192.0.2.1\"\n"
+        ),
+    )?;
+    let peers = [
+        Peer {
+            name: "dnsfast serve (2 workers)",
+            cmd: bin.into(),
+            args: [
+                "serve",
+                "--listen",
+                SERVER,
+                "--no-resolv",
+                &format!("--server={UPSTREAM}"),
+                &format!("--cache-size={CACHE}"),
+                "--no-negcache",
+            ]
+            .map(String::from)
+            .to_vec(),
+        },
+        Peer {
+            name: "dnsmasq",
+            cmd: "dnsmasq".into(),
+            args: [
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                &format!("--listen-address={SERVER}"),
+                "--user=root",
+                "--pid-file=",
+                &format!("--server={UPSTREAM}"),
+                &format!("--cache-size={CACHE}"),
+                "--no-negcache",
+            ]
+            .map(String::from)
+            .to_vec(),
+        },
+        Peer {
+            name: "unbound (2 threads)",
+            cmd: "unbound".into(),
+            args: vec!["-d".into(), "-c".into(), unbound_peer.display().to_string()],
+        },
+    ];
+    println!(
+        "\n== Forwarder: dnsperf -l {seconds} from a client namespace, upstream = unbound on a third namespace (same 2 cores)"
+    );
+    println!(
+        "{:<27} {:>10} {:>10} {:>22} {:>11} {:>8}",
+        "server", "hit qps", "miss qps", "hit p50/p99 @80% (ms)", "lost @80%", "RSS MB"
+    );
+    let mut rows = Vec::new();
+    for p in &peers {
+        match measure(p, &upstream_conf, &hits, &misses, seconds) {
+            Ok(r) => {
+                println!(
+                    "{:<27} {:>10.0} {:>10.0} {:>14.3} / {:<6.3} {:>10.2}% {:>8.1}",
+                    p.name, r.hit_qps, r.miss_qps, r.p50_ms, r.p99_ms, r.lost_at_80, r.rss_mb
+                );
+                rows.push(Some(r));
+            }
+            Err(e) => {
+                println!("{:<27} failed: {e:#}", p.name);
+                rows.push(None);
+            }
+        }
+    }
+    if let Some(Some(ours)) = rows.first() {
+        for (p, r) in peers.iter().zip(&rows).skip(1) {
+            if let Some(r) = r {
+                println!(
+                    "dnsfast / {:<18} cache hits {:.2}x   forwarded misses {:.2}x",
+                    p.name,
+                    ours.hit_qps / r.hit_qps,
+                    ours.miss_qps / r.miss_qps
+                );
+            }
+        }
+    }
+    for f in [&hits, &misses, &unbound_peer, &upstream_conf] {
+        let _ = std::fs::remove_file(f);
+    }
+    Ok(())
+}
+
+fn measure(
+    p: &Peer,
+    upstream_conf: &Path,
+    hits: &Path,
+    misses: &Path,
+    seconds: u32,
+) -> Result<Row> {
+    let mut lab = Lab::new();
+    let cli = lab.add_ns("dfc", None)?;
+    let srv = lab.add_ns("dfs", None)?;
+    let up = lab.add_ns("dfu", None)?;
+    lab.veth(&cli, &["10.78.0.2/24"], &srv, &[&format!("{SERVER}/24")])?;
+    lab.veth(&srv, &["10.79.0.1/24"], &up, &[&format!("{UPSTREAM}/24")])?;
+    let tmp = std::env::temp_dir();
+    let ulog = tmp.join(format!("{up}.log"));
+    lab.spawn(
+        &up,
+        "unbound",
+        &["-d", "-c", upstream_conf.to_str().unwrap()],
+        ulog.to_str().unwrap(),
+    )?;
+    let log = tmp.join(format!("{srv}.log"));
+    let args: Vec<&str> = p.args.iter().map(String::as_str).collect();
+    let pid = lab.spawn(&srv, &p.cmd, &args, log.to_str().unwrap())?;
+    let ready = wait_until(Duration::from_secs(15), || {
+        lab.exec(
+            &cli,
+            "dig",
+            &[
+                "+tries=1",
+                "+time=1",
+                &format!("@{SERVER}"),
+                &format!("h0.{ZONE}"),
+            ],
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("192.0.2.1"))
+        .unwrap_or(false)
+    });
+    if !ready {
+        bail!(
+            "{} never answered: {} {}",
+            p.name,
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(&ulog).unwrap_or_default()
+        );
+    }
+    let perf = |file: &Path, extra: &[&str]| -> Result<String> {
+        let mut a = vec![
+            "-s",
+            SERVER,
+            "-d",
+            file.to_str().unwrap(),
+            "-c",
+            "4",
+            "-q",
+            "200",
+        ];
+        a.extend_from_slice(extra);
+        lab.exec_ok(&cli, "dnsperf", &a)
+    };
+    // Warm-up: every hit name once, so the timed run only hits.
+    perf(hits, &["-n", "1"])?;
+    let secs = seconds.to_string();
+    let hit_qps = qps_of(&perf(hits, &["-l", &secs])?)?;
+    let rate = format!("{:.0}", hit_qps * 0.8);
+    let verbose = perf(hits, &["-l", &secs, "-Q", &rate, "-v"])?;
+    let (p50_ms, p99_ms, lost_at_80) = latency(&verbose)?;
+    let miss_qps = qps_of(&perf(misses, &["-l", &secs])?)?;
+    let rss_mb = rss_kb(pid)? as f64 / 1024.0;
+    Ok(Row {
+        hit_qps,
+        p99_ms,
+        p50_ms,
+        lost_at_80,
+        miss_qps,
+        rss_mb,
+    })
+}
+
+fn qps_of(out: &str) -> Result<f64> {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix("Queries per second:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .with_context(|| format!("no qps in dnsperf output:\n{out}"))
+}
+
+/// p50 and p99 from dnsperf -v lines (`> NOERROR name A 0.000216`); a lost
+/// query counts as slower than any answer. Also the share lost, in %.
+fn latency(out: &str) -> Result<(f64, f64, f64)> {
+    let mut v: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("> "))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
+        .collect();
+    let lost: usize = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Queries lost:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    if v.is_empty() {
+        bail!("no latencies in dnsperf -v output");
+    }
+    let answered = v.len();
+    v.extend(std::iter::repeat_n(f64::INFINITY, lost));
+    v.sort_by(f64::total_cmp);
+    let pct = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)] * 1000.0;
+    Ok((
+        pct(0.50),
+        pct(0.99),
+        100.0 * lost as f64 / (answered + lost) as f64,
+    ))
+}
+
+fn rss_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
