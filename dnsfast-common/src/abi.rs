@@ -22,10 +22,14 @@ pub const MAP_COUNTERS: &str = "COUNTERS";
 pub const MAP_CONFIG: &str = "CONFIG";
 pub const MAP_SERVER_ADDRS: &str = "SERVER_ADDRS";
 pub const MAP_SCRATCH: &str = "SCRATCH";
+pub const MAP_ANSWERS: &str = "ANSWERS";
+pub const MAP_JUMPS: &str = "JUMPS";
 /// Program name in the object.
 pub const PROG_NAME: &str = "dnsfast_xdp";
 /// An empty XDP program in the same object, for the bench's baseline.
 pub const FLOOR_PROG_NAME: &str = "dnsfast_floor";
+/// The answer-cache program, tail-called by the main one from `JUMPS[0]`.
+pub const CACHE_PROG_NAME: &str = "dnsfast_cache";
 /// Read-only global: when non-zero the program treats every DNS message on a
 /// DNS port as a query (QR ignored). Only `cargo xtask bench` sets it, so that
 /// `BPF_PROG_TEST_RUN`'s repeats, which rerun on the rewritten buffer, keep
@@ -104,6 +108,8 @@ pub struct Counters {
     pub pass_no_match: u64,
     /// A query whose longest matching pattern is an allow pattern.
     pub pass_allowed: u64,
+    /// Queries answered in place from the answer cache (XDP_TX).
+    pub answered_cache: u64,
 }
 
 impl Counters {
@@ -119,6 +125,7 @@ impl Counters {
             s.pass_unsupported += c.pass_unsupported;
             s.pass_no_match += c.pass_no_match;
             s.pass_allowed += c.pass_allowed;
+            s.answered_cache += c.answered_cache;
         }
         s
     }
@@ -145,6 +152,8 @@ pub struct Scratch {
     pub csum_acc: u32,
     /// The packet's layer offsets (L3, L4, DNS end, is-IPv6), laundered.
     pub hdr: [u32; 4],
+    /// What the cache program needs to know of the query (`answer::cq`).
+    pub cq: [u32; 8],
 }
 
 impl Scratch {
@@ -159,6 +168,7 @@ impl Scratch {
             csum_len: 0,
             csum_acc: 0,
             hdr: [0; 4],
+            cq: [0; 8],
         }
     }
 }
@@ -171,4 +181,6 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for crate::answer::AnswerKey {}
+    unsafe impl aya::Pod for crate::answer::CachedAnswer {}
 }

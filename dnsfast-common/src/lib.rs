@@ -7,6 +7,7 @@
 #![cfg_attr(not(feature = "user"), no_std)]
 
 pub mod abi;
+pub mod answer;
 pub mod name;
 #[cfg(feature = "user")]
 pub mod pattern;

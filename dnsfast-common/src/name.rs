@@ -82,7 +82,7 @@ fn get(s: &Scratch, i: usize) -> u8 {
 }
 
 #[inline(always)]
-fn load8(s: &Scratch, i: usize) -> u64 {
+pub fn load8(s: &Scratch, i: usize) -> u64 {
     let i = i & SCRATCH_MASK;
     // SAFETY: i + 8 <= SCRATCH_LEN + SLACK, the buffer's size.
     unsafe { core::ptr::read_unaligned(s.buf.as_ptr().add(i) as *const u64) }

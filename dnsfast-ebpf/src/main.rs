@@ -6,16 +6,18 @@
 #![no_std]
 #![no_main]
 
+mod cache;
 mod packet;
 mod reply;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use dnsfast_common::{
+    answer::{cq, AnswerKey, CachedAnswer},
     encode_copied, opaque, park, AddrKey, Config, Counters, Rule, Scratch, ACTION_ALLOW,
     ACTION_BLOCK, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6, KEY_DATA_LEN, MAX_SERVER_ADDRS,
     WIRE_CAP, WIRE_OFF,
@@ -39,6 +41,15 @@ static SERVER_ADDRS: HashMap<AddrKey, u32, { MAX_SERVER_ADDRS as usize }> = Hash
 #[btf_map]
 static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
+/// The answer cache, filled by the forwarder; the agent sizes it to the
+/// forwarder's cache at load time.
+#[btf_map]
+static ANSWERS: LruHashMap<AnswerKey, CachedAnswer, 10_000> = LruHashMap::new();
+
+/// Slot 0: the cache program. Empty when the agent runs without a cache.
+#[btf_map]
+static JUMPS: ProgramArray<1> = ProgramArray::new();
+
 /// See `dnsfast_common::GLOBAL_BENCH_MODE`.
 #[unsafe(no_mangle)]
 static DNSFAST_BENCH_MODE: u8 = 0;
@@ -56,12 +67,43 @@ enum Pass {
 #[xdp]
 pub fn dnsfast_xdp(ctx: XdpContext) -> u32 {
     let counters = COUNTERS.get_ptr_mut(0);
+    if let Some(c) = counters {
+        // SAFETY: per-CPU slot of this CPU; XDP runs with preemption off.
+        unsafe { (*c).packets += 1 };
+    }
+    // A tail call into the cache program does not come back here; that
+    // program counts the outcome itself.
     let verdict = handle(&ctx, counters);
+    count(counters, verdict, false)
+}
+
+/// Tail-called by `dnsfast_xdp` for a query no block pattern covers.
+#[xdp]
+pub fn dnsfast_cache(ctx: XdpContext) -> u32 {
+    let counters = COUNTERS.get_ptr_mut(0);
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: this CPU's slot, left by the main program just before.
+    let s = unsafe { &mut *s };
+    let verdict = cache::answer(&ctx, s).map_err(|_| {
+        if s.cq[cq::REASON] == cq::REASON_ALLOWED {
+            Pass::Allowed
+        } else {
+            Pass::NoMatch
+        }
+    });
+    count(counters, verdict, true)
+}
+
+/// Counts the outcome and turns it into the XDP action.
+#[inline(always)]
+fn count(counters: Option<*mut Counters>, verdict: Result<(), Pass>, cached: bool) -> u32 {
     if let Some(c) = counters {
         // SAFETY: per-CPU slot of this CPU; XDP runs with preemption off.
         let c = unsafe { &mut *c };
-        c.packets += 1;
         match verdict {
+            Ok(()) if cached => c.answered_cache += 1,
             Ok(()) => c.answered_nxdomain += 1,
             Err(Pass::NotDns) => c.pass_not_dns += 1,
             Err(Pass::Malformed) => c.pass_malformed += 1,
@@ -159,26 +201,52 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     let qend = qtail + 4;
 
     // Additional section: nothing, or exactly one EDNS0 OPT at the end.
-    let opt = if ar == 1 {
-        Some(reply::check_opt(&pkt, qend, dns_end)?)
+    // Plain integers, not an Option: LLVM would read the Option's bytes
+    // even where it left them unwritten, which the verifier refuses.
+    let (opt_word, payload) = if ar == 1 {
+        let o = reply::check_opt(&pkt, qend, dns_end)?;
+        (0x100 | o.do_bit as usize, o.payload as usize)
     } else if qend != dns_end {
         return Err(Pass::Malformed);
     } else {
-        None
+        (0, 0)
     };
+    // What the cache program will need, should it run; parked now so that
+    // little stays live across the lookup.
+    park(&mut scratch.cq[cq::QLEN], qend - dns);
+    park(&mut scratch.cq[cq::NAME_LEN], len);
+    park(&mut scratch.cq[cq::QTYPE], be16(q[0], q[1]) as usize);
+    park(&mut scratch.cq[cq::OPT], opt_word);
+    park(&mut scratch.cq[cq::PAYLOAD], payload);
 
     // One lookup decides.
     // SAFETY: `start + KEY_SIZE <= SCRATCH_LEN` for every len (see
     // dnsfast_common::name); Key is packed, so any address is aligned.
     let key = unsafe { &*(scratch.buf.as_ptr().add(start) as *const Key<[u8; KEY_DATA_LEN]>) };
-    match PATTERNS.get(key) {
-        Some(rule) if rule.action == ACTION_BLOCK => {}
-        Some(rule) if rule.action == ACTION_ALLOW => return Err(Pass::Allowed),
-        _ => return Err(Pass::NoMatch),
+    let pass = match PATTERNS.get(key) {
+        Some(rule) if rule.action == ACTION_BLOCK => None,
+        Some(rule) if rule.action == ACTION_ALLOW => Some(Pass::Allowed),
+        _ => Some(Pass::NoMatch),
+    };
+    if let Some(pass) = pass {
+        // Not blocked: perhaps the answer cache has it.
+        park(
+            &mut scratch.cq[cq::REASON],
+            if matches!(pass, Pass::Allowed) {
+                cq::REASON_ALLOWED as usize
+            } else {
+                cq::REASON_NO_MATCH as usize
+            },
+        );
+        // SAFETY: on success control continues in `dnsfast_cache`; with the
+        // slot empty it returns here.
+        unsafe { JUMPS.tail_call(ctx, 0) };
+        return Err(pass);
     }
 
     #[cfg(feature = "log")]
     aya_log_ebpf::debug!(ctx, "NXDOMAIN in place: name of {} bytes", len);
+    let opt = (opt_word != 0).then_some((opt_word & 0x80) as u8);
     reply::nxdomain(ctx, scratch, &hdrs, qend - dns, opt)
 }
 

@@ -11,16 +11,22 @@ use crate::{
 };
 
 /// Size of an OPT record with no options.
-const OPT_LEN: usize = 11;
+pub const OPT_LEN: usize = 11;
 const TYPE_OPT: u16 = 41;
-/// Largest UDP datagram an answer can be: header, DNS header, 255-byte name,
-/// QTYPE/QCLASS, OPT.
-const MAX_ANSWER_UDP: usize = 8 + DNS_HDR_LEN + 255 + 4 + OPT_LEN;
+/// Largest UDP datagram an NXDOMAIN answer can be: header, DNS header,
+/// 255-byte name, QTYPE/QCLASS, OPT.
+pub const MAX_NXDOMAIN_UDP: usize = 8 + DNS_HDR_LEN + 255 + 4 + OPT_LEN;
 
-/// Validates the one additional record as an EDNS0 OPT that ends the message,
-/// and returns its DO bit (0x80 or 0).
+/// The query's EDNS0 OPT record: its DO bit (0x80 or 0) and UDP payload size.
+#[derive(Clone, Copy)]
+pub struct Opt {
+    pub do_bit: u8,
+    pub payload: u16,
+}
+
+/// Validates the one additional record as an EDNS0 OPT that ends the message.
 #[inline(always)]
-pub fn check_opt(pkt: &Packet, at: usize, dns_end: usize) -> Result<u8, Pass> {
+pub fn check_opt(pkt: &Packet, at: usize, dns_end: usize) -> Result<Opt, Pass> {
     let o: *const [u8; OPT_LEN] = pkt.ptr(at).ok_or(Pass::Malformed)?;
     // SAFETY: bounds checked by `ptr`.
     let o = unsafe { &*o };
@@ -34,7 +40,10 @@ pub fn check_opt(pkt: &Packet, at: usize, dns_end: usize) -> Result<u8, Pass> {
     if o[6] != 0 {
         return Err(Pass::Unsupported); // EDNS version > 0 wants BADVERS
     }
-    Ok(o[7] & 0x80)
+    Ok(Opt {
+        do_bit: o[7] & 0x80,
+        payload: be16(o[3], o[4]),
+    })
 }
 
 /// Rewrites the frame into the answer and trims it. `qlen` is the length of
@@ -84,6 +93,28 @@ pub fn nxdomain(
         put(o, 10, 0);
     }
 
+    finish::<MAX_NXDOMAIN_UDP>(&pkt, scratch, hdrs, udp_len)?;
+
+    let delta = (hdrs.l4 + udp_len) as i32 - pkt.len() as i32;
+    if delta < 0 {
+        // Can only fail when shrinking below the Ethernet header, which this
+        // never does; the IP and UDP lengths already tell receivers the size.
+        // SAFETY: plain helper call on our context.
+        let _ = unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) };
+    }
+    Ok(())
+}
+
+/// Turns the frame around once the DNS message of `udp_len - 8` bytes is in
+/// place: swaps Ethernet, IP and UDP addresses, sets the lengths, and the
+/// checksums (IPv4 header; IPv6 UDP, summed over at most `MAX` bytes).
+#[inline(always)]
+pub fn finish<const MAX: usize>(
+    pkt: &Packet,
+    scratch: &mut Scratch,
+    hdrs: &Headers,
+    udp_len: usize,
+) -> Result<(), Pass> {
     let udp: *mut UdpHdr = pkt.ptr(hdrs.l4).ok_or(Pass::Malformed)?;
     // SAFETY: bounds checked by `ptr`.
     let udp = unsafe { &mut *udp };
@@ -101,7 +132,7 @@ pub fn nxdomain(
         // Computed from scratch: pod veths offload TX checksums, so the
         // query's value is no safe base for an incremental update.
         let mut sum = sum_words(&ip.src_addr) + sum_words(&ip.dst_addr) + udp_len as u32 + 17;
-        sum += sum_packet(&pkt, scratch, hdrs.l4, udp_len);
+        sum += sum_packet::<MAX>(pkt, scratch, hdrs.l4, udp_len);
         let c = fold(sum);
         let udp: *mut UdpHdr = pkt.ptr(hdrs.l4).ok_or(Pass::Malformed)?;
         // SAFETY: bounds checked by `ptr`. A computed 0 is sent as 0xffff.
@@ -124,21 +155,13 @@ pub fn nxdomain(
     // SAFETY: bounds checked by `ptr`.
     let eth = unsafe { &mut *eth };
     core::mem::swap(&mut eth.src_addr, &mut eth.dst_addr);
-
-    let delta = (hdrs.l4 + udp_len) as i32 - pkt.len() as i32;
-    if delta < 0 {
-        // Can only fail when shrinking below the Ethernet header, which this
-        // never does; the IP and UDP lengths already tell receivers the size.
-        // SAFETY: plain helper call on our context.
-        let _ = unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) };
-    }
     Ok(())
 }
 
 /// A byte store LLVM may not merge with its neighbours. Runs of zero stores
 /// otherwise become a `memset` call, which the kernel will not load.
 #[inline(always)]
-fn put<const N: usize>(b: &mut [u8; N], i: usize, v: u8) {
+pub fn put<const N: usize>(b: &mut [u8; N], i: usize, v: u8) {
     if i < N {
         // SAFETY: in bounds, checked just above (and constant-folded).
         unsafe { core::ptr::write_volatile(b.as_mut_ptr().add(i), v) };
@@ -162,11 +185,11 @@ fn sum_words<const N: usize>(b: &[u8; N]) -> u32 {
 /// known range and older verifiers (Linux 6.1) run out of budget walking
 /// them all.
 #[inline(always)]
-fn sum_packet(pkt: &Packet, s: &mut Scratch, off: usize, len: usize) -> u32 {
+fn sum_packet<const MAX: usize>(pkt: &Packet, s: &mut Scratch, off: usize, len: usize) -> u32 {
     park(&mut s.csum_len, len);
     park(&mut s.csum_acc, 0);
     let mut i = 0usize;
-    while i < MAX_ANSWER_UDP {
+    while i < MAX {
         let len = opaque(&s.csum_len);
         if i >= len {
             break;

@@ -8,10 +8,13 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
+use aya::maps::ProgramArray;
 use dnsfast_common::{
+    answer::{AnswerKey, CachedAnswer},
     pattern::{rule_for, Action, Pattern},
-    AddrKey, Config, Counters, Rule, DEFAULT_MAX_PATTERNS, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE,
-    KEY_DATA_LEN, MAP_CONFIG, MAP_COUNTERS, MAP_PATTERNS, MAP_SERVER_ADDRS, PROG_NAME,
+    AddrKey, Config, Counters, Rule, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FLOOR_PROG_NAME,
+    GLOBAL_BENCH_MODE, KEY_DATA_LEN, MAP_ANSWERS, MAP_CONFIG, MAP_COUNTERS, MAP_JUMPS,
+    MAP_PATTERNS, MAP_SERVER_ADDRS, PROG_NAME,
 };
 
 /// The XDP object, built by `build.rs` and embedded so that one binary is
@@ -27,13 +30,19 @@ pub struct LoadOptions {
     pub bench_mode: bool,
     /// Capacity of the pattern trie.
     pub max_patterns: u32,
+    /// Capacity of the kernel answer cache; 0 leaves the cache program out.
+    pub answer_cache: u32,
 }
+
+/// The kernel answer cache: the XDP program's `ANSWERS` map.
+pub type AnswerMap = HashMap<MapData, AnswerKey, CachedAnswer>;
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             bench_mode: false,
             max_patterns: DEFAULT_MAX_PATTERNS,
+            answer_cache: 0,
         }
     }
 }
@@ -53,6 +62,7 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_BENCH_MODE, &bench, true)
             .map_max_entries(MAP_PATTERNS, opts.max_patterns)
+            .map_max_entries(MAP_ANSWERS, opts.answer_cache.max(1))
             .load(OBJECT)
             .context("creating the eBPF maps (are you root, with CAP_BPF and CAP_NET_ADMIN?)")?;
         // The log map must be claimed before the program loads.
@@ -75,7 +85,39 @@ impl Dataplane {
             logger,
         };
         dp.set_config(&Config::default())?;
+        if opts.answer_cache > 0 {
+            dp.enable_answer_cache()?;
+        }
         Ok(dp)
+    }
+
+    /// Loads the cache program and puts it in the main program's jump
+    /// table: from then on, queries no block pattern covers are looked up
+    /// in `ANSWERS` before they go up.
+    pub fn enable_answer_cache(&mut self) -> Result<()> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(CACHE_PROG_NAME)
+            .ok_or_else(|| anyhow!("program {CACHE_PROG_NAME} missing"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load().map_err(explain_load_error)?;
+        }
+        let fd = prog.fd()?.try_clone()?;
+        let mut jumps: ProgramArray<&mut MapData> = ProgramArray::try_from(self.map_mut(MAP_JUMPS)?)?;
+        jumps
+            .set(0, &fd, 0)
+            .context("putting the cache program in the jump table")?;
+        Ok(())
+    }
+
+    /// The answer cache map, handed over to its owner (the forwarder).
+    pub fn take_answer_map(&mut self) -> Result<AnswerMap> {
+        let m = self
+            .ebpf
+            .take_map(MAP_ANSWERS)
+            .ok_or_else(|| anyhow!("map {MAP_ANSWERS} missing or already taken"))?;
+        Ok(HashMap::try_from(m)?)
     }
 
     pub fn program(&mut self) -> Result<&mut Xdp> {
@@ -89,13 +131,15 @@ impl Dataplane {
     /// Loads every other program in the object (the bench's empty program),
     /// so that all of it has passed the verifier.
     pub fn load_all(&mut self) -> Result<()> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(FLOOR_PROG_NAME)
-            .ok_or_else(|| anyhow!("program {FLOOR_PROG_NAME} missing"))?
-            .try_into()?;
-        if prog.fd().is_err() {
-            prog.load().map_err(explain_load_error)?;
+        for name in [FLOOR_PROG_NAME, CACHE_PROG_NAME] {
+            let prog: &mut Xdp = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            if prog.fd().is_err() {
+                prog.load().map_err(explain_load_error)?;
+            }
         }
         Ok(())
     }
@@ -179,7 +223,8 @@ impl Dataplane {
     /// Runs the program once on `packet` through `BPF_PROG_TEST_RUN` and
     /// returns the verdict and the packet as the program left it.
     pub fn test_run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
-        let mut out = vec![0u8; packet.len() + 256];
+        // Room for answers that grow the frame (the answer cache).
+        let mut out = vec![0u8; packet.len() + 1024];
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);

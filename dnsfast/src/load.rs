@@ -16,7 +16,7 @@ use crate::{
     bpf::{require_root, Dataplane, LoadOptions},
     config::Config,
     dnsmasq,
-    forward::{settings::parse_listen, Forwarder},
+    forward::{kernel::KernelCache, settings::parse_listen, Forwarder},
 };
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -156,23 +156,49 @@ pub fn run(args: LoadArgs) -> Result<()> {
         None
     } else {
         let _guard = rt.enter();
-        Some(Forwarder::start(&cfg.forward, &cfg.patterns)?)
+        Some(Forwarder::bind(&cfg.forward, &cfg.patterns)?)
     };
     raise_memlock();
     ensure_bpffs(&args.pin_dir)?;
     let pins = PinDir::create(&args.pin_dir)?;
 
-    let mut dp = Dataplane::load(&LoadOptions {
+    // The kernel answer cache mirrors the forwarder's: same capacity, and
+    // nothing without a forwarder to fill it.
+    let answer_cache = match &forwarder {
+        Some(_) => u32::try_from(cfg.forward.cache.size).unwrap_or(u32::MAX),
+        None => 0,
+    };
+    let opts = LoadOptions {
         bench_mode: false,
         max_patterns: cfg.xdp.max_patterns,
-    })?;
+        answer_cache,
+    };
+    // Loading parses the kernel's BTF (megabytes of small allocations) and
+    // frees it again. On a thread of its own that work lands in a separate
+    // malloc arena, which glibc hands back to the kernel when the thread
+    // ends; on the main thread it would stay in the agent's RSS for good.
+    let mut dp = std::thread::scope(|s| {
+        s.spawn(|| Dataplane::load(&opts))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the loader thread panicked"))
+    })??;
     apply(&mut dp, &cfg)?;
+    if let Some(f) = &forwarder {
+        if answer_cache > 0 {
+            let map = dp.take_answer_map()?;
+            let _ = f.resolver.kernel_cache.set(KernelCache::new(map));
+        }
+    }
     for i in &ifaces {
         let mode = xdp_mode(args.mode, i);
         dp.attach(i, mode)?;
         info!("attached to {i} in {mode:?} mode");
     }
     dp.pin_maps(&pins.dir)?;
+    if let Some(f) = &mut forwarder {
+        let _guard = rt.enter();
+        f.start();
+    }
     info!(
         "serving: {} pattern(s), ports {:?}, maps pinned in {}",
         cfg.patterns.len(),

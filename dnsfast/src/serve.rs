@@ -30,7 +30,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let rt = runtime(cfg.forward.worker_count())?;
     let mut forwarder = {
         let _guard = rt.enter();
-        Forwarder::start(&cfg.forward, &cfg.patterns)?
+        let mut f = Forwarder::bind(&cfg.forward, &cfg.patterns)?;
+        f.start();
+        f
     };
     info!("serving: {} block/allow pattern(s)", cfg.patterns.len());
     let result = rt.block_on(serve_until_signal(Some(&mut forwarder)));

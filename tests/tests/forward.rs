@@ -13,7 +13,7 @@ use std::{
 };
 
 use dnsfast_tests::{
-    dnsfast_bin,
+    bpftool_counter, dnsfast_bin,
     netns::{wait_until, Lab},
     require_root,
 };
@@ -55,6 +55,7 @@ struct Setup {
     cli: String,
     node: String,
     ups: String,
+    pin_dir: PathBuf,
     tmp: PathBuf,
     agent: u32,
     agent_log: PathBuf,
@@ -227,6 +228,7 @@ fn setup(extra_agent_args: &[&str]) -> Setup {
         cli,
         node,
         ups,
+        pin_dir: PathBuf::from(&pin_dir),
         tmp,
         agent,
         agent_log,
@@ -253,11 +255,19 @@ fn routes_per_zone_caches_and_counts_ttl_down() {
     assert_eq!(s.queries_at(DEFAULT_UP, "web.default.svc.cluster.local"), 0);
     assert_eq!(s.queries_at(CLUSTER_UP, "www.example.com"), 0);
 
-    // A cache hit never reaches the upstream, and its TTL counts down.
+    // A cache hit never reaches the upstream, and its TTL counts down. The
+    // forwarder copied the answer into the kernel's answer cache, so over
+    // UDP the XDP program answers it in place.
     let first = s.dig(&["short.example.com"]);
     assert_eq!(first.answers(), vec![(60, "192.0.2.30".to_string())]);
+    let kernel_hits = bpftool_counter(&s.pin_dir, "answered_cache");
     std::thread::sleep(Duration::from_millis(2100));
     let again = s.dig(&["SHORT.Example.COM"]);
+    assert_eq!(
+        bpftool_counter(&s.pin_dir, "answered_cache"),
+        kernel_hits + 1,
+        "the repeat was answered by the XDP program"
+    );
     assert_eq!(again.status(), "NOERROR");
     let (ttl, ip) = again.answers()[0].clone();
     assert_eq!(ip, "192.0.2.30");
@@ -283,8 +293,16 @@ fn routes_per_zone_caches_and_counts_ttl_down() {
         ),
         "{log}"
     );
+    // Over TCP the forwarder's own cache answers (the kernel sees only UDP).
+    let tcp = s.dig(&["+tcp", "Short.example.com"]);
+    assert_eq!(tcp.answers()[0].1, "192.0.2.30");
+    assert_eq!(s.queries_at(DEFAULT_UP, "short.example.com"), 1);
+    let log = s.agent_log();
     assert!(
-        log.contains("name=SHORT.Example.COM. type=A route=- upstream=- rcode=NOERROR cache=hit")
+        log.contains(
+            "proto=tcp name=Short.example.com. type=A route=- upstream=- rcode=NOERROR cache=hit"
+        ),
+        "{log}"
     );
     drop(s);
 }

@@ -4,6 +4,7 @@
 //! answers, `wire` shapes bytes, `settings` holds the configuration.
 
 pub mod cache;
+pub mod kernel;
 pub mod listener;
 pub mod metrics;
 pub mod resolver;
@@ -33,10 +34,11 @@ use settings::ForwardSettings;
 /// How often down upstreams are probed.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// A running forwarder: its tasks end when this is dropped (with the
-/// runtime) or when one of them fails.
+/// The forwarder: bound by `bind`, serving after `start`. Its tasks end
+/// when the runtime is dropped or when one of them fails.
 pub struct Forwarder {
     pub resolver: Arc<Resolver>,
+    sockets: Vec<(std::net::SocketAddr, Vec<tokio::net::UdpSocket>, tokio::net::TcpListener)>,
     tasks: JoinSet<Result<()>>,
 }
 
@@ -52,9 +54,9 @@ pub fn pattern_map(patterns: &PatternTable) -> SuffixMap<Action> {
 }
 
 impl Forwarder {
-    /// Binds every listener (so a taken port fails here, before anything
-    /// else starts) and spawns the serving tasks on the current runtime.
-    pub fn start(s: &ForwardSettings, patterns: &PatternTable) -> Result<Forwarder> {
+    /// Binds every listener, so that a taken port fails here, before
+    /// anything else is set up; nothing is served until `start`.
+    pub fn bind(s: &ForwardSettings, patterns: &PatternTable) -> Result<Forwarder> {
         let zones = s.resolved_zones()?;
         if !zones.iter().any(|z| z.name == ".") {
             warn!("no default upstreams (no-resolv, and no --server=IP or zone \".\"): names outside the zones get REFUSED");
@@ -72,20 +74,38 @@ impl Forwarder {
             inflight: Arc::new(Semaphore::new(s.max_inflight)),
             metrics: Metrics::default(),
             log_queries: s.log_queries,
+            kernel_cache: std::sync::OnceLock::new(),
         });
         let workers = s.worker_count();
-        let mut tasks = JoinSet::new();
+        let mut sockets = Vec::new();
         for addr in &s.listen {
             let udp = listener::bind_udp(*addr, workers)?;
             let tcp = listener::bind_tcp(*addr)?;
+            sockets.push((*addr, udp, tcp));
+        }
+        Ok(Forwarder {
+            resolver,
+            sockets,
+            tasks: JoinSet::new(),
+        })
+    }
+
+    /// Spawns the serving tasks on the current runtime. `load` calls it
+    /// once the XDP program and its answer cache are in place, so that the
+    /// first answers already reach the kernel's cache.
+    pub fn start(&mut self) {
+        for (addr, udp, tcp) in self.sockets.drain(..) {
+            let workers = udp.len();
             for sock in udp {
-                tasks.spawn(listener::serve_udp(sock, resolver.clone()));
+                self.tasks
+                    .spawn(listener::serve_udp(sock, self.resolver.clone()));
             }
-            tasks.spawn(listener::serve_tcp(tcp, resolver.clone()));
+            self.tasks
+                .spawn(listener::serve_tcp(tcp, self.resolver.clone()));
             info!("forwarder listening on {addr} (udp x{workers}, tcp)");
         }
-        tasks.spawn(probe_down_upstreams(resolver.clone()));
-        Ok(Forwarder { resolver, tasks })
+        self.tasks
+            .spawn(probe_down_upstreams(self.resolver.clone()));
     }
 
     /// Waits until a serving task fails; normally never returns.
@@ -102,8 +122,16 @@ impl Forwarder {
         let r = &self.resolver;
         let m = &r.metrics;
         let g = Metrics::get;
+        let kernel = match r.kernel_cache.get() {
+            Some(k) => format!(
+                " kernel-cache stored={} skipped={}",
+                g(&k.stored),
+                g(&k.skipped)
+            ),
+            None => String::new(),
+        };
         format!(
-            "forwarder: udp={} tcp={} blocked={} cache hits={} misses={} evictions={} size={} \
+            "forwarder: udp={} tcp={} blocked={} cache hits={} misses={} evictions={} size={}{kernel} \
              upstream-failed={} overloaded={} no-route={} truncated={} rcodes: {}",
             g(&m.udp_queries),
             g(&m.tcp_queries),

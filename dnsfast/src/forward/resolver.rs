@@ -48,6 +48,8 @@ pub struct Resolver {
     pub inflight: Arc<Semaphore>,
     pub metrics: Metrics,
     pub log_queries: bool,
+    /// The XDP program's answer cache, when `load` runs one.
+    pub kernel_cache: std::sync::OnceLock<super::kernel::KernelCache>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -116,7 +118,12 @@ impl Resolver {
                 continue;
             }
             let answer = Arc::new(answer);
-            self.cache.put(CacheKey::of(q), &answer);
+            if self.cache_settings.size > 0 {
+                self.cache.put(CacheKey::of(q), &answer);
+                if let Some(k) = self.kernel_cache.get() {
+                    k.put(q, &answer);
+                }
+            }
             return Outcome {
                 answer,
                 age: 0,

@@ -19,6 +19,8 @@ use super::wire::{reply_matches, truncated, upstream_query, ClientQuery};
 /// Consecutive failures (timeouts, refused connections) that mark an
 /// upstream down. A prober brings it back on its first answer.
 pub const DOWN_AFTER: u32 = 3;
+/// Receive buffer for one upstream reply over UDP.
+const RECV_BUF: usize = 4096;
 
 #[derive(Debug)]
 pub enum ExchangeError {
@@ -123,7 +125,10 @@ impl Upstream {
         let sock = UdpSocket::bind(local).await?;
         sock.connect(self.addr).await?;
         sock.send(&msg).await?;
-        let mut buf = vec![0u8; 65535];
+        // We advertise 1232 bytes upstream; a server that sends more gets
+        // its reply cut here, fails the question check or parses as
+        // truncated, and the query moves on (TCP carries big answers).
+        let mut buf = vec![0u8; RECV_BUF];
         let wait = async {
             loop {
                 let n = sock.recv(&mut buf).await?;

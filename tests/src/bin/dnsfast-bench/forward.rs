@@ -4,7 +4,12 @@
 //!   dnsperf (client ns) ──veth── server under test 10.78.0.1 ──veth── unbound 10.79.0.2
 //!                                                                    (answers *.bench.example)
 //!
-//! - cache hits: 1000 names asked over and over after a warm-up;
+//! dnsfast runs twice: as deployed (`load`: XDP on the veth, whose answer
+//! cache the forwarder fills, plus the forwarder), and as the forwarder
+//! alone (`serve`).
+//!
+//! - cache hits: 1000 names asked over and over after a warm-up, in
+//!   interleaved rounds;
 //! - p99 latency of cache hits at 80 % of that server's peak (dnsperf -Q -v);
 //! - forwarded misses: every name new, against the fast local upstream;
 //! - resident memory of the server after the miss run (a full cache).
@@ -37,7 +42,7 @@ struct Row {
     rss_mb: f64,
 }
 
-pub fn run(bin: &str, seconds: u32) -> Result<()> {
+pub fn run(bin: &str, seconds: u32, rounds: usize) -> Result<()> {
     let tmp = std::env::temp_dir();
     let tag = std::process::id();
     let hits = tmp.join(format!("dnsfast-bench-{tag}-hits.txt"));
@@ -72,7 +77,28 @@ pub fn run(bin: &str, seconds: u32) -> Result<()> {
     )?;
     let peers = [
         Peer {
-            name: "dnsfast serve (2 workers)",
+            name: "dnsfast load (XDP + fwd)",
+            cmd: bin.into(),
+            args: [
+                "load",
+                "--iface",
+                "{iface}",
+                "--mode",
+                "skb",
+                "--pin-dir",
+                "{pins}",
+                "--listen",
+                SERVER,
+                "--no-resolv",
+                &format!("--server={UPSTREAM}"),
+                &format!("--cache-size={CACHE}"),
+                "--no-negcache",
+            ]
+            .map(String::from)
+            .to_vec(),
+        },
+        Peer {
+            name: "dnsfast serve (fwd only)",
             cmd: bin.into(),
             args: [
                 "serve",
@@ -110,31 +136,89 @@ pub fn run(bin: &str, seconds: u32) -> Result<()> {
             args: vec!["-d".into(), "-c".into(), unbound_peer.display().to_string()],
         },
     ];
+    // Every server gets its lab up front; then the measurements interleave
+    // the servers round by round, so that drift in the machine's load hits
+    // them all alike, and each reports its median.
+    let mut labs: Vec<Option<Running>> = peers
+        .iter()
+        .map(|p| match start(p, &upstream_conf, &hits) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                println!("{:<27} failed to start: {e:#}", p.name);
+                None
+            }
+        })
+        .collect();
+    let secs = seconds.to_string();
+    let mut hit = vec![Vec::new(); peers.len()];
+    for _ in 0..rounds {
+        for (i, l) in labs.iter_mut().enumerate() {
+            if let Some(r) = l {
+                match r.perf(&hits, &["-l", &secs]).and_then(|o| qps_of(&o)) {
+                    Ok(q) => hit[i].push(q),
+                    Err(e) => println!("{}: {e:#}", peers[i].name),
+                }
+            }
+        }
+    }
+    let mut rows: Vec<Option<Row>> = Vec::new();
+    for (i, l) in labs.iter_mut().enumerate() {
+        let Some(r) = l else {
+            rows.push(None);
+            continue;
+        };
+        let Some(hit_qps) = median(&mut hit[i]) else {
+            rows.push(None);
+            continue;
+        };
+        let rate = format!("{:.0}", hit_qps * 0.8);
+        let row = r
+            .dnsperf(&LATENCY_LOAD, &hits, &["-l", &secs, "-Q", &rate, "-v"])
+            .and_then(|o| latency(&o))
+            .and_then(|(p50_ms, p99_ms, lost_at_80)| {
+                let miss_qps = qps_of(&r.perf(&misses, &["-l", &secs])?)?;
+                Ok(Row {
+                    hit_qps,
+                    p50_ms,
+                    p99_ms,
+                    lost_at_80,
+                    miss_qps,
+                    rss_mb: rss_kb(r.pid)? as f64 / 1024.0,
+                })
+            });
+        match row {
+            Ok(row) => rows.push(Some(row)),
+            Err(e) => {
+                println!("{}: {e:#}", peers[i].name);
+                rows.push(None);
+            }
+        }
+    }
+    drop(labs);
     println!(
-        "\n== Forwarder: dnsperf -l {seconds} from a client namespace, upstream = unbound on a third namespace (same 2 cores)"
+        "\n== Forwarder: dnsperf {} from a client namespace, upstream = unbound on a third namespace (same 2 cores)",
+        PERF_LOAD.join(" ")
+    );
+    println!(
+        "   hit qps: median of {rounds} interleaved {seconds} s rounds; p50/p99 of cache hits paced at 80 % of that \
+         (dnsperf {} -Q); misses: every name new",
+        LATENCY_LOAD.join(" ")
     );
     println!(
         "{:<27} {:>10} {:>10} {:>22} {:>11} {:>8}",
         "server", "hit qps", "miss qps", "hit p50/p99 @80% (ms)", "lost @80%", "RSS MB"
     );
-    let mut rows = Vec::new();
-    for p in &peers {
-        match measure(p, &upstream_conf, &hits, &misses, seconds) {
-            Ok(r) => {
-                println!(
-                    "{:<27} {:>10.0} {:>10.0} {:>14.3} / {:<6.3} {:>10.2}% {:>8.1}",
-                    p.name, r.hit_qps, r.miss_qps, r.p50_ms, r.p99_ms, r.lost_at_80, r.rss_mb
-                );
-                rows.push(Some(r));
-            }
-            Err(e) => {
-                println!("{:<27} failed: {e:#}", p.name);
-                rows.push(None);
-            }
+    for (p, r) in peers.iter().zip(&rows) {
+        match r {
+            Some(r) => println!(
+                "{:<27} {:>10.0} {:>10.0} {:>14.3} / {:<6.3} {:>10.2}% {:>8.1}",
+                p.name, r.hit_qps, r.miss_qps, r.p50_ms, r.p99_ms, r.lost_at_80, r.rss_mb
+            ),
+            None => println!("{:<27} failed", p.name),
         }
     }
     if let Some(Some(ours)) = rows.first() {
-        for (p, r) in peers.iter().zip(&rows).skip(1) {
+        for (p, r) in peers.iter().zip(&rows).skip(2) {
             if let Some(r) = r {
                 println!(
                     "dnsfast / {:<18} cache hits {:.2}x   forwarded misses {:.2}x",
@@ -151,18 +235,40 @@ pub fn run(bin: &str, seconds: u32) -> Result<()> {
     Ok(())
 }
 
-fn measure(
-    p: &Peer,
-    upstream_conf: &Path,
-    hits: &Path,
-    misses: &Path,
-    seconds: u32,
-) -> Result<Row> {
+/// dnsperf's load shape, the same for every server: enough clients,
+/// queries in flight and threads that the fastest server is not capped by
+/// the load generator.
+const PERF_LOAD: [&str; 6] = ["-c", "8", "-q", "500", "-T", "2"];
+/// The latency run paces queries (-Q) and keeps fewer in flight, so that
+/// what it measures is the server, not a queue inside dnsperf.
+const LATENCY_LOAD: [&str; 6] = ["-c", "8", "-q", "100", "-T", "2"];
+
+/// One server's lab, up and warmed.
+struct Running {
+    lab: Lab,
+    cli: String,
+    pid: u32,
+}
+
+impl Running {
+    fn perf(&self, file: &Path, extra: &[&str]) -> Result<String> {
+        self.dnsperf(&PERF_LOAD, file, extra)
+    }
+
+    fn dnsperf(&self, shape: &[&str], file: &Path, extra: &[&str]) -> Result<String> {
+        let mut a = vec!["-s", SERVER, "-d", file.to_str().unwrap()];
+        a.extend_from_slice(shape);
+        a.extend_from_slice(extra);
+        self.lab.exec_ok(&self.cli, "dnsperf", &a)
+    }
+}
+
+fn start(p: &Peer, upstream_conf: &Path, hits: &Path) -> Result<Running> {
     let mut lab = Lab::new();
     let cli = lab.add_ns("dfc", None)?;
     let srv = lab.add_ns("dfs", None)?;
     let up = lab.add_ns("dfu", None)?;
-    lab.veth(&cli, &["10.78.0.2/24"], &srv, &[&format!("{SERVER}/24")])?;
+    let (_, srv_if) = lab.veth(&cli, &["10.78.0.2/24"], &srv, &[&format!("{SERVER}/24")])?;
     lab.veth(&srv, &["10.79.0.1/24"], &up, &[&format!("{UPSTREAM}/24")])?;
     let tmp = std::env::temp_dir();
     let ulog = tmp.join(format!("{up}.log"));
@@ -173,21 +279,18 @@ fn measure(
         ulog.to_str().unwrap(),
     )?;
     let log = tmp.join(format!("{srv}.log"));
-    let args: Vec<&str> = p.args.iter().map(String::as_str).collect();
+    let pins = format!("/sys/fs/bpf/dnsfast-bench-{srv}");
+    let args: Vec<String> = p
+        .args
+        .iter()
+        .map(|a| a.replace("{iface}", &srv_if).replace("{pins}", &pins))
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let pid = lab.spawn(&srv, &p.cmd, &args, log.to_str().unwrap())?;
     let ready = wait_until(Duration::from_secs(15), || {
-        lab.exec(
-            &cli,
-            "dig",
-            &[
-                "+tries=1",
-                "+time=1",
-                &format!("@{SERVER}"),
-                &format!("h0.{ZONE}"),
-            ],
-        )
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("192.0.2.1"))
-        .unwrap_or(false)
+        lab.exec(&cli, "dig", &["+tries=1", "+time=1", &format!("@{SERVER}"), &format!("h0.{ZONE}")])
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("192.0.2.1"))
+            .unwrap_or(false)
     });
     if !ready {
         bail!(
@@ -197,37 +300,15 @@ fn measure(
             std::fs::read_to_string(&ulog).unwrap_or_default()
         );
     }
-    let perf = |file: &Path, extra: &[&str]| -> Result<String> {
-        let mut a = vec![
-            "-s",
-            SERVER,
-            "-d",
-            file.to_str().unwrap(),
-            "-c",
-            "4",
-            "-q",
-            "200",
-        ];
-        a.extend_from_slice(extra);
-        lab.exec_ok(&cli, "dnsperf", &a)
-    };
-    // Warm-up: every hit name once, so the timed run only hits.
-    perf(hits, &["-n", "1"])?;
-    let secs = seconds.to_string();
-    let hit_qps = qps_of(&perf(hits, &["-l", &secs])?)?;
-    let rate = format!("{:.0}", hit_qps * 0.8);
-    let verbose = perf(hits, &["-l", &secs, "-Q", &rate, "-v"])?;
-    let (p50_ms, p99_ms, lost_at_80) = latency(&verbose)?;
-    let miss_qps = qps_of(&perf(misses, &["-l", &secs])?)?;
-    let rss_mb = rss_kb(pid)? as f64 / 1024.0;
-    Ok(Row {
-        hit_qps,
-        p99_ms,
-        p50_ms,
-        lost_at_80,
-        miss_qps,
-        rss_mb,
-    })
+    let r = Running { lab, cli, pid };
+    // Warm-up: every hit name once, so the timed runs only hit.
+    r.perf(hits, &["-n", "1"])?;
+    Ok(r)
+}
+
+fn median(v: &mut [f64]) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied()
 }
 
 fn qps_of(out: &str) -> Result<f64> {

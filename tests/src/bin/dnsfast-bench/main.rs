@@ -59,7 +59,7 @@ fn main() -> Result<()> {
     if !args.no_qps {
         let bin =
             std::env::var("DNSFAST_BIN").context("DNSFAST_BIN (cargo xtask bench sets it)")?;
-        forward::run(&bin, args.seconds)?;
+        forward::run(&bin, args.seconds, args.runs.min(5))?;
     }
     Ok(())
 }
@@ -70,6 +70,7 @@ fn xdp(args: &Args) -> Result<()> {
         let mut dp = Dataplane::load(&LoadOptions {
             bench_mode: true,
             max_patterns: 131_072,
+            answer_cache: 0,
         })?;
         for p in search_patterns(n) {
             dp.insert_pattern(&p, Action::Block)?;

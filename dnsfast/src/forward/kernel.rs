@@ -1,0 +1,116 @@
+//! Copies the answers the forwarder caches into the XDP program's answer
+//! cache (`ANSWERS`), so that the next query for them is answered in the
+//! kernel, in place, without reaching a socket. The kernel map is an LRU of
+//! the same capacity as the forwarder's cache; its entries expire on their
+//! own (the program compares their deadline with the clock).
+
+use std::sync::{
+    atomic::{AtomicU64, Ordering},
+    Mutex,
+};
+
+use dnsfast_common::{
+    answer::{
+        name_hash, pad_name, store_name, AnswerKey, CachedAnswer, ANSWER_BODY_CAP, MAX_TTLS,
+    },
+    encode_slice, Scratch,
+};
+use log::debug;
+
+use super::wire::{Answer, Cacheability, ClientQuery};
+use crate::bpf::AnswerMap;
+
+pub struct KernelCache {
+    map: Mutex<AnswerMap>,
+    pub stored: AtomicU64,
+    /// Answers too large (body over 512 bytes, more than 16 TTLs) to hand
+    /// to the kernel; user space keeps serving those.
+    pub skipped: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl KernelCache {
+    pub fn new(map: AnswerMap) -> Self {
+        Self {
+            map: Mutex::new(map),
+            stored: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    pub fn put(&self, q: &ClientQuery, a: &Answer) {
+        let Some((key, value)) = kernel_entry(q, a, monotonic_ns()) else {
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let r = self
+            .map
+            .lock()
+            .map(|mut m| m.insert(key, *value, 0).map_err(|e| e.to_string()));
+        match r {
+            Ok(Ok(())) => {
+                self.stored.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                debug!("answer cache insert: {e}");
+            }
+            Err(_) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
+        Ok(t) => t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64,
+        Err(_) => 0,
+    }
+}
+
+/// The kernel map entry for answer `a` to query `q`, stored at `now_ns`,
+/// or `None` when it is not cacheable or does not fit the kernel's format.
+pub fn kernel_entry(
+    q: &ClientQuery,
+    a: &Answer,
+    now_ns: u64,
+) -> Option<(AnswerKey, Box<CachedAnswer>)> {
+    let lifetime = match a.cacheability {
+        Cacheability::Positive(t) | Cacheability::Negative(t) => t,
+        Cacheability::Never => return None,
+    };
+    let qend = 12 + q.qname.len() + 4;
+    let body = a.wire.get(qend..)?;
+    if body.is_empty() || body.len() > ANSWER_BODY_CAP || a.ttls.len() > MAX_TTLS {
+        return None;
+    }
+    if a.wire[4..6] != [0, 1] || !a.wire[12..12 + q.qname.len()].eq_ignore_ascii_case(&q.qname) {
+        return None;
+    }
+    let mut s = Box::new(Scratch::zeroed());
+    let (len, _) = encode_slice(&mut s, &q.qname).ok()?;
+    pad_name(&mut s);
+    let mut v = Box::new(CachedAnswer::zeroed());
+    store_name(&s, len, &mut v);
+    v.stored_ns = now_ns;
+    v.expires_ns = now_ns + lifetime as u64 * 1_000_000_000;
+    v.body_len = body.len() as u32;
+    v.body[..body.len()].copy_from_slice(body);
+    v.flags = [a.wire[2] & !0x01, a.wire[3] & !0x10];
+    v.counts.copy_from_slice(&a.wire[6..12]);
+    v.nttl = a.ttls.len() as u32;
+    for (i, &(off, ttl)) in a.ttls.iter().enumerate() {
+        v.ttl_off[i] = (off - qend) as u16;
+        v.ttl[i] = ttl;
+    }
+    let key = AnswerKey {
+        hash: name_hash(&s, len),
+        qtype: q.qtype,
+        bits: u16::from(q.dnssec_ok()) | (u16::from(q.cd) << 1),
+        _pad: 0,
+    };
+    Some((key, v))
+}
