@@ -24,6 +24,9 @@ pub const MAP_SERVER_ADDRS: &str = "SERVER_ADDRS";
 pub const MAP_SCRATCH: &str = "SCRATCH";
 pub const MAP_ANSWERS: &str = "ANSWERS";
 pub const MAP_JUMPS: &str = "JUMPS";
+pub const MAP_LISTEN_ADDRS: &str = "LISTEN_ADDRS";
+/// Forwarder listen addresses the answer cache serves, at most.
+pub const MAX_LISTEN_ADDRS: u32 = 64;
 /// Program name in the object.
 pub const PROG_NAME: &str = "dnsfast_xdp";
 /// An empty XDP program in the same object, for the bench's baseline.
@@ -182,5 +185,6 @@ mod pod {
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for crate::answer::AnswerKey {}
+    unsafe impl aya::Pod for crate::answer::ListenKey {}
     unsafe impl aya::Pod for crate::answer::CachedAnswer {}
 }

@@ -8,7 +8,7 @@
 //! name itself, so a hash collision can only miss, never answer wrongly.
 
 use crate::abi::Scratch;
-use crate::name::{load8, opaque, store8, KEY_END, KEY_START_MASK};
+use crate::name::{load8, opaque, park, store8, KEY_END, KEY_START_MASK};
 
 /// Bytes after the question that a cached answer may hold.
 pub const ANSWER_BODY_CAP: usize = 512;
@@ -16,6 +16,20 @@ pub const ANSWER_BODY_CAP: usize = 512;
 pub const MAX_TTLS: usize = 16;
 /// The UDP payload size the answers advertise in their OPT record.
 pub const ANSWER_UDP_PAYLOAD: u16 = 1232;
+
+/// Key of the `LISTEN_ADDRS` map: an address and port the forwarder
+/// listens on. The cache answers only queries sent to one of them (an
+/// all-zero address stands for "any address" on that port), so it never
+/// answers for another DNS server on the same path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ListenKey {
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u32,
+    pub port: u32,
+    /// IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
 
 /// Key of the `ANSWERS` map.
 #[repr(C)]
@@ -88,6 +102,8 @@ pub mod cq {
     pub const QTYPE: usize = 4;
     /// Why the query would be passed on a miss: a `Counters` outcome.
     pub const REASON: usize = 5;
+    /// Bytes of the cached body being copied (see the cache program).
+    pub const BODY_LEN: usize = 6;
     pub const REASON_NO_MATCH: u32 = 0;
     pub const REASON_ALLOWED: u32 = 1;
 }
@@ -106,49 +122,57 @@ pub fn pad_name(s: &mut Scratch) {
 
 /// Hash of the encoded name of `len` bytes ending at `KEY_END` (after
 /// [`pad_name`]): 8-byte chunks, the last one zero padded.
+///
+/// The length is parked in `s` and read back at each step rather than
+/// compared in a register: each early exit would otherwise leave a
+/// different known range on it, and the verifier would walk everything
+/// after the loop once per exit (and the next loop's exits once per each).
 #[inline(always)]
-pub fn name_hash(s: &Scratch, len: usize) -> u64 {
+pub fn name_hash(s: &mut Scratch, len: usize) -> u64 {
+    park(&mut s.cq[cq::NAME_LEN], len);
     let mut h = 0x243f_6a88_85a3_08d3u64 ^ len as u64;
     let mut i = 0;
     while i < 32 {
-        if i * 8 >= len {
+        if i * 8 >= opaque(&s.cq[cq::NAME_LEN]) {
             break;
         }
-        h = mix(h, chunk(s, len, i));
+        h = mix(h, chunk(s, i));
         i += 1;
     }
-    mix(h, len as u64)
+    mix(h, opaque(&s.cq[cq::NAME_LEN]) as u64)
 }
 
-/// Chunk `i` of the encoded name, bytes past its end read as zero.
+/// Chunk `i` of the encoded name (its length parked in `s.cq`), bytes past
+/// its end read as zero.
 #[inline(always)]
-pub fn chunk(s: &Scratch, len: usize, i: usize) -> u64 {
+pub fn chunk(s: &Scratch, i: usize) -> u64 {
     // The name starts 4 bytes (the trie key's prefix length) after the key
     // start the encoder parked. Read back opaque, so LLVM cannot fold the
     // index into a range it proves and drop the mask the verifier needs.
     let at = (opaque(&s.key_start) & KEY_START_MASK) + 4 + i * 8;
     let v = load8(s, at);
-    let left = len.saturating_sub(i * 8);
+    let left = opaque(&s.cq[cq::NAME_LEN]).saturating_sub(i * 8);
     if left >= 8 {
         v
     } else {
         // Little-endian: the name's bytes are the low ones.
-        v & ((1u64 << (left * 8)) - 1)
+        v & ((1u64 << ((left & 7) * 8)) - 1)
     }
 }
 
 /// Whether `a` holds the name encoded in `s`.
 #[inline(always)]
-pub fn name_matches(s: &Scratch, len: usize, a: &CachedAnswer) -> bool {
+pub fn name_matches(s: &mut Scratch, len: usize, a: &CachedAnswer) -> bool {
     if a.name_len as usize != len {
         return false;
     }
+    park(&mut s.cq[cq::NAME_LEN], len);
     let mut i = 0;
     while i < 32 {
-        if i * 8 >= len {
+        if i * 8 >= opaque(&s.cq[cq::NAME_LEN]) {
             break;
         }
-        if chunk(s, len, i) != a.name[i] {
+        if chunk(s, i) != a.name[i] {
             return false;
         }
         i += 1;
@@ -157,12 +181,13 @@ pub fn name_matches(s: &Scratch, len: usize, a: &CachedAnswer) -> bool {
 }
 
 /// Stores the encoded name of `s` into `a`, zero padded.
-pub fn store_name(s: &Scratch, len: usize, a: &mut CachedAnswer) {
+pub fn store_name(s: &mut Scratch, len: usize, a: &mut CachedAnswer) {
+    park(&mut s.cq[cq::NAME_LEN], len);
     a.name = [0; 32];
     a.name_len = len as u32;
     let mut i = 0;
     while i < 32 && i * 8 < len {
-        a.name[i] = chunk(s, len, i);
+        a.name[i] = chunk(s, i);
         i += 1;
     }
 }
@@ -186,15 +211,16 @@ mod tests {
     fn hash_ignores_case_and_trailing_bytes() {
         let (a, la) = enc(b"\x03WWW\x07example\x03com\x00");
         let (b, lb) = enc(b"\x03www\x07EXAMPLE\x03com\x00");
-        assert_eq!(name_hash(&a, la), name_hash(&b, lb));
-        let (c, lc) = enc(b"\x03wwx\x07example\x03com\x00");
-        assert_ne!(name_hash(&a, la), name_hash(&c, lc));
+        let (mut a, mut b) = (a, b);
+        assert_eq!(name_hash(&mut a, la), name_hash(&mut b, lb));
+        let (mut c, lc) = enc(b"\x03wwx\x07example\x03com\x00");
+        assert_ne!(name_hash(&mut a, la), name_hash(&mut c, lc));
         let mut stored = CachedAnswer::zeroed();
-        store_name(&a, la, &mut stored);
-        assert!(name_matches(&b, lb, &stored));
-        assert!(!name_matches(&c, lc, &stored));
-        let (d, ld) = enc(b"\x03www\x07example\x02co\x00");
-        assert!(!name_matches(&d, ld, &stored));
+        store_name(&mut a, la, &mut stored);
+        assert!(name_matches(&mut b, lb, &stored));
+        assert!(!name_matches(&mut c, lc, &stored));
+        let (mut d, ld) = enc(b"\x03www\x07example\x02co\x00");
+        assert!(!name_matches(&mut d, ld, &stored));
     }
 
     #[test]
@@ -203,11 +229,11 @@ mod tests {
             let mut wire = std::vec![n as u8];
             wire.extend(std::iter::repeat_n(b'a', n));
             wire.push(0);
-            let (s, len) = enc(&wire);
+            let (mut s, len) = enc(&wire);
             assert_eq!(len, n + 1);
             let mut stored = CachedAnswer::zeroed();
-            store_name(&s, len, &mut stored);
-            assert!(name_matches(&s, len, &stored));
+            store_name(&mut s, len, &mut stored);
+            assert!(name_matches(&mut s, len, &stored));
             assert_eq!(stored.name[len / 8] >> ((len % 8) * 8), 0, "{n}");
         }
     }

@@ -12,16 +12,16 @@ use aya_ebpf::{
 };
 use dnsfast_common::{
     answer::{
-        cq, name_hash, name_matches, pad_name, AnswerKey, ANSWER_BODY_CAP, ANSWER_UDP_PAYLOAD,
-        MAX_TTLS,
+        cq, name_hash, name_matches, pad_name, AnswerKey, ListenKey, ANSWER_BODY_CAP,
+        ANSWER_UDP_PAYLOAD, MAX_TTLS,
     },
-    opaque, Scratch,
+    opaque, park, Scratch, FAMILY_V4, FAMILY_V6,
 };
 
 use crate::{
-    packet::{Headers, Packet, DNS_HDR_LEN, OFF_MASK},
+    packet::{be16, Headers, Packet, DNS_HDR_LEN, OFF_MASK},
     reply::{finish, put, OPT_LEN},
-    Pass, ANSWERS,
+    Pass, ANSWERS, LISTEN_ADDRS,
 };
 
 /// Largest UDP datagram a cached answer can be: header, DNS header,
@@ -48,6 +48,9 @@ pub fn answer(ctx: &XdpContext, s: &mut Scratch) -> Result<(), Pass> {
     let qtype = opaque(&s.cq[cq::QTYPE]) as u16;
 
     let pkt = Packet::new(ctx);
+    if !to_forwarder(&pkt, &hdrs) {
+        return Err(Pass::NoMatch);
+    }
     let dns = hdrs.l4 + 8;
     let h: *const [u8; DNS_HDR_LEN] = pkt.ptr(dns).ok_or(Pass::Malformed)?;
     // SAFETY: bounds checked by `ptr`.
@@ -76,6 +79,7 @@ pub fn answer(ctx: &XdpContext, s: &mut Scratch) -> Result<(), Pass> {
     if body_len == 0 || body_len > ANSWER_BODY_CAP {
         return Err(Pass::NoMatch);
     }
+    park(&mut s.cq[cq::BODY_LEN], body_len);
     let opt_len = if opt != 0 { OPT_LEN } else { 0 };
     let dns_len = qlen + body_len + opt_len;
     // What does not fit the client's payload size goes up: the forwarder
@@ -102,14 +106,18 @@ pub fn answer(ctx: &XdpContext, s: &mut Scratch) -> Result<(), Pass> {
     // every failure below impossible, and each still fails open.
     let pkt = Packet::new(ctx);
     let body_at = dns + qlen;
-    // SAFETY: copies `body_len` (1..=512) bytes of the map value into the
-    // packet, which now ends at least `body_len + opt_len` bytes past it.
+    // The helper wants a length the verifier knows is 1..=512. A fresh,
+    // opaque load shaped as ((n - 1) & 511) + 1 gives exactly that range
+    // (and n itself for every n in it), which LLVM cannot fold away.
+    let n = (opaque(&s.cq[cq::BODY_LEN]).wrapping_sub(1) & (ANSWER_BODY_CAP - 1)) + 1;
+    // SAFETY: copies n bytes of the map value's body into the packet, which
+    // now ends at least `body_len + opt_len` bytes past `body_at`.
     let rc = unsafe {
         bpf_xdp_store_bytes(
             ctx.ctx,
             body_at as u32,
             a.body.as_ptr() as *mut core::ffi::c_void,
-            (body_len & (ANSWER_BODY_CAP * 2 - 1)) as u32,
+            n as u32,
         )
     };
     if rc != 0 {
@@ -142,7 +150,19 @@ pub fn answer(ctx: &XdpContext, s: &mut Scratch) -> Result<(), Pass> {
         // SAFETY: bounds checked by `ptr`.
         let o = unsafe { &mut *o };
         let size = ANSWER_UDP_PAYLOAD.to_be_bytes();
-        let rr = [0, 0, 41, size[0], size[1], 0, 0, (opt & 0x80) as u8, 0, 0, 0];
+        let rr = [
+            0,
+            0,
+            41,
+            size[0],
+            size[1],
+            0,
+            0,
+            (opt & 0x80) as u8,
+            0,
+            0,
+            0,
+        ];
         let mut b = 0;
         while b < OPT_LEN {
             put(o, b, rr[b]);
@@ -164,4 +184,28 @@ pub fn answer(ctx: &XdpContext, s: &mut Scratch) -> Result<(), Pass> {
     put(h, 10, (ar >> 8) as u8);
     put(h, 11, ar as u8);
     finish::<MAX_CACHE_UDP>(&pkt, s, &hdrs, udp_len)
+}
+
+/// Whether the query is addressed to one of the forwarder's listen
+/// addresses (or to any address on a port it listens on with a wildcard).
+#[inline(always)]
+fn to_forwarder(pkt: &Packet, hdrs: &Headers) -> bool {
+    let Some(udp) = pkt.ptr::<[u8; 4]>(hdrs.l4) else {
+        return false;
+    };
+    // SAFETY: bounds checked by `ptr`.
+    let port = unsafe { be16((*udp)[2], (*udp)[3]) } as u32;
+    let mut key = ListenKey {
+        family: if hdrs.v6 { FAMILY_V6 } else { FAMILY_V4 },
+        port,
+        addr: [0; 16],
+    };
+    // SAFETY (both lookups): the value is not used.
+    if unsafe { LISTEN_ADDRS.get(&key) }.is_some() {
+        return true;
+    }
+    if !pkt.dst_addr(hdrs, &mut key.addr) {
+        return false;
+    }
+    unsafe { LISTEN_ADDRS.get(&key) }.is_some()
 }

@@ -17,10 +17,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use dnsfast_common::{
-    answer::{cq, AnswerKey, CachedAnswer},
+    answer::{cq, AnswerKey, CachedAnswer, ListenKey},
     encode_copied, opaque, park, AddrKey, Config, Counters, Rule, Scratch, ACTION_ALLOW,
-    ACTION_BLOCK, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6, KEY_DATA_LEN, MAX_SERVER_ADDRS,
-    WIRE_CAP, WIRE_OFF,
+    ACTION_BLOCK, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6, KEY_DATA_LEN, MAX_LISTEN_ADDRS,
+    MAX_SERVER_ADDRS, WIRE_CAP, WIRE_OFF,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
@@ -45,6 +45,11 @@ static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// forwarder's cache at load time.
 #[btf_map]
 static ANSWERS: LruHashMap<AnswerKey, CachedAnswer, 10_000> = LruHashMap::new();
+
+/// The forwarder's listen addresses: the only destinations the answer
+/// cache answers for.
+#[btf_map]
+static LISTEN_ADDRS: HashMap<ListenKey, u32, { MAX_LISTEN_ADDRS as usize }> = HashMap::new();
 
 /// Slot 0: the cache program. Empty when the agent runs without a cache.
 #[btf_map]

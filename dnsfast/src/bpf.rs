@@ -3,18 +3,18 @@
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::ProgramArray;
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
     programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use aya::maps::ProgramArray;
 use dnsfast_common::{
-    answer::{AnswerKey, CachedAnswer},
+    answer::{AnswerKey, CachedAnswer, ListenKey},
     pattern::{rule_for, Action, Pattern},
-    AddrKey, Config, Counters, Rule, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FLOOR_PROG_NAME,
-    GLOBAL_BENCH_MODE, KEY_DATA_LEN, MAP_ANSWERS, MAP_CONFIG, MAP_COUNTERS, MAP_JUMPS,
-    MAP_PATTERNS, MAP_SERVER_ADDRS, PROG_NAME,
+    AddrKey, Config, Counters, Rule, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6,
+    FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, KEY_DATA_LEN, MAP_ANSWERS, MAP_CONFIG, MAP_COUNTERS,
+    MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_PATTERNS, MAP_SERVER_ADDRS, PROG_NAME,
 };
 
 /// The XDP object, built by `build.rs` and embedded so that one binary is
@@ -104,7 +104,8 @@ impl Dataplane {
             prog.load().map_err(explain_load_error)?;
         }
         let fd = prog.fd()?.try_clone()?;
-        let mut jumps: ProgramArray<&mut MapData> = ProgramArray::try_from(self.map_mut(MAP_JUMPS)?)?;
+        let mut jumps: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(self.map_mut(MAP_JUMPS)?)?;
         jumps
             .set(0, &fd, 0)
             .context("putting the cache program in the jump table")?;
@@ -177,6 +178,24 @@ impl Dataplane {
         m.insert(key, 1, 0)
             .context("writing the SERVER_ADDRS map")?;
         Ok(())
+    }
+
+    /// Lets the answer cache answer queries sent to `addr` (an unspecified
+    /// IP stands for every address on that port).
+    pub fn add_listen_addr(&mut self, addr: std::net::SocketAddr) -> Result<()> {
+        let mut key = ListenKey {
+            family: if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+            port: u32::from(addr.port()),
+            addr: [0; 16],
+        };
+        match addr.ip() {
+            std::net::IpAddr::V4(v4) => key.addr[..4].copy_from_slice(&v4.octets()),
+            std::net::IpAddr::V6(v6) => key.addr = v6.octets(),
+        }
+        let mut m: HashMap<&mut MapData, ListenKey, u32> =
+            HashMap::try_from(self.map_mut(MAP_LISTEN_ADDRS)?)?;
+        m.insert(key, 1, 0)
+            .with_context(|| format!("writing {addr} to the LISTEN_ADDRS map"))
     }
 
     pub fn insert_pattern(&mut self, p: &Pattern, action: Action) -> Result<()> {

@@ -185,6 +185,9 @@ pub fn run(args: LoadArgs) -> Result<()> {
     apply(&mut dp, &cfg)?;
     if let Some(f) = &forwarder {
         if answer_cache > 0 {
+            for a in &cfg.forward.listen {
+                dp.add_listen_addr(*a)?;
+            }
             let map = dp.take_answer_map()?;
             let _ = f.resolver.kernel_cache.set(KernelCache::new(map));
         }

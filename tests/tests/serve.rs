@@ -191,3 +191,89 @@ fn check_config_explains_the_forwarder() {
     );
     let _ = std::fs::remove_file(&tmp);
 }
+
+#[test]
+fn tcp_clients_may_pipeline() {
+    use std::io::{Read, Write};
+    let (up_port, port) = (free_port(), free_port());
+    let mut procs = Procs(Vec::new());
+    procs.0.push(
+        Command::new(env!("CARGO_BIN_EXE_dnsfast-testdns"))
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{up_port}"),
+                "--delay-ms",
+                "200",
+                "--answer",
+                "a.example.com=192.0.2.1",
+                "--answer",
+                "b.example.com=192.0.2.2",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    procs.0.push(
+        Command::new(dnsfast_bin())
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--no-resolv",
+                &format!("--server=127.0.0.1#{up_port}"),
+                "--address=/blocked.example/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut conn = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        conn = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        conn.is_some()
+    }));
+    let mut conn = conn.unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Three queries in one write: two need the (slow) upstream, one is
+    // blocked and can be answered at once, ahead of the others.
+    let mut out = Vec::new();
+    for (id, name) in [
+        (1u16, "a.example.com."),
+        (2, "b.example.com."),
+        (3, "x.blocked.example."),
+    ] {
+        let q = query(name, id);
+        out.extend_from_slice(&(q.len() as u16).to_be_bytes());
+        out.extend_from_slice(&q);
+    }
+    let t = std::time::Instant::now();
+    conn.write_all(&out).unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let mut len = [0u8; 2];
+        conn.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+        conn.read_exact(&mut buf).unwrap();
+        let m = Message::from_vec(&buf).unwrap();
+        answers.push((m.metadata.id, m.metadata.response_code, m.answers.len()));
+    }
+    // The two forwarded ones ran concurrently: one upstream delay, not two.
+    assert!(
+        t.elapsed() < Duration::from_millis(390),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(answers[0], (3, ResponseCode::NXDomain, 0), "{answers:?}");
+    answers.sort_by_key(|a| a.0);
+    assert_eq!(
+        answers,
+        vec![
+            (1, ResponseCode::NoError, 1),
+            (2, ResponseCode::NoError, 1),
+            (3, ResponseCode::NXDomain, 0)
+        ]
+    );
+    drop(procs);
+}

@@ -36,6 +36,9 @@ fn setup() -> (Dataplane, AnswerMap) {
     .expect("load");
     dp.insert_pattern(&Pattern::parse("blocked.example").unwrap(), Action::Block)
         .unwrap();
+    // The forwarder listens on the test frames' server addresses, port 53.
+    dp.add_listen_addr((pkt::SERVER_V4, 53).into()).unwrap();
+    dp.add_listen_addr((pkt::SERVER_V6, 53).into()).unwrap();
     let map = dp.take_answer_map().unwrap();
     (dp, map)
 }
@@ -63,17 +66,37 @@ fn answer(q: &ClientQuery, n: u8, ttl: u32) -> Answer {
     Answer::from_upstream(&m.to_vec().unwrap(), &CacheSettings::default()).unwrap()
 }
 
-/// Stores the answer to `q` as if cached `age` seconds ago.
+/// Stores the answer to `q` as if cached `age` seconds ago (the guest
+/// kernels of `test-kernels` have only been up for seconds: no earlier than
+/// boot).
 fn store(map: &mut AnswerMap, q: &Q, n: u8, ttl: u32, age: u64) {
     let c = client(q);
-    let (k, v) = kernel_entry(&c, &answer(&c, n, ttl), monotonic_ns() - age * SEC).unwrap();
+    let at = monotonic_ns().saturating_sub(age * SEC);
+    let (k, v) = kernel_entry(&c, &answer(&c, n, ttl), at).unwrap();
     map.insert(k, *v, 0).unwrap();
 }
 
-fn check_answer(dp: &mut Dataplane, q: &Q, w: &Wrap, n: usize, ttls: std::ops::RangeInclusive<u32>) {
+/// Stores the answer to `q` with its deadline just past.
+fn store_expired(map: &mut AnswerMap, q: &Q) {
+    let c = client(q);
+    let (k, mut v) = kernel_entry(&c, &answer(&c, 1, 60), 0).unwrap();
+    v.expires_ns = monotonic_ns() - 1;
+    map.insert(k, *v, 0).unwrap();
+}
+
+fn check_answer(
+    dp: &mut Dataplane,
+    q: &Q,
+    w: &Wrap,
+    n: usize,
+    ttls: std::ops::RangeInclusive<u32>,
+) {
     let query = frame(w, &q.bytes());
     let (verdict, reply) = dp.test_run(&query).unwrap();
-    let ctx = format!("{} {:?} {:?} vlans={:?} edns={:?}", q.name, q.qtype, w.ip, w.vlans, q.edns);
+    let ctx = format!(
+        "{} {:?} {:?} vlans={:?} edns={:?}",
+        q.name, q.qtype, w.ip, w.vlans, q.edns
+    );
     assert_eq!(verdict, XDP_TX, "{ctx}");
     let (qp, rp) = (parse(&query), parse(&reply));
     assert_eq!((rp.eth_dst, rp.eth_src), (qp.eth_src, qp.eth_dst), "{ctx}");
@@ -89,24 +112,46 @@ fn check_answer(dp: &mut Dataplane, q: &Q, w: &Wrap, n: usize, ttls: std::ops::R
         }
         Ip::V6 => {
             assert_eq!(&rp.l3[8..24], &qp.l3[24..40], "{ctx}");
-            assert_eq!(u16::from_be_bytes([rp.l3[4], rp.l3[5]]) as usize, rp.udp_len);
+            assert_eq!(
+                u16::from_be_bytes([rp.l3[4], rp.l3[5]]) as usize,
+                rp.udp_len
+            );
             assert!(pkt::udp6_checksum_ok(&rp), "{ctx}: IPv6 UDP checksum");
         }
     }
-    assert_eq!(rp.dns.len() + 8, rp.udp_len, "{ctx}: frame trimmed to the answer");
+    assert_eq!(
+        rp.dns.len() + 8,
+        rp.udp_len,
+        "{ctx}: frame trimmed to the answer"
+    );
     let m = Message::from_vec(rp.dns).unwrap_or_else(|e| panic!("{ctx}: {e}"));
     assert_eq!(m.metadata.id, q.id, "{ctx}");
-    assert!(m.metadata.recursion_available && m.metadata.authentic_data, "{ctx}");
+    assert!(
+        m.metadata.recursion_available && m.metadata.authentic_data,
+        "{ctx}"
+    );
     assert_eq!(m.metadata.recursion_desired, q.rd, "{ctx}");
     assert_eq!(m.metadata.checking_disabled, q.cd, "{ctx}");
     assert!(!m.metadata.truncation && !m.metadata.authoritative, "{ctx}");
     assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{ctx}");
     // The question exactly as the client wrote it (0x20).
-    assert_eq!(m.queries[0].name().to_ascii(), format!("{}.", q.name), "{ctx}");
+    assert_eq!(
+        m.queries[0].name().to_ascii(),
+        format!("{}.", q.name),
+        "{ctx}"
+    );
     assert_eq!(m.answers.len(), n, "{ctx}");
     for r in &m.answers {
-        assert!(ttls.contains(&r.ttl), "{ctx}: TTL {} not in {ttls:?}", r.ttl);
-        assert_eq!(r.name.to_ascii(), format!("{}.", q.name), "{ctx}: owner via pointer");
+        assert!(
+            ttls.contains(&r.ttl),
+            "{ctx}: TTL {} not in {ttls:?}",
+            r.ttl
+        );
+        assert_eq!(
+            r.name.to_ascii(),
+            format!("{}.", q.name),
+            "{ctx}: owner via pointer"
+        );
     }
     match (&q.edns, &m.edns) {
         (None, None) => {}
@@ -131,7 +176,13 @@ fn cached_answers_are_served_in_place() {
     require_root!();
     let (mut dp, mut map) = setup();
     let before = dp.counters().unwrap();
-    store(&mut map, &Q::new("www.example.com", RecordType::A), 2, 300, 3);
+    store(
+        &mut map,
+        &Q::new("www.example.com", RecordType::A),
+        2,
+        300,
+        3,
+    );
     let dnssec = Q::new("www.example.com", RecordType::A).edns(1232, true, vec![]);
     store(&mut map, &dnssec, 1, 60, 0);
     let mut runs = 0;
@@ -173,12 +224,16 @@ fn misses_pass_untouched() {
     let a = Q::new("www.example.com", RecordType::A);
     assert_passes(&mut dp, &a, &w, "empty cache");
 
-    // Expired: stored 100 s ago with TTL 60.
-    store(&mut map, &a, 1, 60, 100);
+    store_expired(&mut map, &a);
     assert_passes(&mut dp, &a, &w, "expired entry");
     // Another type, and the CD bit, are other keys.
     store(&mut map, &a, 1, 60, 0);
-    assert_passes(&mut dp, &Q::new("www.example.com", RecordType::AAAA), &w, "other type");
+    assert_passes(
+        &mut dp,
+        &Q::new("www.example.com", RecordType::AAAA),
+        &w,
+        "other type",
+    );
     let mut cd = a.clone();
     cd.cd = true;
     assert_passes(&mut dp, &cd, &w, "CD set");
@@ -216,6 +271,20 @@ fn misses_pass_untouched() {
     map.insert(k, *v, 0).unwrap();
     assert_passes(&mut dp, &a, &w, "name check on a hash collision");
 
+    // Only queries to the forwarder's own addresses: port 5353 is a DNS
+    // port for the program here, but the forwarder does not listen on it.
+    let mut cfg = dnsfast_common::Config::default();
+    cfg.ports[1] = 5353;
+    dp.set_config(&cfg).unwrap();
+    store(&mut map, &a, 1, 60, 0);
+    let other_port = Wrap {
+        dport: 5353,
+        ..Wrap::v4()
+    };
+    assert_passes(&mut dp, &a, &other_port, "not a forwarder address");
+    dp.add_listen_addr("0.0.0.0:5353".parse().unwrap()).unwrap();
+    check_answer(&mut dp, &a, &other_port, 1, 59..=60);
+
     // A block pattern wins over a cached answer.
     let blocked = Q::new("x.blocked.example", RecordType::A);
     store(&mut map, &blocked, 1, 60, 0);
@@ -229,9 +298,11 @@ fn misses_pass_untouched() {
 fn answers_the_kernel_cannot_hold_are_refused_by_the_agent() {
     // Pure user-space checks of the entry format; no root needed.
     let c = client(&Q::new("www.example.com", RecordType::A));
-    assert!(kernel_entry(&c, &answer(&c, 17, 60), 0).is_none(), "more than 16 TTLs");
-    let mut settings = CacheSettings::default();
-    settings.neg_cache = false;
+    assert!(
+        kernel_entry(&c, &answer(&c, 17, 60), 0).is_none(),
+        "more than 16 TTLs"
+    );
+    let settings = CacheSettings::default();
     let mut m = Message::response(1, OpCode::Query);
     m.metadata.response_code = ResponseCode::NXDomain;
     m.add_query(c.query.clone());

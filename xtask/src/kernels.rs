@@ -1,8 +1,9 @@
 //! `cargo xtask test-kernels`: boots Debian kernels older than the host's
 //! under QEMU (software emulation; KVM does not work here) and runs the XDP
-//! packet table (`tests/tests/xdp_table.rs`) inside: load and verification
-//! of the program exactly as the agent does it, then every BPF_PROG_TEST_RUN
-//! case with the same expected verdicts and replies.
+//! packet table (`tests/tests/xdp_table.rs`) and the answer-cache tests
+//! (`tests/tests/xdp_cache.rs`) inside: load and verification of every
+//! program exactly as the agent does it, then every BPF_PROG_TEST_RUN case
+//! with the same expected verdicts and replies.
 //!
 //! Kernel, QEMU and busybox packages are downloaded with `apt-get download`
 //! and unpacked into a cache outside the clone, once. QEMU is not installed:
@@ -32,12 +33,12 @@ pub fn test_kernels(root: &Path) -> Result<()> {
     let sysroot = cache.join("root");
     std::fs::create_dir_all(&sysroot).with_context(|| format!("creating {CACHE}"))?;
     fetch_qemu(cache, &sysroot)?;
-    let (table, agent) = build_static(root)?;
-    host_costs(&table)?;
+    let bins = build_static(root)?;
+    host_costs(&bins.table)?;
     for (pkg, release) in KERNELS {
         let vmlinuz = sysroot.join(format!("boot/vmlinuz-{release}"));
         fetch(cache, &sysroot, pkg, &vmlinuz)?;
-        boot(cache, &sysroot, release, &table, &agent)?;
+        boot(cache, &sysroot, release, &bins)?;
     }
     Ok(())
 }
@@ -111,9 +112,18 @@ fn qemu(sysroot: &Path) -> PathBuf {
     sysroot.join("usr/bin/qemu-system-x86_64")
 }
 
-/// The packet-table test and the agent as static executables, runnable in
-/// a bare initramfs.
-fn build_static(root: &Path) -> Result<(PathBuf, PathBuf)> {
+/// The static executables the guest runs.
+pub struct Static {
+    /// `tests/tests/xdp_table.rs`: the packet table.
+    table: PathBuf,
+    /// `tests/tests/xdp_cache.rs`: the answer cache.
+    cache: PathBuf,
+    agent: PathBuf,
+}
+
+/// The packet-table and answer-cache tests and the agent as static
+/// executables, runnable in a bare initramfs.
+fn build_static(root: &Path) -> Result<Static> {
     let target_dir = Path::new(CACHE).join("target-static");
     let out = cargo()
         .args([
@@ -123,6 +133,8 @@ fn build_static(root: &Path) -> Result<(PathBuf, PathBuf)> {
             "dnsfast-tests",
             "--test",
             "xdp_table",
+            "--test",
+            "xdp_cache",
         ])
         .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
         // In the cache, outside the clone: CI's fresh clones then rebuild
@@ -135,11 +147,15 @@ fn build_static(root: &Path) -> Result<(PathBuf, PathBuf)> {
     if !out.status.success() {
         bail!("building the static packet-table test failed:\n{err}");
     }
-    let exe = err
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Executable tests/xdp_table.rs ("))
-        .and_then(|l| l.strip_suffix(')'))
-        .context("cargo did not name the xdp_table executable")?;
+    let exe = |test: &str| {
+        let prefix = format!("Executable tests/{test}.rs (");
+        err.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix.as_str()))
+            .and_then(|l| l.strip_suffix(')'))
+            .map(|p| root.join(p))
+            .with_context(|| format!("cargo did not name the {test} executable"))
+    };
+    let (table, cache) = (exe("xdp_table")?, exe("xdp_cache")?);
     run(cargo()
         .args([
             "build",
@@ -151,11 +167,12 @@ fn build_static(root: &Path) -> Result<(PathBuf, PathBuf)> {
         ])
         .arg(&target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static"))?;
-    // Cargo prints the test's path relative to the workspace when it can.
-    Ok((
-        root.join(exe),
-        target_dir.join("x86_64-unknown-linux-gnu/debug/dnsfast"),
-    ))
+    // Cargo prints the tests' paths relative to the workspace when it can.
+    Ok(Static {
+        table,
+        cache,
+        agent: target_dir.join("x86_64-unknown-linux-gnu/debug/dnsfast"),
+    })
 }
 
 /// The host kernel's verifier cost per program, printed next to the guests'.
@@ -174,15 +191,16 @@ fn host_costs(table: &Path) -> Result<()> {
     Ok(())
 }
 
-fn boot(cache: &Path, sysroot: &Path, release: &str, table: &Path, agent: &Path) -> Result<()> {
+fn boot(cache: &Path, sysroot: &Path, release: &str, bins: &Static) -> Result<()> {
     let initrd_dir = cache.join(format!("initrd-{release}"));
     let _ = std::fs::remove_dir_all(&initrd_dir);
     for d in ["bin", "proc", "sys", "dev", "tmp", "lib/modules"] {
         std::fs::create_dir_all(initrd_dir.join(d))?;
     }
     std::fs::copy(sysroot.join("bin/busybox"), initrd_dir.join("bin/busybox"))?;
-    std::fs::copy(table, initrd_dir.join("bin/xdp_table"))?;
-    std::fs::copy(agent, initrd_dir.join("bin/dnsfast"))?;
+    std::fs::copy(&bins.table, initrd_dir.join("bin/xdp_table"))?;
+    std::fs::copy(&bins.cache, initrd_dir.join("bin/xdp_cache"))?;
+    std::fs::copy(&bins.agent, initrd_dir.join("bin/dnsfast"))?;
     let veth = sysroot.join(format!("lib/modules/{release}/kernel/drivers/net/veth.ko"));
     if veth.exists() {
         std::fs::copy(&veth, initrd_dir.join("lib/modules/veth.ko"))?;
@@ -235,12 +253,14 @@ fn boot(cache: &Path, sysroot: &Path, release: &str, table: &Path, agent: &Path)
         .status()
         .context("starting QEMU")?;
     let out = std::fs::read_to_string(&results).unwrap_or_default();
-    let ok =
-        out.contains("\nexit=0") && out.contains("test result: ok.") && out.contains("\nveth=ok");
+    let ok = out.contains("\nexit=0")
+        && out.contains("\nexit_cache=0")
+        && out.contains("test result: ok.")
+        && out.contains("\nveth=ok");
     let summary: Vec<&str> = out
         .lines()
         .filter(|l| {
-            ["kernel ", "test ", "exit=", "verified instructions", "veth"]
+            ["kernel ", "test ", "exit", "verified instructions", "veth"]
                 .iter()
                 .any(|p| l.starts_with(p))
         })
@@ -281,6 +301,8 @@ echo "kernel $(uname -r)" > /dev/ttyS1
 cd /tmp
 DNSFAST_VERIFIER_LOG_LINES=60 RUST_BACKTRACE=0 /bin/xdp_table --test-threads=1 --nocapture > /dev/ttyS1 2>&1
 echo "exit=$?" > /dev/ttyS1
+DNSFAST_VERIFIER_LOG_LINES=60 RUST_BACKTRACE=0 /bin/xdp_cache --test-threads=1 > /dev/ttyS1 2>&1
+echo "exit_cache=$?" > /dev/ttyS1
 
 ip link set lo up
 ip link add type veth

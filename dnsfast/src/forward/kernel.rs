@@ -10,9 +10,7 @@ use std::sync::{
 };
 
 use dnsfast_common::{
-    answer::{
-        name_hash, pad_name, store_name, AnswerKey, CachedAnswer, ANSWER_BODY_CAP, MAX_TTLS,
-    },
+    answer::{name_hash, pad_name, store_name, AnswerKey, CachedAnswer, ANSWER_BODY_CAP, MAX_TTLS},
     encode_slice, Scratch,
 };
 use log::debug;
@@ -94,7 +92,7 @@ pub fn kernel_entry(
     let (len, _) = encode_slice(&mut s, &q.qname).ok()?;
     pad_name(&mut s);
     let mut v = Box::new(CachedAnswer::zeroed());
-    store_name(&s, len, &mut v);
+    store_name(&mut s, len, &mut v);
     v.stored_ns = now_ns;
     v.expires_ns = now_ns + lifetime as u64 * 1_000_000_000;
     v.body_len = body.len() as u32;
@@ -107,7 +105,7 @@ pub fn kernel_entry(
         v.ttl[i] = ttl;
     }
     let key = AnswerKey {
-        hash: name_hash(&s, len),
+        hash: name_hash(&mut s, len),
         qtype: q.qtype,
         bits: u16::from(q.dnssec_ok()) | (u16::from(q.cd) << 1),
         _pad: 0,

@@ -38,7 +38,11 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// when the runtime is dropped or when one of them fails.
 pub struct Forwarder {
     pub resolver: Arc<Resolver>,
-    sockets: Vec<(std::net::SocketAddr, Vec<tokio::net::UdpSocket>, tokio::net::TcpListener)>,
+    sockets: Vec<(
+        std::net::SocketAddr,
+        Vec<tokio::net::UdpSocket>,
+        tokio::net::TcpListener,
+    )>,
     tasks: JoinSet<Result<()>>,
 }
 

@@ -288,9 +288,18 @@ fn start(p: &Peer, upstream_conf: &Path, hits: &Path) -> Result<Running> {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let pid = lab.spawn(&srv, &p.cmd, &args, log.to_str().unwrap())?;
     let ready = wait_until(Duration::from_secs(15), || {
-        lab.exec(&cli, "dig", &["+tries=1", "+time=1", &format!("@{SERVER}"), &format!("h0.{ZONE}")])
-            .map(|o| String::from_utf8_lossy(&o.stdout).contains("192.0.2.1"))
-            .unwrap_or(false)
+        lab.exec(
+            &cli,
+            "dig",
+            &[
+                "+tries=1",
+                "+time=1",
+                &format!("@{SERVER}"),
+                &format!("h0.{ZONE}"),
+            ],
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("192.0.2.1"))
+        .unwrap_or(false)
     });
     if !ready {
         bail!(
