@@ -244,6 +244,38 @@ mod tests {
     }
 
     #[test]
+    fn forwarder_values_are_checked_with_their_line() {
+        let e = |t: &str| parse(t).unwrap_err().to_string();
+        assert_eq!(
+            e("[cache]\nmin-ttl = 100000\n"),
+            "dnsfast.toml:2: cache.max-ttl (86400) is below cache.min-ttl (100000)"
+        );
+        assert_eq!(
+            e("[forward]\nlisten = [\"127.0.0.1:53\", \"nope\"]\n"),
+            "dnsfast.toml:2: 'nope' is not a listen address (IP, IP:PORT or [IPv6]:PORT)"
+        );
+        assert_eq!(
+            e("[forward]\ntimeout-ms = 5\n"),
+            "dnsfast.toml:2: timeout-ms = 5: use 10 to 60000 milliseconds"
+        );
+        assert_eq!(
+            e("[[zone]]\nname = \"a.test\"\nupstreams = [\"10.0.0.1\", \"10.0.0.2#99999\"]\n"),
+            "dnsfast.toml:3: '99999' is not a port (1-65535)"
+        );
+        assert_eq!(
+            e("[[zone]]\nname = \"a.test\"\nupstreams = []\n"),
+            "dnsfast.toml:2: zone 'a.test' has no upstreams"
+        );
+        assert!(e("[cache]\nsise = 1\n").starts_with("dnsfast.toml:2: unknown field `sise`"));
+        let c = parse(
+            "[forward]\nlisten = [\"169.254.20.10\"]\n[[zone]]\nname = \".\"\nupstreams = [\"10.0.0.2\"]\npolicy = \"random\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.forward.listen[0].to_string(), "169.254.20.10:53");
+        assert_eq!(c.forward.zones[0].name, ".");
+    }
+
+    #[test]
     fn conflicting_actions_are_refused() {
         let e = parse("[patterns]\nblock = [\"a.b\"]\nallow = [\"A.b.\"]\n")
             .unwrap_err()

@@ -38,7 +38,7 @@ pub struct RawForward {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RawCache {
     size: Option<usize>,
-    min_ttl: Option<u32>,
+    min_ttl: Option<Spanned<u32>>,
     max_ttl: Option<Spanned<u32>>,
     neg_cache: Option<bool>,
     neg_ttl: Option<u32>,
@@ -235,7 +235,11 @@ impl ForwardSettings {
         let d = CacheSettings::default();
         s.cache = CacheSettings {
             size: c.size.unwrap_or(d.size),
-            min_ttl: c.min_ttl.unwrap_or(d.min_ttl),
+            min_ttl: c
+                .min_ttl
+                .as_ref()
+                .map(|m| *m.get_ref())
+                .unwrap_or(d.min_ttl),
             max_ttl: c
                 .max_ttl
                 .as_ref()
@@ -245,10 +249,9 @@ impl ForwardSettings {
             neg_ttl: c.neg_ttl.unwrap_or(d.neg_ttl),
         };
         if s.cache.max_ttl < s.cache.min_ttl {
-            let where_ = c
-                .max_ttl
-                .map(|m| at(m.span()).to_string())
-                .unwrap_or_default();
+            // Point at whichever of the two the file set (max-ttl first).
+            let span = c.max_ttl.map(|m| m.span()).or(c.min_ttl.map(|m| m.span()));
+            let where_ = span.map(|sp| at(sp).to_string()).unwrap_or_default();
             bail!(
                 "{where_}: cache.max-ttl ({}) is below cache.min-ttl ({})",
                 s.cache.max_ttl,
