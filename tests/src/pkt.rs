@@ -231,3 +231,39 @@ pub fn udp6_checksum_ok(p: &Parts) -> bool {
     s += ones_sum(p.udp);
     fold(s) == 0
 }
+
+/// Checks that `reply` is `query` turned around as an answer: MACs, IP
+/// addresses and ports swapped, VLAN tags kept, IP and UDP lengths and
+/// checksums right (IPv4: header checksum, UDP 0; IPv6: UDP checksum), and
+/// the frame trimmed to exactly the datagram.
+pub fn assert_turned_around(query: &[u8], reply: &[u8], ctx: &str) {
+    let (qp, rp) = (parse(query), parse(reply));
+    assert_eq!(rp.eth_dst, qp.eth_src, "{ctx}");
+    assert_eq!(rp.eth_src, qp.eth_dst, "{ctx}");
+    assert_eq!(rp.vlan_tags, qp.vlan_tags, "{ctx}");
+    assert_eq!((rp.sport, rp.dport), (qp.dport, qp.sport), "{ctx}");
+    match rp.ip {
+        Ip::V4 => {
+            assert_eq!(&rp.l3[12..16], &qp.l3[16..20], "{ctx}");
+            assert_eq!(&rp.l3[16..20], &qp.l3[12..16], "{ctx}");
+            let tot = u16::from_be_bytes([rp.l3[2], rp.l3[3]]) as usize;
+            assert_eq!(tot, 20 + rp.udp_len, "{ctx}: IPv4 total length");
+            assert_eq!(ipv4_checksum(rp.l3), 0, "{ctx}: IPv4 header checksum");
+            assert_eq!(rp.udp_check, 0, "{ctx}: IPv4 UDP checksum must be 0");
+        }
+        Ip::V6 => {
+            assert_eq!(&rp.l3[8..24], &qp.l3[24..40], "{ctx}");
+            assert_eq!(&rp.l3[24..40], &qp.l3[8..24], "{ctx}");
+            let pl = u16::from_be_bytes([rp.l3[4], rp.l3[5]]) as usize;
+            assert_eq!(pl, rp.udp_len, "{ctx}: IPv6 payload length");
+            assert_ne!(rp.udp_check, 0, "{ctx}: IPv6 UDP checksum is mandatory");
+            assert!(udp6_checksum_ok(&rp), "{ctx}: IPv6 UDP checksum");
+        }
+    }
+    let l2 = 14 + 4 * qp.vlan_tags.len();
+    assert_eq!(
+        reply.len(),
+        l2 + rp.l3.len() + rp.udp_len,
+        "{ctx}: frame trimmed"
+    );
+}

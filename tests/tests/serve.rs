@@ -33,6 +33,40 @@ impl Drop for Procs {
     }
 }
 
+/// A test upstream on a free loopback port, and `dnsfast serve` in front
+/// of it on another: `(processes, serve's port, serve's log)`.
+fn start(upstream: &[&str], serve: &[&str]) -> (Procs, u16, std::path::PathBuf) {
+    let (up_port, port) = (free_port(), free_port());
+    let log = std::env::temp_dir().join(format!("dnsfast-serve-{port}.log"));
+    let mut procs = Procs(Vec::new());
+    let listen = format!("127.0.0.1:{up_port}");
+    procs.0.push(
+        Command::new(env!("CARGO_BIN_EXE_dnsfast-testdns"))
+            .args(["--listen", &listen])
+            .args(upstream)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    procs.0.push(
+        Command::new(dnsfast_bin())
+            .arg("serve")
+            .args(serve)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--no-resolv",
+                &format!("--server=127.0.0.1#{up_port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    (procs, port, log)
+}
+
 fn query(name: &str, id: u16) -> Vec<u8> {
     let mut m = Message::query();
     m.metadata.id = id;
@@ -50,43 +84,15 @@ fn ask(sock: &UdpSocket, port: u16, name: &str) -> Option<Message> {
 
 #[test]
 fn serve_blocks_forwards_and_bounds_inflight() {
-    let (up_port, port) = (free_port(), free_port());
-    let tmp = std::env::temp_dir();
-    let cfg = tmp.join(format!("dnsfast-serve-{port}.toml"));
+    let cfg = std::env::temp_dir().join(format!("dnsfast-serve-{}.toml", free_port()));
     std::fs::write(&cfg, "[forward]\nmax-inflight = 2\n").unwrap();
-    let log = tmp.join(format!("dnsfast-serve-{port}.log"));
-    let mut procs = Procs(Vec::new());
-    procs.0.push(
-        Command::new(env!("CARGO_BIN_EXE_dnsfast-testdns"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{up_port}"),
-                "--delay-ms",
-                "400",
-                "--answer",
-                "www.example.com=192.0.2.7",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    procs.0.push(
-        Command::new(dnsfast_bin())
-            .args([
-                "serve",
-                "--config",
-                cfg.to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--no-resolv",
-                &format!("--server=127.0.0.1#{up_port}"),
-                "--address=/com.svc.cluster.local/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
+    let (procs, port, log) = start(
+        &["--delay-ms", "400", "--answer", "www.example.com=192.0.2.7"],
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--address=/com.svc.cluster.local/",
+        ],
     );
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -195,39 +201,16 @@ fn check_config_explains_the_forwarder() {
 #[test]
 fn tcp_clients_may_pipeline() {
     use std::io::{Read, Write};
-    let (up_port, port) = (free_port(), free_port());
-    let mut procs = Procs(Vec::new());
-    procs.0.push(
-        Command::new(env!("CARGO_BIN_EXE_dnsfast-testdns"))
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{up_port}"),
-                "--delay-ms",
-                "200",
-                "--answer",
-                "a.example.com=192.0.2.1",
-                "--answer",
-                "b.example.com=192.0.2.2",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    procs.0.push(
-        Command::new(dnsfast_bin())
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--no-resolv",
-                &format!("--server=127.0.0.1#{up_port}"),
-                "--address=/blocked.example/",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+    let (procs, port, _log) = start(
+        &[
+            "--delay-ms",
+            "200",
+            "--answer",
+            "a.example.com=192.0.2.1",
+            "--answer",
+            "b.example.com=192.0.2.2",
+        ],
+        &["--address=/blocked.example/"],
     );
     let mut conn = None;
     assert!(wait_until(Duration::from_secs(10), || {

@@ -16,7 +16,7 @@ use dnsfast::{
 };
 use dnsfast_common::pattern::{Action, Pattern};
 use dnsfast_tests::{
-    pkt::{self, frame, parse, Ip, Wrap, Q},
+    pkt::{self, frame, parse, Wrap, Q},
     require_root,
 };
 use hickory_proto::{
@@ -98,32 +98,8 @@ fn check_answer(
         q.name, q.qtype, w.ip, w.vlans, q.edns
     );
     assert_eq!(verdict, XDP_TX, "{ctx}");
-    let (qp, rp) = (parse(&query), parse(&reply));
-    assert_eq!((rp.eth_dst, rp.eth_src), (qp.eth_src, qp.eth_dst), "{ctx}");
-    assert_eq!(rp.vlan_tags, qp.vlan_tags, "{ctx}");
-    assert_eq!((rp.sport, rp.dport), (qp.dport, qp.sport), "{ctx}");
-    match w.ip {
-        Ip::V4 => {
-            assert_eq!(&rp.l3[12..16], &qp.l3[16..20], "{ctx}");
-            let tot = u16::from_be_bytes([rp.l3[2], rp.l3[3]]) as usize;
-            assert_eq!(tot, 20 + rp.udp_len, "{ctx}");
-            assert_eq!(pkt::ipv4_checksum(rp.l3), 0, "{ctx}: IPv4 header checksum");
-            assert_eq!(rp.udp_check, 0, "{ctx}");
-        }
-        Ip::V6 => {
-            assert_eq!(&rp.l3[8..24], &qp.l3[24..40], "{ctx}");
-            assert_eq!(
-                u16::from_be_bytes([rp.l3[4], rp.l3[5]]) as usize,
-                rp.udp_len
-            );
-            assert!(pkt::udp6_checksum_ok(&rp), "{ctx}: IPv6 UDP checksum");
-        }
-    }
-    assert_eq!(
-        rp.dns.len() + 8,
-        rp.udp_len,
-        "{ctx}: frame trimmed to the answer"
-    );
+    pkt::assert_turned_around(&query, &reply, &ctx);
+    let rp = parse(&reply);
     let m = Message::from_vec(rp.dns).unwrap_or_else(|e| panic!("{ctx}: {e}"));
     assert_eq!(m.metadata.id, q.id, "{ctx}");
     assert!(

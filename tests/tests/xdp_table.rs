@@ -8,7 +8,7 @@ use dnsfast_common::{
     Counters,
 };
 use dnsfast_tests::{
-    pkt::{self, frame, parse, raw_query, Ip, Wrap, Q},
+    pkt::{self, frame, parse, raw_query, Wrap, Q},
     require_root,
 };
 use hickory_proto::{
@@ -50,41 +50,8 @@ fn assert_answered(dp: &mut Dataplane, q: &Q, w: &Wrap) {
         q.name, q.qtype, w.ip, w.vlans, q.edns
     );
     assert_eq!(verdict, XDP_TX, "{ctx}: expected XDP_TX");
-    let qp = parse(&query);
-    let rp = parse(&reply);
-
-    // L2: MACs swapped, VLAN tags kept.
-    assert_eq!(rp.eth_dst, qp.eth_src, "{ctx}");
-    assert_eq!(rp.eth_src, qp.eth_dst, "{ctx}");
-    assert_eq!(rp.vlan_tags, qp.vlan_tags, "{ctx}");
-    // L4: ports swapped.
-    assert_eq!((rp.sport, rp.dport), (qp.dport, qp.sport), "{ctx}");
-    // L3: addresses swapped, lengths and checksums right.
-    match w.ip {
-        Ip::V4 => {
-            assert_eq!(&rp.l3[12..16], &qp.l3[16..20], "{ctx}");
-            assert_eq!(&rp.l3[16..20], &qp.l3[12..16], "{ctx}");
-            let tot = u16::from_be_bytes([rp.l3[2], rp.l3[3]]) as usize;
-            assert_eq!(tot, 20 + rp.udp_len, "{ctx}: IPv4 total length");
-            assert_eq!(pkt::ipv4_checksum(rp.l3), 0, "{ctx}: IPv4 header checksum");
-            assert_eq!(rp.udp_check, 0, "{ctx}: IPv4 UDP checksum must be 0");
-        }
-        Ip::V6 => {
-            assert_eq!(&rp.l3[8..24], &qp.l3[24..40], "{ctx}");
-            assert_eq!(&rp.l3[24..40], &qp.l3[8..24], "{ctx}");
-            let pl = u16::from_be_bytes([rp.l3[4], rp.l3[5]]) as usize;
-            assert_eq!(pl, rp.udp_len, "{ctx}: IPv6 payload length");
-            assert_ne!(rp.udp_check, 0, "{ctx}: IPv6 UDP checksum is mandatory");
-            assert!(pkt::udp6_checksum_ok(&rp), "{ctx}: IPv6 UDP checksum");
-        }
-    }
-    // The frame is trimmed to exactly the answer.
-    let l2 = 14 + 4 * qp.vlan_tags.len();
-    assert_eq!(
-        reply.len(),
-        l2 + rp.l3.len() + rp.udp_len,
-        "{ctx}: frame trimmed"
-    );
+    let (qp, rp) = (parse(&query), parse(&reply));
+    pkt::assert_turned_around(&query, &reply, &ctx);
 
     // DNS.
     let qlen = question_len(qp.dns);

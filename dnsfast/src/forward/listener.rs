@@ -19,7 +19,7 @@ use tokio::{
 };
 
 use super::{
-    resolver::{Resolver, Transport},
+    resolver::{Client, Resolver, Transport},
     wire::{parse_query, Incoming},
 };
 
@@ -88,26 +88,31 @@ pub async fn serve_udp(sock: UdpSocket, r: Arc<Resolver>) -> Result<()> {
             }
             Incoming::Ignore => continue,
         };
-        let limit = q.udp_limit();
-        if let Some(o) = r.answer_locally(&q) {
-            r.finish(&q, &o, limit, &mut out, peer, Transport::Udp, start);
-            send(&sock, &out, peer).await;
-            continue;
-        }
-        let Some(permit) = r.admit() else {
-            let o = r.overloaded(&q);
-            r.finish(&q, &o, limit, &mut out, peer, Transport::Udp, start);
-            send(&sock, &out, peer).await;
-            continue;
+        let client = Client {
+            addr: peer,
+            transport: Transport::Udp,
+            limit: q.udp_limit(),
+            start,
         };
-        let (r, sock) = (r.clone(), sock.clone());
-        tokio::spawn(async move {
-            let o = r.forward(&q).await;
-            drop(permit);
-            let mut out = Vec::new();
-            r.finish(&q, &o, limit, &mut out, peer, Transport::Udp, start);
-            send(&sock, &out, peer).await;
-        });
+        // Blocked or cached: answered from this loop. Otherwise a task
+        // asks upstream, unless max-inflight is reached.
+        let o = match r.answer_locally(&q) {
+            Some(o) => o,
+            None => match r.admit() {
+                Some(permit) => {
+                    let (r, sock) = (r.clone(), sock.clone());
+                    tokio::spawn(async move {
+                        let o = r.forward(&q).await;
+                        drop(permit);
+                        send(&sock, &r.answer_bytes(&q, &o, &client), peer).await;
+                    });
+                    continue;
+                }
+                None => r.overloaded(&q),
+            },
+        };
+        r.finish(&q, &o, &client, &mut out);
+        send(&sock, &out, peer).await;
     }
 }
 
@@ -184,18 +189,14 @@ async fn tcp_connection(stream: TcpStream, peer: SocketAddr, r: Arc<Resolver>) -
             }
             Incoming::Ignore => continue,
         };
+        let client = Client {
+            addr: peer,
+            transport: Transport::Tcp,
+            limit: TCP_ANSWER_LIMIT,
+            start,
+        };
         if let Some(o) = r.answer_locally(&q) {
-            let mut out = Vec::new();
-            r.finish(
-                &q,
-                &o,
-                TCP_ANSWER_LIMIT,
-                &mut out,
-                peer,
-                Transport::Tcp,
-                start,
-            );
-            let _ = tx.send(out).await;
+            let _ = tx.send(r.answer_bytes(&q, &o, &client)).await;
             continue;
         }
         let slot = pipeline.clone().acquire_owned().await?;
@@ -205,17 +206,7 @@ async fn tcp_connection(stream: TcpStream, peer: SocketAddr, r: Arc<Resolver>) -
                 Some(_permit) => r.forward(&q).await,
                 None => r.overloaded(&q),
             };
-            let mut out = Vec::new();
-            r.finish(
-                &q,
-                &o,
-                TCP_ANSWER_LIMIT,
-                &mut out,
-                peer,
-                Transport::Tcp,
-                start,
-            );
-            let _ = tx.send(out).await;
+            let _ = tx.send(r.answer_bytes(&q, &o, &client)).await;
             drop(slot);
         });
     }

@@ -58,6 +58,17 @@ pub enum Transport {
     Tcp,
 }
 
+/// Who asked and how: where the answer goes, how large it may be, and
+/// when the query arrived (only kept for the query log).
+#[derive(Clone, Copy, Debug)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub transport: Transport,
+    /// Bytes the answer may take before it goes out truncated.
+    pub limit: usize,
+    pub start: Option<Instant>,
+}
+
 impl Resolver {
     /// Answers without leaving the process: a block pattern or the cache.
     pub fn answer_locally(&self, q: &ClientQuery) -> Option<Outcome> {
@@ -162,35 +173,27 @@ impl Resolver {
         }
     }
 
-    /// Renders `o` for `q`, counts it and, with `--log-queries`, logs it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn finish(
-        &self,
-        q: &ClientQuery,
-        o: &Outcome,
-        limit: usize,
-        out: &mut Vec<u8>,
-        client: SocketAddr,
-        transport: Transport,
-        start: Option<Instant>,
-    ) {
-        o.answer.render(q, o.age, limit, out);
+    /// Renders `o` for `q` into `out`, counts it and, with
+    /// `--log-queries`, logs it.
+    pub fn finish(&self, q: &ClientQuery, o: &Outcome, c: &Client, out: &mut Vec<u8>) {
+        o.answer.render(q, o.age, c.limit, out);
         let tc = out.len() > 2 && out[2] & 0x02 != 0 && !super::wire::truncated(&o.answer.wire);
         self.metrics.answered(o.answer.rcode, tc);
         if self.log_queries {
-            log_query(q, o, client, transport, start, tc);
+            log_query(q, o, c, tc);
         }
+    }
+
+    /// `finish` into a new buffer.
+    pub fn answer_bytes(&self, q: &ClientQuery, o: &Outcome, c: &Client) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.finish(q, o, c, &mut out);
+        out
     }
 }
 
-fn log_query(
-    q: &ClientQuery,
-    o: &Outcome,
-    client: SocketAddr,
-    transport: Transport,
-    start: Option<Instant>,
-    tc: bool,
-) {
+fn log_query(q: &ClientQuery, o: &Outcome, c: &Client, tc: bool) {
+    let (client, transport, start) = (c.addr, c.transport, c.start);
     let source = match o.source {
         Source::Blocked => "blocked",
         Source::Cache => "hit",

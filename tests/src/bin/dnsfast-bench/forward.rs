@@ -19,6 +19,8 @@ use std::{path::Path, time::Duration};
 use anyhow::{bail, Context, Result};
 use dnsfast_tests::netns::{wait_until, Lab};
 
+use crate::unbound_conf;
+
 const SERVER: &str = "10.78.0.1";
 const UPSTREAM: &str = "10.79.0.2";
 const ZONE: &str = "bench.example";
@@ -57,24 +59,35 @@ pub fn run(bin: &str, seconds: u32, rounds: usize) -> Result<()> {
     let unbound_peer = tmp.join(format!("dnsfast-bench-{tag}-unbound-fwd.conf"));
     std::fs::write(
         &unbound_peer,
-        format!(
-            "server:\n  interface: {SERVER}\n  port: 53\n  num-threads: 2\n  do-daemonize: no\n  \
-             username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  \
-             access-control: 10.78.0.0/24 allow\n  module-config: \"iterator\"\n  \
-             qname-minimisation: no\n  so-reuseport: yes\n\
-             forward-zone:\n  name: \".\"\n  forward-addr: {UPSTREAM}\n"
+        unbound_conf(
+            SERVER,
+            2,
+            &format!(
+                "  qname-minimisation: no\n  so-reuseport: yes\n\
+                 forward-zone:\n  name: \".\"\n  forward-addr: {UPSTREAM}\n"
+            ),
         ),
     )?;
     let upstream_conf = tmp.join(format!("dnsfast-bench-{tag}-upstream.conf"));
     std::fs::write(
         &upstream_conf,
-        format!(
-            "server:\n  interface: {UPSTREAM}\n  port: 53\n  num-threads: 1\n  do-daemonize: no\n  \
-             username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  \
-             access-control: 10.79.0.0/24 allow\n  module-config: \"iterator\"\n  \
-             local-zone: \"{ZONE}.\" redirect\n  local-data: \"{ZONE}. 3600 IN A 192.0.2.1\"\n"
+        unbound_conf(
+            UPSTREAM,
+            1,
+            &format!(
+                "  local-zone: \"{ZONE}.\" redirect\n  local-data: \"{ZONE}. 3600 IN A 192.0.2.1\"\n"
+            ),
         ),
     )?;
+    // The same dnsmasq-style flags for both ways dnsfast runs.
+    let forwarder_flags: Vec<String> = vec![
+        "--listen".into(),
+        SERVER.into(),
+        "--no-resolv".into(),
+        format!("--server={UPSTREAM}"),
+        format!("--cache-size={CACHE}"),
+        "--no-negcache".into(),
+    ];
     let peers = [
         Peer {
             name: "dnsfast load (XDP + fwd)",
@@ -87,30 +100,18 @@ pub fn run(bin: &str, seconds: u32, rounds: usize) -> Result<()> {
                 "skb",
                 "--pin-dir",
                 "{pins}",
-                "--listen",
-                SERVER,
-                "--no-resolv",
-                &format!("--server={UPSTREAM}"),
-                &format!("--cache-size={CACHE}"),
-                "--no-negcache",
             ]
-            .map(String::from)
-            .to_vec(),
+            .iter()
+            .map(|a| a.to_string())
+            .chain(forwarder_flags.clone())
+            .collect(),
         },
         Peer {
             name: "dnsfast serve (fwd only)",
             cmd: bin.into(),
-            args: [
-                "serve",
-                "--listen",
-                SERVER,
-                "--no-resolv",
-                &format!("--server={UPSTREAM}"),
-                &format!("--cache-size={CACHE}"),
-                "--no-negcache",
-            ]
-            .map(String::from)
-            .to_vec(),
+            args: std::iter::once("serve".to_string())
+                .chain(forwarder_flags.clone())
+                .collect(),
         },
         Peer {
             name: "dnsmasq",

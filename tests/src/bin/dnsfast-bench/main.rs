@@ -252,6 +252,17 @@ fn check_answers(dp: &mut Dataplane, f: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// An unbound config for a lab: in the foreground, no chroot or syslog,
+/// open to its /24, plain iterator (no validator), then `extra`.
+fn unbound_conf(interface: &str, threads: u32, extra: &str) -> String {
+    let net = interface.rsplit_once('.').map_or(interface, |(n, _)| n);
+    format!(
+        "server:\n  interface: {interface}\n  port: 53\n  num-threads: {threads}\n  \
+         do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  \
+         logfile: \"\"\n  access-control: {net}.0/24 allow\n  module-config: \"iterator\"\n{extra}"
+    )
+}
+
 /// A server under test in the server namespace.
 struct Server {
     name: &'static str,
@@ -268,14 +279,13 @@ fn qps(a: &Args) -> Result<()> {
         q.push_str(&format!("host{i}.api.example.com.{SUFFIX} A\n"));
     }
     std::fs::write(&names, q)?;
-    let unbound_conf = tmp.join(format!("dnsfast-bench-{}-unbound.conf", std::process::id()));
+    let unbound_file = tmp.join(format!("dnsfast-bench-{}-unbound.conf", std::process::id()));
     std::fs::write(
-        &unbound_conf,
-        format!(
-            "server:\n  interface: 10.78.0.1\n  port: 53\n  num-threads: 2\n  do-daemonize: no\n  \
-             username: \"\"\n  chroot: \"\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  \
-             access-control: 10.78.0.0/24 allow\n  module-config: \"iterator\"\n  \
-             local-zone: \"com.{SUFFIX}.\" always_nxdomain\n"
+        &unbound_file,
+        unbound_conf(
+            "10.78.0.1",
+            2,
+            &format!("  local-zone: \"com.{SUFFIX}.\" always_nxdomain\n"),
         ),
     )?;
 
@@ -304,7 +314,7 @@ fn qps(a: &Args) -> Result<()> {
         Server {
             name: "unbound always_nxdomain (2 thr)",
             cmd: "unbound".into(),
-            args: vec!["-d".into(), "-c".into(), unbound_conf.display().to_string()],
+            args: vec!["-d".into(), "-c".into(), unbound_file.display().to_string()],
         },
     ];
     println!(
@@ -327,7 +337,7 @@ fn qps(a: &Args) -> Result<()> {
         }
     }
     let _ = std::fs::remove_file(&names);
-    let _ = std::fs::remove_file(&unbound_conf);
+    let _ = std::fs::remove_file(&unbound_file);
     Ok(())
 }
 
