@@ -284,6 +284,24 @@ fn answers_the_kernel_cannot_hold_are_refused_by_the_agent() {
     m.add_query(c.query.clone());
     let nx = Answer::from_upstream(&m.to_vec().unwrap(), &settings).unwrap();
     assert!(kernel_entry(&c, &nx, 0).is_none(), "not cacheable");
+    let mut chaos = Q::new("version.bind", RecordType::TXT).message();
+    chaos.queries[0].query_class = hickory_proto::rr::DNSClass::CH;
+    let ch = match parse_query(&chaos.to_vec().unwrap()) {
+        Incoming::Query(c) => *c,
+        _ => panic!("not a query"),
+    };
+    let mut m = Message::response(1, OpCode::Query);
+    m.add_query(ch.query.clone());
+    m.answers.push(Record::from_rdata(
+        ch.query.name().clone(),
+        60,
+        RData::TXT(hickory_proto::rr::rdata::TXT::new(vec!["x".into()])),
+    ));
+    let a = Answer::from_upstream(&m.to_vec().unwrap(), &settings).unwrap();
+    assert!(
+        kernel_entry(&ch, &a, 0).is_none(),
+        "class CH: the kernel key has no class"
+    );
     let (k, v) = kernel_entry(&c, &answer(&c, 2, 60), 5 * SEC).unwrap();
     assert_eq!(k.qtype, 1);
     assert_eq!((v.stored_ns, v.expires_ns), (5 * SEC, 65 * SEC));

@@ -80,6 +80,11 @@ pub fn kernel_entry(
         Cacheability::Positive(t) | Cacheability::Negative(t) => t,
         Cacheability::Never => return None,
     };
+    // The program answers class IN only, and its key has no class: an
+    // answer of another class must never stand for the IN one.
+    if q.qclass != 1 {
+        return None;
+    }
     let qend = 12 + q.qname.len() + 4;
     let body = a.wire.get(qend..)?;
     if body.is_empty() || body.len() > ANSWER_BODY_CAP || a.ttls.len() > MAX_TTLS {
