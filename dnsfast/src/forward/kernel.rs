@@ -93,11 +93,19 @@ pub fn kernel_entry(
     if a.wire[4..6] != [0, 1] || !a.wire[12..12 + q.qname.len()].eq_ignore_ascii_case(&q.qname) {
         return None;
     }
-    let mut s = Box::new(Scratch::zeroed());
-    let (len, _) = encode_slice(&mut s, &q.qname).ok()?;
-    pad_name(&mut s);
+    thread_local! {
+        // 2 KiB the encoder works in; one per thread, not one per answer.
+        static SCRATCH: std::cell::RefCell<Box<Scratch>> =
+            std::cell::RefCell::new(Box::new(Scratch::zeroed()));
+    }
     let mut v = Box::new(CachedAnswer::zeroed());
-    store_name(&mut s, len, &mut v);
+    let hash = SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        let (len, _) = encode_slice(&mut s, &q.qname).ok()?;
+        pad_name(&mut s);
+        store_name(&mut s, len, &mut v);
+        Some(name_hash(&mut s, len))
+    })?;
     v.stored_ns = now_ns;
     v.expires_ns = now_ns + lifetime as u64 * 1_000_000_000;
     v.body_len = body.len() as u32;
@@ -110,7 +118,7 @@ pub fn kernel_entry(
         v.ttl[i] = ttl;
     }
     let key = AnswerKey {
-        hash: name_hash(&mut s, len),
+        hash,
         qtype: q.qtype,
         bits: u16::from(q.dnssec_ok()) | (u16::from(q.cd) << 1),
         _pad: 0,

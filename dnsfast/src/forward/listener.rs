@@ -105,6 +105,7 @@ pub async fn serve_udp(sock: UdpSocket, r: Arc<Resolver>) -> Result<()> {
                         let o = r.forward(&q).await;
                         drop(permit);
                         send(&sock, &r.answer_bytes(&q, &o, &client), peer).await;
+                        r.share_with_kernel(&q, &o);
                     });
                     continue;
                 }
@@ -207,6 +208,7 @@ async fn tcp_connection(stream: TcpStream, peer: SocketAddr, r: Arc<Resolver>) -
                 None => r.overloaded(&q),
             };
             let _ = tx.send(r.answer_bytes(&q, &o, &client)).await;
+            r.share_with_kernel(&q, &o);
             drop(slot);
         });
     }

@@ -131,9 +131,6 @@ impl Resolver {
             let answer = Arc::new(answer);
             if self.cache_settings.size > 0 {
                 self.cache.put(CacheKey::of(q), &answer);
-                if let Some(k) = self.kernel_cache.get() {
-                    k.put(q, &answer);
-                }
             }
             return Outcome {
                 answer,
@@ -181,6 +178,18 @@ impl Resolver {
         self.metrics.answered(o.answer.rcode, tc);
         if self.log_queries {
             log_query(q, o, c, tc);
+        }
+    }
+
+    /// After a fresh upstream answer has gone out: hand it to the kernel's
+    /// answer cache too (a map update, a system call, so it waits until the
+    /// client has its answer).
+    pub fn share_with_kernel(&self, q: &ClientQuery, o: &Outcome) {
+        if o.source != Source::Upstream || self.cache_settings.size == 0 {
+            return;
+        }
+        if let Some(k) = self.kernel_cache.get() {
+            k.put(q, &o.answer);
         }
     }
 
