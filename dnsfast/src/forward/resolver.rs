@@ -185,7 +185,10 @@ impl Resolver {
     /// answer cache too (a map update, a system call, so it waits until the
     /// client has its answer).
     pub fn share_with_kernel(&self, q: &ClientQuery, o: &Outcome) {
-        if o.source != Source::Upstream || self.cache_settings.size == 0 {
+        if o.source != Source::Upstream
+            || self.cache_settings.size == 0
+            || o.answer.cacheability == super::wire::Cacheability::Never
+        {
             return;
         }
         if let Some(k) = self.kernel_cache.get() {
