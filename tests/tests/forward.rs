@@ -28,6 +28,9 @@ const BLACKHOLE_2: &str = "10.83.0.5";
 const SPOOFER: &str = "10.83.0.6";
 /// No server at first (port unreachable); one starts during a test.
 const LATE: &str = "10.83.0.7";
+/// The node's and an upstream's IPv6 addresses.
+const NODE6: &str = "fd82::1";
+const UP6: &str = "fd83::2";
 
 const CONFIG: &str = r#"
 [forward]
@@ -48,6 +51,10 @@ upstreams = ["10.83.0.6"]
 [[zone]]
 name = "late.test"
 upstreams = ["10.83.0.7"]
+
+[[zone]]
+name = "v6up.test"
+upstreams = ["[fd83::2]:53"]
 "#;
 
 struct Setup {
@@ -77,7 +84,11 @@ impl Setup {
     }
 
     fn dig(&self, args: &[&str]) -> Dig {
-        let server = format!("@{NODE}");
+        self.dig_at(NODE, args)
+    }
+
+    fn dig_at(&self, server: &str, args: &[&str]) -> Dig {
+        let server = format!("@{server}");
         let mut all = vec!["+tries=1", "+time=4", &server];
         all.extend_from_slice(args);
         let t = Instant::now();
@@ -134,7 +145,12 @@ fn setup(extra_agent_args: &[&str]) -> Setup {
     let node = lab.add_ns("ffn", None).unwrap();
     let ups = lab.add_ns("ffu", None).unwrap();
     let (_, node_if) = lab
-        .veth(&cli, &["10.82.0.2/24"], &node, &[&format!("{NODE}/24")])
+        .veth(
+            &cli,
+            &["10.82.0.2/24", "fd82::2/64"],
+            &node,
+            &[&format!("{NODE}/24"), &format!("{NODE6}/64")],
+        )
         .unwrap();
     let up_addrs: Vec<String> = [
         CLUSTER_UP,
@@ -146,9 +162,11 @@ fn setup(extra_agent_args: &[&str]) -> Setup {
     ]
     .iter()
     .map(|a| format!("{a}/24"))
+    .chain([format!("{UP6}/64")])
     .collect();
     let up_refs: Vec<&str> = up_addrs.iter().map(String::as_str).collect();
-    lab.veth(&node, &["10.83.0.1/24"], &ups, &up_refs).unwrap();
+    lab.veth(&node, &["10.83.0.1/24", "fd83::1/64"], &ups, &up_refs)
+        .unwrap();
 
     let tmp = std::env::temp_dir();
     let testdns = env!("CARGO_BIN_EXE_dnsfast-testdns");
@@ -189,6 +207,24 @@ fn setup(extra_agent_args: &[&str]) -> Setup {
             .unwrap();
     }
 
+    let log6 = tmp.join(format!("{node}-{UP6}.log"));
+    let listen6 = format!("[{UP6}]:53");
+    let out6 = tmp.join(format!("{node}-{UP6}.out"));
+    lab.spawn(
+        &ups,
+        testdns,
+        &[
+            "--listen",
+            &listen6,
+            "--log",
+            log6.to_str().unwrap(),
+            "--answer",
+            "www.v6up.test=192.0.2.70",
+        ],
+        out6.to_str().unwrap(),
+    )
+    .unwrap();
+
     let cfg = tmp.join(format!("{node}.toml"));
     std::fs::write(&cfg, CONFIG).unwrap();
     let pin_dir = format!("/sys/fs/bpf/dnsfast-test-{node}");
@@ -206,6 +242,8 @@ fn setup(extra_agent_args: &[&str]) -> Setup {
         cfg.to_str().unwrap(),
         "--listen",
         NODE,
+        "--listen",
+        "[fd82::1]:53",
         "--no-resolv",
         "--server=/cluster.local/10.83.0.2",
         "--server=10.83.0.3",
@@ -278,6 +316,25 @@ fn routes_per_zone_caches_and_counts_ttl_down() {
         again.text
     );
     assert_eq!(s.queries_at(DEFAULT_UP, "short.example.com"), 1);
+
+    // IPv6 end to end: the client asks the node's IPv6 address, the zone's
+    // upstream is IPv6; the repeat is answered by the XDP program over
+    // IPv6 (its UDP checksum computed in the kernel, or dig would drop it).
+    let d = s.dig_at(NODE6, &["www.v6up.test"]);
+    assert_eq!(
+        d.answers(),
+        vec![(60, "192.0.2.70".to_string())],
+        "{}",
+        d.text
+    );
+    let kernel_hits = bpftool_counter(&s.pin_dir, "answered_cache");
+    let d = s.dig_at(NODE6, &["www.V6up.test"]);
+    assert_eq!(d.answers()[0].1, "192.0.2.70", "{}", d.text);
+    assert_eq!(
+        bpftool_counter(&s.pin_dir, "answered_cache"),
+        kernel_hits + 1
+    );
+    assert_eq!(s.queries_at(UP6, "www.v6up.test"), 1);
 
     // NXDOMAIN is not cached by default: both queries reach the upstream.
     for _ in 0..2 {
