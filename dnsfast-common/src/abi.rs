@@ -25,6 +25,9 @@ pub const MAP_SCRATCH: &str = "SCRATCH";
 pub const MAP_ANSWERS: &str = "ANSWERS";
 pub const MAP_JUMPS: &str = "JUMPS";
 pub const MAP_LISTEN_ADDRS: &str = "LISTEN_ADDRS";
+pub const MAP_TLDS: &str = "TLDS";
+/// Capacity of the TLD set (the ICANN list has about 1,450).
+pub const MAX_TLDS: u32 = 4096;
 /// Forwarder listen addresses the answer cache serves, at most.
 pub const MAX_LISTEN_ADDRS: u32 = 64;
 /// Program name in the object.
@@ -45,12 +48,16 @@ pub const PIN_DIR: &str = "/sys/fs/bpf/dnsfast";
 /// What a pattern does to the names at and below it.
 pub const ACTION_BLOCK: u32 = 1;
 pub const ACTION_ALLOW: u32 = 2;
+/// A search suffix S: a name Q.S is blocked when Q's last label is in the
+/// `TLDS` set (Q already looks fully qualified, so Q.S is a search-path
+/// artifact); otherwise it passes.
+pub const ACTION_SUFFIX: u32 = 3;
 
 /// Value of the pattern trie.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {
-    /// `ACTION_BLOCK` or `ACTION_ALLOW`.
+    /// `ACTION_BLOCK`, `ACTION_ALLOW` or `ACTION_SUFFIX`.
     pub action: u32,
     /// Length of the pattern's key in bytes, so a verdict can name its rule.
     pub key_len: u32,
@@ -186,5 +193,6 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for crate::answer::AnswerKey {}
     unsafe impl aya::Pod for crate::answer::ListenKey {}
+    unsafe impl aya::Pod for crate::name::TldKey {}
     unsafe impl aya::Pod for crate::answer::CachedAnswer {}
 }

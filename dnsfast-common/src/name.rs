@@ -197,6 +197,65 @@ pub fn encode_copied(s: &mut Scratch) -> Result<(usize, usize), NameError> {
     Ok((len, start))
 }
 
+/// Where the artifact check builds its TLD key in the scratch buffer.
+pub const TLD_OFF: usize = 1536;
+const _: () = assert!(WIRE_OFF + WIRE_CAP + 64 <= TLD_OFF && TLD_OFF + 64 + 8 <= SCRATCH_LEN);
+
+/// Key of the `TLDS` set: a label's length byte, its bytes lower-cased,
+/// zero padded. The same bytes the label has in the encoded name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TldKey {
+    pub label: [u8; 64],
+}
+
+impl TldKey {
+    /// `None` for an empty label or one over 63 bytes.
+    pub fn new(label: &[u8]) -> Option<Self> {
+        if label.is_empty() || label.len() > MAX_LABEL {
+            return None;
+        }
+        let mut k = TldKey { label: [0; 64] };
+        k.label[0] = label.len() as u8;
+        for (d, s) in k.label[1..].iter_mut().zip(label) {
+            *d = lower(*s);
+        }
+        Some(k)
+    }
+}
+
+/// Builds at [`TLD_OFF`] the TLD key of the label that comes right after
+/// the first `suffix_len` bytes of the encoded name (of `len` bytes): the
+/// last label of what stands before the suffix in the name. `false` when
+/// nothing does. The name's lengths are parked in `s` and read back (see
+/// [`opaque`]).
+#[inline(always)]
+pub fn tld_key_after(s: &mut Scratch, len: usize, suffix_len: usize) -> bool {
+    park(&mut s.name_len, len);
+    park(&mut s.nlabels, suffix_len);
+    let (len, at) = (opaque(&s.name_len) & 0xff, opaque(&s.nlabels) & 0xff);
+    if at >= len {
+        return false;
+    }
+    let src = (opaque(&s.key_start) & KEY_START_MASK) + 4 + at;
+    let n = get(s, src) as usize & MAX_LABEL;
+    let mut c = 0;
+    while c < 8 {
+        let v = load8(s, src + c * 8);
+        // Bytes of this chunk that belong to the label (its length byte
+        // included): all, some, or none.
+        let keep = (n + 1).saturating_sub(c * 8);
+        let v = if keep >= 8 {
+            v
+        } else {
+            v & ((1u64 << ((keep & 7) * 8)) - 1)
+        };
+        store8(s, TLD_OFF + c * 8, v);
+        c += 1;
+    }
+    true
+}
+
 /// Every key start is below this power of two, so masking a start with
 /// `KEY_START_MASK` is a no-op that gives the verifier a bound.
 pub const KEY_START_MASK: usize = 0x1ff;
@@ -248,6 +307,38 @@ mod tests {
             enc(long).unwrap(),
             b"\x11qrstuvwxyz@[`{abc\x01x\x0aabcdefghij"
         );
+    }
+
+    #[test]
+    fn tld_key_is_the_label_before_the_suffix() {
+        let mut s = Box::new(Scratch::zeroed());
+        s.buf[TLD_OFF..TLD_OFF + 72].fill(0xee);
+        let wire = b"\x03api\x06GitHub\x03COM\x03svc\x07cluster\x05local\x00";
+        let (len, _) = encode_slice(&mut s, wire).unwrap();
+        // "svc.cluster.local" is 18 bytes of the encoded name.
+        assert!(tld_key_after(&mut s, len, 18));
+        let key = TldKey::new(b"com").unwrap();
+        assert_eq!(&s.buf[TLD_OFF..TLD_OFF + 64], &key.label[..]);
+        assert!(tld_key_after(&mut s, len, 22));
+        assert_eq!(
+            &s.buf[TLD_OFF..TLD_OFF + 64],
+            &TldKey::new(b"github").unwrap().label[..]
+        );
+        assert!(
+            !tld_key_after(&mut s, len, len),
+            "nothing before the suffix"
+        );
+        // The longest label, and one ending at the very end of the name.
+        let mut wire = std::vec![63u8];
+        wire.extend(std::iter::repeat_n(b'X', 63));
+        wire.extend_from_slice(b"\x03svc\x00");
+        let (len, _) = encode_slice(&mut s, &wire).unwrap();
+        assert!(tld_key_after(&mut s, len, 4));
+        assert_eq!(
+            &s.buf[TLD_OFF..TLD_OFF + 64],
+            &TldKey::new(&[b'x'; 63]).unwrap().label[..]
+        );
+        assert!(TldKey::new(b"").is_none() && TldKey::new(&[b'a'; 64]).is_none());
     }
 
     #[test]

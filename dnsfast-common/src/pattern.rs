@@ -1,17 +1,22 @@
 //! Text patterns (`com.svc.cluster.local`) to trie keys, and a reference
 //! matcher that implements the semantics without a trie, for tests.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use crate::abi::Scratch;
-use crate::abi::{Rule, ACTION_ALLOW, ACTION_BLOCK, KEY_DATA_LEN, MAX_LABEL, MAX_NAME_WIRE};
+use crate::abi::{
+    Rule, ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, KEY_DATA_LEN, MAX_LABEL, MAX_NAME_WIRE,
+};
 use crate::name::{encode_slice, NameError, KEY_END};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
     Block,
     Allow,
+    /// A search suffix (derived, not written by hand): a name below it is
+    /// blocked when the label just before the suffix is in the TLD set.
+    Suffix,
 }
 
 impl Action {
@@ -19,6 +24,7 @@ impl Action {
         match self {
             Action::Block => ACTION_BLOCK,
             Action::Allow => ACTION_ALLOW,
+            Action::Suffix => ACTION_SUFFIX,
         }
     }
 
@@ -26,6 +32,7 @@ impl Action {
         match code {
             ACTION_BLOCK => Some(Action::Block),
             ACTION_ALLOW => Some(Action::Allow),
+            ACTION_SUFFIX => Some(Action::Suffix),
             _ => None,
         }
     }
@@ -36,6 +43,7 @@ impl fmt::Display for Action {
         f.write_str(match self {
             Action::Block => "block",
             Action::Allow => "allow",
+            Action::Suffix => "suffix",
         })
     }
 }
@@ -169,6 +177,9 @@ pub struct ReferenceMatcher {
     /// Keyed by the pattern's labels, so a label that contains a `.` byte can
     /// never pass for two labels.
     rules: HashMap<Vec<Vec<u8>>, (Action, String)>,
+    /// Lower-cased labels that make what stands before a search suffix look
+    /// fully qualified.
+    tlds: HashSet<Vec<u8>>,
 }
 
 impl ReferenceMatcher {
@@ -185,6 +196,10 @@ impl ReferenceMatcher {
         self.rules.remove(&labels_of(&p.name));
     }
 
+    pub fn insert_tld(&mut self, label: &str) {
+        self.tlds.insert(label.as_bytes().to_ascii_lowercase());
+    }
+
     pub fn len(&self) -> usize {
         self.rules.len()
     }
@@ -194,10 +209,22 @@ impl ReferenceMatcher {
     }
 
     /// Decision for a wire name: `None` when no pattern matches or the name
-    /// is not a plain, uncompressed, valid name.
+    /// is not a plain, uncompressed, valid name. The longest matching rule
+    /// decides; a search suffix blocks (and is named) only when the label
+    /// before it is a TLD, and otherwise decides "no match".
     pub fn decide_wire(&self, wire: &[u8]) -> Option<(Action, String)> {
         let labels = split_wire(wire)?;
-        (0..labels.len()).find_map(|start| self.rules.get(&labels[start..]).cloned())
+        let (start, (action, name)) = (0..labels.len())
+            .find_map(|start| self.rules.get(&labels[start..]).map(|r| (start, r)))?;
+        match action {
+            Action::Suffix => {
+                let before = labels[..start].last()?;
+                self.tlds
+                    .contains(before)
+                    .then(|| (Action::Block, name.clone()))
+            }
+            a => Some((*a, name.clone())),
+        }
     }
 }
 
@@ -333,6 +360,35 @@ mod tests {
             d("a.bad.svc.cluster.local").unwrap(),
             (Action::Block, "bad.svc.cluster.local".into())
         );
+    }
+
+    #[test]
+    fn search_suffixes_block_only_fully_qualified_looking_names() {
+        let mut r = m(&[
+            ("svc.cluster.local", Action::Suffix),
+            ("dev.svc.cluster.local", Action::Suffix),
+            ("cluster.local", Action::Suffix),
+            ("us-west-2.compute.internal", Action::Suffix),
+            ("ok.com.svc.cluster.local", Action::Allow),
+        ]);
+        for t in ["com", "dev", "local", "internal"] {
+            r.insert_tld(t);
+        }
+        let d = |n: &str| r.decide_wire(&to_wire(n));
+        assert_eq!(
+            d("api.github.COM.svc.cluster.local"),
+            Some((Action::Block, "svc.cluster.local".into()))
+        );
+        // A service in namespace `dev` is a real name: the longest suffix
+        // is `dev.svc.cluster.local`, and `web` is no TLD.
+        assert_eq!(d("web.dev.svc.cluster.local"), None);
+        assert_eq!(
+            d("kubedns.kube-system.svc.cluster.local.us-west-2.compute.internal"),
+            Some((Action::Block, "us-west-2.compute.internal".into()))
+        );
+        assert_eq!(d("svc.cluster.local"), None, "the suffix itself");
+        assert_eq!(d("a.ok.com.svc.cluster.local").unwrap().0, Action::Allow);
+        assert_eq!(d("web.default.svc.cluster.local"), None);
     }
 
     #[test]

@@ -18,9 +18,9 @@ use aya_ebpf::{
 };
 use dnsfast_common::{
     answer::{cq, AnswerKey, CachedAnswer, ListenKey},
-    encode_copied, opaque, park, AddrKey, Config, Counters, Rule, Scratch, ACTION_ALLOW,
-    ACTION_BLOCK, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6, KEY_DATA_LEN, MAX_LISTEN_ADDRS,
-    MAX_SERVER_ADDRS, WIRE_CAP, WIRE_OFF,
+    encode_copied, opaque, park, tld_key_after, AddrKey, Config, Counters, Rule, Scratch, TldKey,
+    ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6,
+    KEY_DATA_LEN, MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, MAX_TLDS, TLD_OFF, WIRE_CAP, WIRE_OFF,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
@@ -40,6 +40,12 @@ static SERVER_ADDRS: HashMap<AddrKey, u32, { MAX_SERVER_ADDRS as usize }> = Hash
 
 #[btf_map]
 static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// Labels that make what stands before a search suffix look fully
+/// qualified: the TLDs, and the last labels of the cluster domain and the
+/// search suffixes.
+#[btf_map]
+static TLDS: HashMap<TldKey, u32, { MAX_TLDS as usize }> = HashMap::new();
 
 /// The answer cache, filled by the forwarder; the agent sizes it to the
 /// forwarder's cache at load time.
@@ -231,6 +237,15 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     let pass = match PATTERNS.get(key) {
         Some(rule) if rule.action == ACTION_BLOCK => None,
         Some(rule) if rule.action == ACTION_ALLOW => Some(Pass::Allowed),
+        // The longest match is a search suffix: a search-path artifact if
+        // the label before it is a TLD (a second, exact lookup).
+        Some(rule) if rule.action == ACTION_SUFFIX => {
+            if is_artifact(scratch, len, rule.key_len as usize) {
+                None
+            } else {
+                Some(Pass::NoMatch)
+            }
+        }
         _ => Some(Pass::NoMatch),
     };
     if let Some(pass) = pass {
@@ -253,6 +268,20 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     aya_log_ebpf::debug!(ctx, "NXDOMAIN in place: name of {} bytes", len);
     let opt = (opt_word != 0).then_some((opt_word & 0x80) as u8);
     reply::nxdomain(ctx, scratch, &hdrs, qend - dns, opt)
+}
+
+#[inline(always)]
+fn is_artifact(scratch: &mut Scratch, len: usize, suffix_len: usize) -> bool {
+    if !tld_key_after(scratch, len, suffix_len) {
+        return false;
+    }
+    // SAFETY: TLD_OFF + 64 lies inside the buffer (checked in
+    // dnsfast_common::name); TldKey is a byte array, so any address is
+    // aligned. Lookup only.
+    unsafe {
+        let key = &*(scratch.buf.as_ptr().add(TLD_OFF) as *const TldKey);
+        TLDS.get(key).is_some()
+    }
 }
 
 #[inline(always)]

@@ -12,9 +12,9 @@ use aya::{
 use dnsfast_common::{
     answer::{AnswerKey, CachedAnswer, ListenKey},
     pattern::{rule_for, Action, Pattern},
-    AddrKey, Config, Counters, Rule, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6,
-    FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, KEY_DATA_LEN, MAP_ANSWERS, MAP_CONFIG, MAP_COUNTERS,
-    MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_PATTERNS, MAP_SERVER_ADDRS, PROG_NAME,
+    AddrKey, Config, Counters, Rule, TldKey, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FAMILY_V4,
+    FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, KEY_DATA_LEN, MAP_ANSWERS, MAP_CONFIG,
+    MAP_COUNTERS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_PATTERNS, MAP_SERVER_ADDRS, MAP_TLDS, PROG_NAME,
 };
 
 /// The XDP object, built by `build.rs` and embedded so that one binary is
@@ -22,7 +22,13 @@ use dnsfast_common::{
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DNSFAST_BPF_OBJ"));
 
 /// Maps pinned by `dnsfast load`; the scratch map is private to the program.
-pub const PINNED_MAPS: [&str; 4] = [MAP_PATTERNS, MAP_COUNTERS, MAP_CONFIG, MAP_SERVER_ADDRS];
+pub const PINNED_MAPS: [&str; 5] = [
+    MAP_PATTERNS,
+    MAP_COUNTERS,
+    MAP_CONFIG,
+    MAP_SERVER_ADDRS,
+    MAP_TLDS,
+];
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -196,6 +202,16 @@ impl Dataplane {
             HashMap::try_from(self.map_mut(MAP_LISTEN_ADDRS)?)?;
         m.insert(key, 1, 0)
             .with_context(|| format!("writing {addr} to the LISTEN_ADDRS map"))
+    }
+
+    /// Adds a label to the set that makes a name before a search suffix
+    /// look fully qualified.
+    pub fn insert_tld(&mut self, label: &str) -> Result<()> {
+        let key = TldKey::new(label.as_bytes())
+            .ok_or_else(|| anyhow!("TLD label '{label}' is empty or over 63 bytes"))?;
+        let mut m: HashMap<&mut MapData, TldKey, u32> = HashMap::try_from(self.map_mut(MAP_TLDS)?)?;
+        m.insert(key, 1, 0)
+            .with_context(|| format!("writing '{label}' to the TLDS map"))
     }
 
     pub fn insert_pattern(&mut self, p: &Pattern, action: Action) -> Result<()> {

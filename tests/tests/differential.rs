@@ -57,10 +57,12 @@ fn random_patterns(rng: &mut StdRng, n: usize) -> Vec<(Pattern, Action)> {
             let name: Vec<&str> = (0..k)
                 .map(|_| LABELS[rng.gen_range(0..LABELS.len())])
                 .collect();
-            let a = if rng.gen_bool(0.7) {
-                Action::Block
-            } else {
-                Action::Allow
+            let a = match rng.gen_range(0..10) {
+                0..=5 => Action::Block,
+                6..=7 => Action::Allow,
+                // Search suffixes: block only what looks fully qualified
+                // before them (its last label in the TLD set below).
+                _ => Action::Suffix,
             };
             (Pattern::parse(&name.join(".")).unwrap(), a)
         })
@@ -95,6 +97,10 @@ fn kernel_matches_reference_on_100k_names_and_mutations() {
         // Later duplicates overwrite earlier ones on both sides alike.
         dp.insert_pattern(&p, a).unwrap();
         reference.insert(&p, a);
+    }
+    for tld in ["com", "io", "local", "internal", "_t"] {
+        dp.insert_tld(tld).unwrap();
+        reference.insert_tld(tld);
     }
 
     let (mut tx, mut names, mut mutated) = (0u64, 0u64, 0u64);

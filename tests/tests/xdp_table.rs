@@ -376,6 +376,48 @@ fn reason_count(c: &Counters, reason: &str) -> u64 {
 }
 
 #[test]
+fn search_suffixes_answer_only_artifacts() {
+    require_root!();
+    let mut dp = dataplane();
+    for (p, a) in [
+        ("svc.cluster.local", Action::Suffix),
+        ("dev.svc.cluster.local", Action::Suffix),
+        ("default.svc.cluster.local", Action::Suffix),
+        ("cluster.local", Action::Suffix),
+        ("us-west-2.compute.internal", Action::Suffix),
+        ("github.com.cluster.local", Action::Allow),
+    ] {
+        dp.insert_pattern(&Pattern::parse(p).unwrap(), a).unwrap();
+    }
+    for t in ["com", "dev", "io", "local", "internal"] {
+        dp.insert_tld(t).unwrap();
+    }
+    for w in wraps() {
+        for name in [
+            "api.github.com.default.svc.cluster.local",
+            "Api.GitHub.IO.svc.cluster.local",
+            "web.default.svc.cluster.local.default.svc.cluster.local",
+            "kubedns.kube-system.svc.cluster.local.us-west-2.compute.internal",
+            "www.example.com.cluster.local",
+        ] {
+            assert_answered(&mut dp, &Q::new(name, RecordType::A), &w);
+        }
+        for name in [
+            // Real names: a service in namespace `dev`, a name without a
+            // TLD before the suffix, a suffix itself, an allow pattern.
+            "web.dev.svc.cluster.local",
+            "web.default.svc.cluster.local",
+            "svc.cluster.local",
+            "api.github.com.cluster.local",
+            "www.example.com",
+        ] {
+            let f = frame(&w, &Q::new(name, RecordType::A).bytes());
+            assert_passed(&mut dp, &f, name);
+        }
+    }
+}
+
+#[test]
 fn malformed_and_unsupported_pass_untouched_and_are_counted() {
     require_root!();
     let mut dp = dataplane();
