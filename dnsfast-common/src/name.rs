@@ -227,8 +227,10 @@ impl TldKey {
 /// Builds at [`TLD_OFF`] the TLD key of the label that comes right after
 /// the first `suffix_len` bytes of the encoded name (of `len` bytes): the
 /// last label of what stands before the suffix in the name. `false` when
-/// nothing does. The name's lengths are parked in `s` and read back (see
-/// [`opaque`]).
+/// what stands before the suffix is less than two labels: a single label
+/// (`app` in `app.default.svc.cluster.local`) is a service's own name,
+/// never a fully qualified one, whatever TLD it may spell. The name's
+/// lengths are parked in `s` and read back (see [`opaque`]).
 #[inline(always)]
 pub fn tld_key_after(s: &mut Scratch, len: usize, suffix_len: usize) -> bool {
     park(&mut s.name_len, len);
@@ -239,6 +241,9 @@ pub fn tld_key_after(s: &mut Scratch, len: usize, suffix_len: usize) -> bool {
     }
     let src = (opaque(&s.key_start) & KEY_START_MASK) + 4 + at;
     let n = get(s, src) as usize & MAX_LABEL;
+    if at + 1 + n >= len {
+        return false;
+    }
     let mut c = 0;
     while c < 8 {
         let v = load8(s, src + c * 8);
@@ -328,8 +333,12 @@ mod tests {
             !tld_key_after(&mut s, len, len),
             "nothing before the suffix"
         );
-        // The longest label, and one ending at the very end of the name.
-        let mut wire = std::vec![63u8];
+        assert!(
+            !tld_key_after(&mut s, len, 29),
+            "one label before the suffix"
+        );
+        // The longest label.
+        let mut wire = std::vec![1u8, b'a', 63u8];
         wire.extend(std::iter::repeat_n(b'X', 63));
         wire.extend_from_slice(b"\x03svc\x00");
         let (len, _) = encode_slice(&mut s, &wire).unwrap();

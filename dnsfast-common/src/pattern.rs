@@ -210,17 +210,18 @@ impl ReferenceMatcher {
 
     /// Decision for a wire name: `None` when no pattern matches or the name
     /// is not a plain, uncompressed, valid name. The longest matching rule
-    /// decides; a search suffix blocks (and is named) only when the label
-    /// before it is a TLD, and otherwise decides "no match".
+    /// decides; a search suffix blocks (and is named) only when at least two
+    /// labels stand before it and the last of them is a TLD, and otherwise
+    /// decides "no match".
     pub fn decide_wire(&self, wire: &[u8]) -> Option<(Action, String)> {
         let labels = split_wire(wire)?;
         let (start, (action, name)) = (0..labels.len())
             .find_map(|start| self.rules.get(&labels[start..]).map(|r| (start, r)))?;
         match action {
             Action::Suffix => {
-                let before = labels[..start].last()?;
-                self.tlds
-                    .contains(before)
+                // At least two labels before the suffix, the last a TLD.
+                let before = &labels[..start];
+                (before.len() >= 2 && self.tlds.contains(before.last()?))
                     .then(|| (Action::Block, name.clone()))
             }
             a => Some((*a, name.clone())),
@@ -387,6 +388,11 @@ mod tests {
             Some((Action::Block, "us-west-2.compute.internal".into()))
         );
         assert_eq!(d("svc.cluster.local"), None, "the suffix itself");
+        assert_eq!(
+            d("app.svc.cluster.local"),
+            None,
+            "one label: a service name"
+        );
         assert_eq!(d("a.ok.com.svc.cluster.local").unwrap().0, Action::Allow);
         assert_eq!(d("web.default.svc.cluster.local"), None);
     }

@@ -83,6 +83,30 @@ impl<V> SuffixMap<V> {
     }
 }
 
+/// The decision for a name (its key as made by [`name_key`]): the longest
+/// matching rule and its key length. A search suffix turns into `Block`
+/// when at least two labels stand before it and the last of them is in
+/// `tlds` (lower-cased labels), and into no decision otherwise; the same
+/// semantics as the XDP program.
+pub fn decide(
+    rules: &SuffixMap<crate::pattern::Action>,
+    tlds: &std::collections::HashSet<Vec<u8>>,
+    key: &[u8],
+) -> Option<(crate::pattern::Action, usize)> {
+    use crate::pattern::Action;
+    let (action, at) = rules.longest(key)?;
+    match action {
+        Action::Suffix => {
+            let n = *key.get(at)? as usize;
+            let label = key.get(at + 1..at + 1 + n)?;
+            // Two labels at least before the suffix: one is a service name.
+            let qualified = key.len() > at + 1 + n;
+            (qualified && tlds.contains(label)).then_some((Action::Block, at))
+        }
+        a => Some((*a, at)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +142,22 @@ mod tests {
         assert_eq!(m.longest(&key("example.com")), None);
     }
 
+    #[test]
+    fn decide_blocks_artifacts_only() {
+        let mut m = SuffixMap::new();
+        m.insert(&key("svc.cluster.local"), Action::Suffix);
+        m.insert(&key("dev.svc.cluster.local"), Action::Suffix);
+        m.insert(&key("ok.com.svc.cluster.local"), Action::Allow);
+        let tlds: std::collections::HashSet<Vec<u8>> =
+            [b"com".to_vec(), b"dev".to_vec()].into_iter().collect();
+        let d = |n: &str| decide(&m, &tlds, &key(n)).map(|(a, _)| a);
+        assert_eq!(d("api.github.COM.svc.cluster.local"), Some(Action::Block));
+        assert_eq!(d("web.dev.svc.cluster.local"), None);
+        assert_eq!(d("svc.cluster.local"), None);
+        assert_eq!(d("com.svc.cluster.local"), None, "a service named com");
+        assert_eq!(d("a.ok.com.svc.cluster.local"), Some(Action::Allow));
+    }
+
     /// The production matcher against the plain reference, on random names.
     #[test]
     fn agrees_with_the_reference_matcher() {
@@ -140,19 +180,24 @@ mod tests {
         let mut ours = SuffixMap::new();
         for i in 0..200 {
             let p = Pattern::parse(&gen(4)).unwrap();
-            let a = if i % 3 == 0 {
-                Action::Allow
-            } else {
-                Action::Block
+            let a = match i % 4 {
+                0 => Action::Allow,
+                1 => Action::Suffix,
+                _ => Action::Block,
             };
             reference.insert(&p, a);
             let (d, l) = p.key();
             ours.insert(&d[..l], a);
         }
+        let mut tlds = std::collections::HashSet::new();
+        for t in ["com", "local"] {
+            reference.insert_tld(t);
+            tlds.insert(t.as_bytes().to_vec());
+        }
         for _ in 0..20_000 {
             let n = gen(7);
             let want = reference.decide_wire(&to_wire(&n)).map(|x| x.0);
-            let got = ours.longest(&key(&n)).map(|(a, _)| *a);
+            let got = decide(&ours, &tlds, &key(&n)).map(|(a, _)| a);
             assert_eq!(got, want, "{n}");
         }
     }

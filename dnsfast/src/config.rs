@@ -32,6 +32,8 @@ struct RawConfig {
     cache: settings::RawCache,
     #[serde(default)]
     zone: Vec<settings::RawZone>,
+    #[serde(default)]
+    auto: crate::auto::RawAuto,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -93,6 +95,9 @@ pub struct Config {
     pub xdp: XdpSettings,
     pub patterns: PatternTable,
     pub forward: ForwardSettings,
+    pub auto: crate::auto::AutoSettings,
+    /// What auto mode derived (filled by `load::build_config`).
+    pub derived: Option<crate::auto::Derived>,
 }
 
 /// Patterns with their actions; a name in both lists is an error.
@@ -190,10 +195,13 @@ impl Config {
             }
         }
         let forward = ForwardSettings::from_raw(raw.forward, raw.cache, raw.zone, &at)?;
+        let auto = crate::auto::AutoSettings::from_raw(raw.auto, &at)?;
         Ok(Config {
             xdp,
             patterns,
             forward,
+            auto,
+            derived: None,
         })
     }
 }

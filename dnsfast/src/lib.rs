@@ -1,5 +1,6 @@
 //! dnsfast agent library: the loader and its maps, configuration, dnsmasq
 //! flag import, and the `load` command. `main.rs` is only the CLI.
+pub mod auto;
 pub mod bpf;
 pub mod config;
 pub mod dnsmasq;

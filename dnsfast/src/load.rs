@@ -119,6 +119,11 @@ pub fn build_config(
     }
     f.no_resolv |= fwd.no_resolv;
     f.log_queries |= fwd.log_queries;
+    if cfg.auto.enabled {
+        let derived = crate::auto::derive(&cfg.auto, &cfg.patterns)?;
+        derived.add_to(&mut cfg.patterns)?;
+        cfg.derived = Some(derived);
+    }
     if cfg.patterns.len() > cfg.xdp.max_patterns as usize {
         bail!(
             "{} patterns do not fit xdp.max-patterns = {}; raise it in the config",
@@ -156,7 +161,11 @@ pub fn run(args: LoadArgs) -> Result<()> {
         None
     } else {
         let _guard = rt.enter();
-        Some(Forwarder::bind(&cfg.forward, &cfg.patterns)?)
+        Some(Forwarder::bind(
+            &cfg.forward,
+            &cfg.patterns,
+            cfg.derived.as_ref(),
+        )?)
     };
     raise_memlock();
     ensure_bpffs(&args.pin_dir)?;
@@ -262,6 +271,11 @@ pub fn apply(dp: &mut Dataplane, cfg: &Config) -> Result<()> {
     xc.filter_dst = u32::from(!cfg.xdp.server_addrs.is_empty());
     for a in &cfg.xdp.server_addrs {
         dp.add_server_addr(&addr_key(*a))?;
+    }
+    if let Some(d) = &cfg.derived {
+        for t in &d.tlds {
+            dp.insert_tld(t)?;
+        }
     }
     for (p, action) in cfg.patterns.iter() {
         dp.insert_pattern(p, action)?;

@@ -47,8 +47,29 @@ enum Command {
         #[command(flatten)]
         forward: ForwardArgs,
     },
+    /// Print the search-path artifact rules auto mode derives, and why.
+    ///
+    /// From the `[auto]` table of the config (cluster domain, namespaces,
+    /// extra search suffixes or the node's resolv.conf search line) and the
+    /// TLD list. Read it before enabling auto mode; `load` applies exactly
+    /// this.
+    Suggest {
+        /// The TOML config file.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// dnsmasq-style hand-written patterns, as `load` takes them.
+        #[arg(long = "address", value_name = "/DOMAIN[/DOMAIN…]/")]
+        addresses: Vec<String>,
+    },
     /// Print an example config file with every key documented.
     ExampleConfig,
+    /// Print the ICANN TLDs of a Public Suffix List file, one per line in
+    /// ASCII (for `cargo xtask update-tlds`).
+    #[command(hide = true)]
+    TldList {
+        /// A public_suffix_list.dat.
+        psl: PathBuf,
+    },
 }
 
 fn main() {
@@ -64,6 +85,8 @@ fn main() {
             addresses,
             forward,
         } => check_config(&file, &addresses, &forward),
+        Command::Suggest { config, addresses } => suggest(config.as_deref(), &addresses),
+        Command::TldList { psl } => tld_list(&psl),
         Command::ExampleConfig => {
             print!("{}", dnsfast::config::EXAMPLE);
             Ok(())
@@ -96,7 +119,15 @@ fn print_config(cfg: &Config) {
     }
     println!("xdp.max-patterns = {}", cfg.xdp.max_patterns);
     for (p, a) in cfg.patterns.iter() {
-        println!("{a:5} {p}");
+        println!("{a:6} {p}");
+    }
+    match &cfg.derived {
+        Some(d) => println!(
+            "auto: {} search suffixes, {} TLD labels (see `dnsfast suggest`)",
+            d.suffixes.len(),
+            d.tlds.len()
+        ),
+        None => println!("auto: off"),
     }
     let f = &cfg.forward;
     let listen: Vec<String> = f.listen.iter().map(|a| a.to_string()).collect();
@@ -150,4 +181,69 @@ fn print_config(cfg: &Config) {
             z.origin
         );
     }
+}
+
+fn suggest(file: Option<&std::path::Path>, addresses: &[String]) -> anyhow::Result<()> {
+    let mut cfg = load::build_config(file, addresses, &ForwardArgs::default())?;
+    if cfg.derived.is_none() {
+        // Show what would be derived even when auto mode is off.
+        cfg.auto.enabled = true;
+        if cfg.auto.cluster_domain.is_empty() {
+            cfg.auto.cluster_domain = "cluster.local".into();
+        }
+        let d = dnsfast::auto::derive(&cfg.auto, &cfg.patterns)?;
+        println!("auto mode is off (set [auto] cluster-domain to turn it on); it would derive:");
+        print_derived(&d);
+    } else if let Some(d) = &cfg.derived {
+        println!("auto mode is on; `dnsfast load` derives:");
+        print_derived(d);
+    }
+    Ok(())
+}
+
+fn print_derived(d: &dnsfast::auto::Derived) {
+    println!(
+        "\nsearch suffixes ({}): a name N = Q.S is answered NXDOMAIN when S is the longest of these\n\
+         that N ends with, and Q has two labels or more, the last in the TLD set",
+        d.suffixes.len()
+    );
+    for (p, why) in &d.suffixes {
+        println!("  {:<40} {why}", p.name);
+    }
+    if !d.shadowed.is_empty() {
+        println!("\nleft out, hand-written patterns decide there:");
+        for (p, why) in &d.shadowed {
+            println!("  {:<40} {why}", p.name);
+        }
+    }
+    println!(
+        "\nTLD set: {} labels from the {}",
+        d.tlds.len(),
+        d.tld_source
+    );
+    for (t, why) in &d.extra_tlds {
+        println!("  + {t:<12} {why}");
+    }
+    if let Some((s, _)) = d.suffixes.first() {
+        println!(
+            "\nexample: api.github.com.{s} -> NXDOMAIN (com is a TLD); web.{s} and app.{s} -> pass \
+             (one label: a service name)"
+        );
+    }
+}
+
+fn tld_list(psl: &std::path::Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(psl)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", psl.display()))?;
+    let tlds = dnsfast::auto::tlds_from_psl(&text)?;
+    println!(
+        "# ICANN top-level domains from the Public Suffix List ({}), in ASCII.\n\
+         # {} labels. Regenerate with `cargo xtask update-tlds [PSL]`.",
+        psl.display(),
+        tlds.len()
+    );
+    for t in tlds {
+        println!("{t}");
+    }
+    Ok(())
 }

@@ -30,7 +30,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
     let rt = runtime(cfg.forward.worker_count())?;
     let mut forwarder = {
         let _guard = rt.enter();
-        let mut f = Forwarder::bind(&cfg.forward, &cfg.patterns)?;
+        let mut f = Forwarder::bind(&cfg.forward, &cfg.patterns, cfg.derived.as_ref())?;
         f.start();
         f
     };

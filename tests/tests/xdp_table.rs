@@ -407,6 +407,8 @@ fn search_suffixes_answer_only_artifacts() {
             // TLD before the suffix, a suffix itself, an allow pattern.
             "web.dev.svc.cluster.local",
             "web.default.svc.cluster.local",
+            "app.default.svc.cluster.local",
+            "io.svc.cluster.local",
             "svc.cluster.local",
             "api.github.com.cluster.local",
             "www.example.com",

@@ -67,6 +67,12 @@ enum Task {
     },
     /// Run a small lab: a pod's lookups with and without dnsfast.
     Demo,
+    /// Regenerate dnsfast/data/tlds.txt (the built-in TLD list) from a
+    /// Public Suffix List file (default: Debian's, package publicsuffix).
+    UpdateTlds {
+        #[arg(default_value = "/usr/share/publicsuffix/public_suffix_list.dat")]
+        psl: PathBuf,
+    },
 }
 
 fn main() {
@@ -78,11 +84,27 @@ fn main() {
         Task::TestKernels => kernels::test_kernels(&root()),
         Task::Bench { args } => bench(&args),
         Task::Demo => demo(),
+        Task::UpdateTlds { psl } => update_tlds(&psl),
     };
     if let Err(e) = r {
         eprintln!("xtask: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn update_tlds(psl: &Path) -> Result<()> {
+    let out = cargo()
+        .args(["run", "-q", "-p", "dnsfast", "--", "tld-list"])
+        .arg(psl)
+        .output()
+        .context("running dnsfast tld-list")?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let dest = root().join("dnsfast/data/tlds.txt");
+    std::fs::write(&dest, &out.stdout).with_context(|| format!("writing {}", dest.display()))?;
+    println!("wrote {}", dest.display());
+    Ok(())
 }
 
 fn root() -> PathBuf {

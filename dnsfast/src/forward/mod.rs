@@ -60,7 +60,11 @@ pub fn pattern_map(patterns: &PatternTable) -> SuffixMap<Action> {
 impl Forwarder {
     /// Binds every listener, so that a taken port fails here, before
     /// anything else is set up; nothing is served until `start`.
-    pub fn bind(s: &ForwardSettings, patterns: &PatternTable) -> Result<Forwarder> {
+    pub fn bind(
+        s: &ForwardSettings,
+        patterns: &PatternTable,
+        derived: Option<&crate::auto::Derived>,
+    ) -> Result<Forwarder> {
         let zones = s.resolved_zones()?;
         if !zones.iter().any(|z| z.name == ".") {
             warn!("no default upstreams (no-resolv, and no --server=IP or zone \".\"): names outside the zones get REFUSED");
@@ -73,6 +77,9 @@ impl Forwarder {
         let resolver = Arc::new(Resolver {
             router,
             patterns: pattern_map(patterns),
+            tlds: derived
+                .map(|d| d.tlds.iter().map(|t| t.as_bytes().to_vec()).collect())
+                .unwrap_or_default(),
             cache: Cache::new(&s.cache),
             cache_settings: s.cache.clone(),
             inflight: Arc::new(Semaphore::new(s.max_inflight)),

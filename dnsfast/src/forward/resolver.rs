@@ -7,7 +7,10 @@ use std::{
     time::Instant,
 };
 
-use dnsfast_common::{pattern::Action, suffix::SuffixMap};
+use dnsfast_common::{
+    pattern::Action,
+    suffix::{decide, SuffixMap},
+};
 use hickory_proto::op::ResponseCode;
 use log::info;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -43,6 +46,8 @@ pub struct Outcome {
 pub struct Resolver {
     pub router: Router,
     pub patterns: SuffixMap<Action>,
+    /// Labels that make a name before a search suffix look fully qualified.
+    pub tlds: std::collections::HashSet<Vec<u8>>,
     pub cache: Cache,
     pub cache_settings: CacheSettings,
     pub inflight: Arc<Semaphore>,
@@ -72,7 +77,7 @@ pub struct Client {
 impl Resolver {
     /// Answers without leaving the process: a block pattern or the cache.
     pub fn answer_locally(&self, q: &ClientQuery) -> Option<Outcome> {
-        if let Some((Action::Block, _)) = self.patterns.longest(&q.key) {
+        if let Some((Action::Block, _)) = decide(&self.patterns, &self.tlds, &q.key) {
             self.metrics.blocked.fetch_add(1, Ordering::Relaxed);
             return Some(self.made_here(q, ResponseCode::NXDomain, Source::Blocked));
         }
