@@ -1,0 +1,170 @@
+//! Auto mode end to end: no hand-written pattern at all. A pod namespace
+//! with a Kubernetes resolv.conf (ndots:5 and a cloud provider's search
+//! suffixes), `dnsfast load` on the node with only `[auto]` set, and an
+//! upstream that answers real names after a fixed delay, NXDOMAINs the
+//! rest, and drops every query under the cloud suffixes. glibc's `getent`
+//! must find external and cluster names as fast as their absolute forms.
+
+use std::time::{Duration, Instant};
+
+use dnsfast_tests::{
+    bpftool_counter, dnsfast_bin,
+    netns::{wait_until, Lab},
+    require_root,
+};
+
+const NODE: &str = "10.84.0.1";
+const UPSTREAM: &str = "10.85.0.2";
+/// Upstream delay: large next to the lab's fixed costs, so the ratios
+/// measure round trips, not process start-up.
+const DELAY_MS: u64 = 150;
+
+/// The real names, what the upstream answers for them.
+const NAMES: [(&str, &str); 5] = [
+    ("api.example.com", "192.0.2.10"),
+    ("web.default.svc.cluster.local", "10.96.0.20"),
+    ("kubedns.kube-system.svc.cluster.local", "10.96.0.10"),
+    // A service in a namespace named like a TLD.
+    ("web.dev.svc.cluster.local", "10.96.0.30"),
+    // A service named like a TLD.
+    ("app.default.svc.cluster.local", "10.96.0.40"),
+];
+
+fn run_provider(cloud: &[&str]) {
+    let mut lab = Lab::new();
+    let search = format!(
+        "default.svc.cluster.local svc.cluster.local cluster.local {}",
+        cloud.join(" ")
+    );
+    let resolv = format!("nameserver {NODE}\nsearch {search}\noptions ndots:5 timeout:2 attempts:1\n");
+    let pod = lab.add_ns("apd", Some(&resolv)).unwrap();
+    let node = lab.add_ns("anode", None).unwrap();
+    let up = lab.add_ns("aup", None).unwrap();
+    let (_, node_if) = lab
+        .veth(&pod, &["10.84.0.2/24"], &node, &[&format!("{NODE}/24")])
+        .unwrap();
+    lab.veth(&node, &["10.85.0.1/24"], &up, &[&format!("{UPSTREAM}/24")])
+        .unwrap();
+
+    let tmp = std::env::temp_dir();
+    let mut args = vec![
+        "--listen".to_string(),
+        format!("{UPSTREAM}:53"),
+        "--delay-ms".into(),
+        DELAY_MS.to_string(),
+    ];
+    for (n, ip) in NAMES {
+        args.push("--answer".into());
+        args.push(format!("{n}={ip}"));
+    }
+    for c in cloud {
+        args.push("--drop".into());
+        args.push(c.to_string());
+    }
+    let up_log = tmp.join(format!("{up}.out"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.spawn(
+        &up,
+        env!("CARGO_BIN_EXE_dnsfast-testdns"),
+        &args,
+        up_log.to_str().unwrap(),
+    )
+    .unwrap();
+
+    let cfg = tmp.join(format!("{node}.toml"));
+    let quoted: Vec<String> = cloud.iter().map(|c| format!("\"{c}\"")).collect();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[auto]\ncluster-domain = \"cluster.local\"\nnamespaces = [\"default\", \"kube-system\", \"dev\"]\n\
+             search = [{}]\n",
+            quoted.join(", ")
+        ),
+    )
+    .unwrap();
+    let pins = format!("/sys/fs/bpf/dnsfast-test-{node}");
+    let log = tmp.join(format!("{node}-agent.log"));
+    let server = format!("--server={UPSTREAM}");
+    lab.spawn(
+        &node,
+        dnsfast_bin().to_str().unwrap(),
+        &[
+            "load",
+            "--iface",
+            &node_if,
+            "--mode",
+            "skb",
+            "--pin-dir",
+            &pins,
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            NODE,
+            "--no-resolv",
+            &server,
+            // Every lookup goes upstream: the comparison is about the
+            // search path, not the cache.
+            "--cache-size=0",
+        ],
+        log.to_str().unwrap(),
+    )
+    .unwrap();
+    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(30), || agent_log().contains("serving:")),
+        "{}",
+        agent_log()
+    );
+    assert!(agent_log().contains("0 pattern(s)") || agent_log().contains("serving:"));
+
+    let getent = |name: &str| {
+        let t = Instant::now();
+        let out = lab.exec(&pod, "getent", &["ahosts", name]).unwrap();
+        let first = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or("no answer")
+            .to_string();
+        (t.elapsed(), first)
+    };
+    // Warm the lab (ARP, the agent's first upstream socket).
+    getent("api.example.com.");
+    let before = bpftool_counter(std::path::Path::new(&pins), "answered_nxdomain");
+    for (name, ip) in NAMES {
+        // Best of three each, to keep scheduling noise out of a ratio.
+        let best = |n: &str| {
+            (0..3)
+                .map(|_| getent(n))
+                .inspect(|(_, got)| assert_eq!(got, ip, "{n} (search {search})"))
+                .map(|(t, _)| t)
+                .min()
+                .unwrap()
+        };
+        let fqdn = best(&format!("{name}."));
+        let short = best(name);
+        let ratio = short.as_secs_f64() / fqdn.as_secs_f64();
+        eprintln!(
+            "{name:<40} search list {short:>8.1?}   FQDN {fqdn:>8.1?}   ratio {ratio:.2}   ({})",
+            cloud.join(" ")
+        );
+        assert!(
+            ratio <= 1.1,
+            "{name}: {short:?} through the search list vs {fqdn:?} as FQDN"
+        );
+    }
+    let answered = bpftool_counter(std::path::Path::new(&pins), "answered_nxdomain") - before;
+    assert!(answered > 0, "the artifacts were answered in the kernel");
+    drop(lab);
+}
+
+#[test]
+fn aws_search_list_resolves_at_fqdn_speed() {
+    require_root!();
+    run_provider(&["us-west-2.compute.internal", "compute.internal"]);
+}
+
+#[test]
+fn gcp_search_list_resolves_at_fqdn_speed() {
+    require_root!();
+    run_provider(&["c.myproj.internal", "google.internal"]);
+}
