@@ -2,10 +2,17 @@
 //! with a Kubernetes resolv.conf (ndots:5 and a cloud provider's search
 //! suffixes), `dnsfast load` on the node with only `[auto]` set, and an
 //! upstream that answers real names after a fixed delay, NXDOMAINs the
-//! rest, and drops every query under the cloud suffixes. glibc's `getent`
-//! must find external and cluster names as fast as their absolute forms.
+//! rest, and drops every query under the cloud suffixes. Three real stub
+//! resolvers — glibc (`getent ahosts`), musl (a static C program built
+//! with musl-gcc) and Go's pure resolver — must find external and cluster
+//! names as fast as their absolute forms.
 
-use std::time::{Duration, Instant};
+use std::{
+    path::PathBuf,
+    process::Command,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
 use dnsfast_tests::{
     bpftool_counter, dnsfast_bin,
@@ -30,13 +37,46 @@ const NAMES: [(&str, &str); 5] = [
     ("app.default.svc.cluster.local", "10.96.0.40"),
 ];
 
+/// The lookup programs, built once per test process.
+fn resolvers() -> &'static (PathBuf, PathBuf) {
+    static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("resolvers");
+        let out = std::env::temp_dir().join(format!("dnsfast-resolvers-{}", std::process::id()));
+        std::fs::create_dir_all(&out).unwrap();
+        let musl = out.join("lookup-musl");
+        let st = Command::new("musl-gcc")
+            .args(["-static", "-O2", "-o"])
+            .arg(&musl)
+            .arg(src.join("lookup.c"))
+            .status()
+            .expect("musl-gcc (package musl-tools; `cargo xtask setup` installs it)");
+        assert!(st.success(), "musl-gcc failed");
+        let go = out.join("lookup-go");
+        let st = Command::new("go")
+            .args(["build", "-o"])
+            .arg(&go)
+            .arg(src.join("lookup.go"))
+            .env("CGO_ENABLED", "0")
+            .env("GOCACHE", out.join("gocache"))
+            .env("GOPATH", out.join("gopath"))
+            .env("GO111MODULE", "off")
+            .status()
+            .expect("go (package golang-go; `cargo xtask setup` installs it)");
+        assert!(st.success(), "go build failed");
+        (musl, go)
+    })
+}
+
 fn run_provider(cloud: &[&str]) {
+    let (musl, go) = resolvers();
     let mut lab = Lab::new();
     let search = format!(
         "default.svc.cluster.local svc.cluster.local cluster.local {}",
         cloud.join(" ")
     );
-    let resolv = format!("nameserver {NODE}\nsearch {search}\noptions ndots:5 timeout:2 attempts:1\n");
+    let resolv =
+        format!("nameserver {NODE}\nsearch {search}\noptions ndots:5 timeout:2 attempts:1\n");
     let pod = lab.add_ns("apd", Some(&resolv)).unwrap();
     let node = lab.add_ns("anode", None).unwrap();
     let up = lab.add_ns("aup", None).unwrap();
@@ -117,9 +157,24 @@ fn run_provider(cloud: &[&str]) {
     );
     assert!(agent_log().contains("0 pattern(s)") || agent_log().contains("serving:"));
 
-    let getent = |name: &str| {
+    // Each stub resolver: a command line that prints the first address.
+    let stubs: [(&str, Vec<String>); 3] = [
+        ("glibc", vec!["getent".into(), "ahosts".into()]),
+        ("musl", vec![musl.display().to_string()]),
+        (
+            "go",
+            vec![
+                "env".into(),
+                "GODEBUG=netdns=go".into(),
+                go.display().to_string(),
+            ],
+        ),
+    ];
+    let lookup = |stub: &[String], name: &str| {
+        let mut args: Vec<&str> = stub[1..].iter().map(String::as_str).collect();
+        args.push(name);
         let t = Instant::now();
-        let out = lab.exec(&pod, "getent", &["ahosts", name]).unwrap();
+        let out = lab.exec(&pod, &stub[0], &args).unwrap();
         let first = String::from_utf8_lossy(&out.stdout)
             .split_whitespace()
             .next()
@@ -128,29 +183,31 @@ fn run_provider(cloud: &[&str]) {
         (t.elapsed(), first)
     };
     // Warm the lab (ARP, the agent's first upstream socket).
-    getent("api.example.com.");
+    lookup(&stubs[0].1, "api.example.com.");
     let before = bpftool_counter(std::path::Path::new(&pins), "answered_nxdomain");
-    for (name, ip) in NAMES {
-        // Best of three each, to keep scheduling noise out of a ratio.
-        let best = |n: &str| {
-            (0..3)
-                .map(|_| getent(n))
-                .inspect(|(_, got)| assert_eq!(got, ip, "{n} (search {search})"))
-                .map(|(t, _)| t)
-                .min()
-                .unwrap()
-        };
-        let fqdn = best(&format!("{name}."));
-        let short = best(name);
-        let ratio = short.as_secs_f64() / fqdn.as_secs_f64();
-        eprintln!(
-            "{name:<40} search list {short:>8.1?}   FQDN {fqdn:>8.1?}   ratio {ratio:.2}   ({})",
-            cloud.join(" ")
-        );
-        assert!(
-            ratio <= 1.1,
-            "{name}: {short:?} through the search list vs {fqdn:?} as FQDN"
-        );
+    for (stub_name, stub) in &stubs {
+        for (name, ip) in NAMES {
+            // Best of three each, to keep scheduling noise out of a ratio.
+            let best = |n: &str| {
+                (0..3)
+                    .map(|_| lookup(stub, n))
+                    .inspect(|(_, got)| assert_eq!(got, ip, "{stub_name}: {n} (search {search})"))
+                    .map(|(t, _)| t)
+                    .min()
+                    .unwrap()
+            };
+            let fqdn = best(&format!("{name}."));
+            let short = best(name);
+            let ratio = short.as_secs_f64() / fqdn.as_secs_f64();
+            eprintln!(
+                "{stub_name:<5} {name:<40} search list {short:>8.1?}   FQDN {fqdn:>8.1?}   ratio {ratio:.2}   ({})",
+                cloud.join(" ")
+            );
+            assert!(
+                ratio <= 1.1,
+                "{stub_name}: {name}: {short:?} through the search list vs {fqdn:?} as FQDN"
+            );
+        }
     }
     let answered = bpftool_counter(std::path::Path::new(&pins), "answered_nxdomain") - before;
     assert!(answered > 0, "the artifacts were answered in the kernel");

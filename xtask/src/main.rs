@@ -40,6 +40,15 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("dnsperf", "load generator of the benchmark"),
     ("iproute2", "network namespaces and veths"),
     ("util-linux", "nsenter"),
+    (
+        "musl-tools",
+        "musl-gcc: the musl stub resolver of the auto-mode tests",
+    ),
+    ("golang-go", "Go's pure resolver in the auto-mode tests"),
+    (
+        "publicsuffix",
+        "the Public Suffix List that `cargo xtask update-tlds` reads",
+    ),
 ];
 
 #[derive(Parser)]
