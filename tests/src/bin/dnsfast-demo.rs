@@ -1,10 +1,13 @@
 //! `cargo xtask demo`: a pod, a node and a slow cloud upstream in network
-//! namespaces. A pod looks names up through its Kubernetes search list, first
-//! without dnsfast, then with `dnsfast load` on the node's pod-facing veth.
+//! namespaces. A pod looks names up through its Kubernetes search list with,
+//! in turn, on the node: dnsmasq as kube-dns ran it without patterns;
+//! dnsmasq with the classic hand-listed `--address` suffixes; `dnsfast load`
+//! with no hand-written pattern at all (auto mode); and, as the lower bound,
+//! the same names as absolute names (trailing dot) through dnsfast.
 //!
 //!   pod (resolv.conf: ndots:5, 5 search domains)
-//!    └─veth─ node 10.79.0.1: first dnsmasq (no cache), then `dnsfast load`
-//!              (XDP on this veth + its own forwarder, replacing dnsmasq)
+//!    └─veth─ node 10.79.0.1: dnsmasq, then `dnsfast load` (XDP on this veth
+//!              + its forwarder, in dnsmasq's place)
 //!              └─veth─ upstream 10.80.0.2: answers after 30 ms, drops *.compute.internal
 
 use std::{
@@ -25,12 +28,16 @@ const NODE_DNS: &str = "10.79.0.1";
 const UPSTREAM: &str = "10.80.0.2";
 const SEARCH: &str =
     "default.svc.cluster.local svc.cluster.local cluster.local us-west-2.compute.internal compute.internal";
-/// The hand-written list this issue's demo uses; deriving it is future work.
-const PATTERNS: &str = "--address=/com.default.svc.cluster.local/com.svc.cluster.local/com.cluster.local/com.us-west-2.compute.internal/com.compute.internal/";
-const LOOKUPS: [&str; 3] = [
+/// The classic hand-tuned dnsmasq list (kube-dns style): every suffix for
+/// every TLD anyone remembered to list.
+const HAND_LIST: &str = "--address=/com.default.svc.cluster.local/com.svc.cluster.local/com.cluster.local/com.us-west-2.compute.internal/com.compute.internal/";
+/// dnsfast's whole configuration: the cluster's shape, no pattern.
+const AUTO: &str = "[auto]\ncluster-domain = \"cluster.local\"\nnamespaces = [\"default\", \"kube-system\"]\nsearch = [\"us-west-2.compute.internal\", \"compute.internal\"]\n";
+const LOOKUPS: [&str; 4] = [
     "api.github.com",
     "www.example.com",
     "web.default.svc.cluster.local",
+    "kubedns.kube-system.svc.cluster.local",
 ];
 
 fn main() {
@@ -62,6 +69,10 @@ fn upstream() -> Result<()> {
         ("www.example.com.".to_string(), "93.184.215.14".parse()?),
         (
             "web.default.svc.cluster.local.".to_string(),
+            "10.96.0.20".parse()?,
+        ),
+        (
+            "kubedns.kube-system.svc.cluster.local.".to_string(),
             "10.96.0.10".parse()?,
         ),
     ]);
@@ -89,51 +100,43 @@ fn demo() -> Result<()> {
     let tmp = std::env::temp_dir();
     let log = |n: &str| tmp.join(format!("{n}.log")).display().to_string();
     lab.spawn(&up, me.to_str().unwrap(), &["upstream"], &log(&up))?;
-    let dnsmasq = lab.spawn(
-        &node,
-        "dnsmasq",
-        &[
+
+    println!("dnsfast demo: pod search list = {SEARCH}");
+    println!("               ndots:5, timeout:2, attempts:1; upstream adds 30 ms and drops *.compute.internal\n");
+
+    // 1 and 2: dnsmasq as kube-dns ran it, without and with the hand list.
+    let listen = format!("--listen-address={NODE_DNS}");
+    let server = format!("--server={UPSTREAM}");
+    let dnsmasq_args = |extra: Option<&'static str>| -> Vec<String> {
+        let mut a: Vec<&str> = vec![
             "--keep-in-foreground",
             "--no-resolv",
             "--no-hosts",
             "--bind-interfaces",
-            &format!("--listen-address={NODE_DNS}"),
+            &listen,
             "--user=root",
             "--pid-file=",
             "--cache-size=0",
-            &format!("--server={UPSTREAM}"),
-        ],
-        &log(&format!("{node}-dnsmasq")),
-    )?;
-    let ready = wait_until(Duration::from_secs(10), || {
-        lab.exec(
-            &pod,
-            "dig",
-            &[
-                "+tries=1",
-                "+time=1",
-                &format!("@{NODE_DNS}"),
-                "api.github.com.",
-            ],
-        )
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("140.82.112.6"))
-        .unwrap_or(false)
-    });
-    if !ready {
-        bail!("the lab's resolver never answered; see {}", log(&up));
+            &server,
+        ];
+        a.extend(extra);
+        a.into_iter().map(String::from).collect()
+    };
+    let mut columns = Vec::new();
+    for (title, extra) in [("dnsmasq", None), ("hand-tuned", Some(HAND_LIST))] {
+        let args = dnsmasq_args(extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let pid = lab.spawn(&node, "dnsmasq", &args, &log(&format!("{node}-dnsmasq")))?;
+        wait_for_answers(&lab, &pod, &log(&up))?;
+        columns.push((title, lookups(&lab, &pod, "")?));
+        lab.stop(pid)?;
     }
 
-    println!("dnsfast demo: pod search list = {SEARCH}");
-    println!("               ndots:5, timeout:2, attempts:1; upstream adds 30 ms and drops *.compute.internal\n");
-    let without: Vec<(Duration, String)> = LOOKUPS
-        .iter()
-        .map(|n| lookup(&lab, &pod, n))
-        .collect::<Result<_>>()?;
-
-    // dnsfast takes dnsmasq's place: same address, same upstream flag.
-    lab.stop(dnsmasq)?;
+    // 3 and 4: dnsfast in dnsmasq's place, same address and upstream, no
+    // pattern; its caches off so every lookup pays its way to the upstream.
+    let cfg = tmp.join(format!("{node}-auto.toml"));
+    std::fs::write(&cfg, AUTO)?;
     let pins = PathBuf::from(format!("/sys/fs/bpf/dnsfast-demo-{node}"));
-    let upstream_flag = format!("--server={UPSTREAM}");
     let agent_log = log(&format!("{node}-dnsfast"));
     let agent = lab.spawn(
         &node,
@@ -144,11 +147,13 @@ fn demo() -> Result<()> {
             &node_if,
             "--pin-dir",
             pins.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
             "--listen",
             NODE_DNS,
             "--no-resolv",
-            &upstream_flag,
-            PATTERNS,
+            &server,
+            "--cache-size=0",
         ],
         &agent_log,
     )?;
@@ -163,27 +168,33 @@ fn demo() -> Result<()> {
             std::fs::read_to_string(&agent_log)?
         );
     }
-    let with: Vec<(Duration, String)> = LOOKUPS
-        .iter()
-        .map(|n| lookup(&lab, &pod, n))
-        .collect::<Result<_>>()?;
+    columns.push(("dnsfast", lookups(&lab, &pod, "")?));
+    columns.push(("FQDN", lookups(&lab, &pod, ".")?));
 
     println!(
-        "{:<32} {:>16} {:>14}   answer",
-        "getent ahosts NAME (in the pod)", "without dnsfast", "with dnsfast"
+        "{:<40} {:>10} {:>11} {:>10} {:>10}   answer",
+        "getent ahosts NAME (in the pod)", "dnsmasq", "hand-tuned", "dnsfast", "NAME."
     );
-    for ((name, (t0, a0)), (t1, a1)) in LOOKUPS.iter().zip(&without).zip(&with) {
-        let same = if a0 == a1 {
-            a1.clone()
+    for (i, name) in LOOKUPS.iter().enumerate() {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, c)| format!("{:.0?}", c[i].0))
+            .collect();
+        let answers: Vec<&str> = columns.iter().map(|(_, c)| c[i].1.as_str()).collect();
+        let answer = if answers.iter().all(|a| *a == answers[0]) {
+            answers[0].to_string()
         } else {
-            format!("{a0} -> {a1}")
+            answers.join(" / ")
         };
-        println!("{name:<32} {:>14.0?} {:>14.0?}   {same}", t0, t1);
+        println!(
+            "{name:<40} {:>10} {:>11} {:>10} {:>10}   {answer}",
+            cells[0], cells[1], cells[2], cells[3]
+        );
     }
     println!(
-        "\n(web.default.svc.cluster.local still waits: its artifacts, e.g. \
-         web.default.svc.cluster.local.us-west-2.compute.internal, are not under any \
-         hand-listed com.* pattern.)"
+        "\ndnsmasq: no patterns; hand-tuned: {} suffixes listed by hand (com.* only);\n\
+         dnsfast: none listed, derived from [auto] (see `dnsfast suggest`); NAME.: the absolute name.",
+        HAND_LIST.matches('/').count() - 1
     );
     println!(
         "\nkernel counters (bpftool map dump pinned {}/counters, summed over CPUs):",
@@ -200,6 +211,31 @@ fn demo() -> Result<()> {
     }
     println!("\ndnsfast stopped (program detached, pins removed); lab removed.");
     Ok(())
+}
+
+/// Waits until the node's resolver answers an absolute name.
+fn wait_for_answers(lab: &Lab, pod: &str, upstream_log: &str) -> Result<()> {
+    let ready = wait_until(Duration::from_secs(10), || {
+        lab.exec(
+            pod,
+            "dig",
+            &["+tries=1", "+time=1", &format!("@{NODE_DNS}"), "api.github.com."],
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("140.82.112.6"))
+        .unwrap_or(false)
+    });
+    if !ready {
+        bail!("the lab's resolver never answered; see {upstream_log}");
+    }
+    Ok(())
+}
+
+/// `lookup` of every name in LOOKUPS, with `suffix` appended.
+fn lookups(lab: &Lab, pod: &str, suffix: &str) -> Result<Vec<(Duration, String)>> {
+    LOOKUPS
+        .iter()
+        .map(|n| lookup(lab, pod, &format!("{n}{suffix}")))
+        .collect()
 }
 
 /// Times `getent ahosts NAME` in the pod; returns the time and the first
