@@ -78,6 +78,22 @@ fn xdp(args: &Args) -> Result<()> {
         dp.insert_pattern(&Pattern::parse(ALLOWED)?, Action::Allow)?;
         dps.push(dp);
     }
+    // Auto mode at the size the design is for: 1,000 namespaces, the
+    // cluster domain, two cloud suffixes, the full TLD list.
+    let mut auto_dp = Dataplane::load(&LoadOptions {
+        bench_mode: true,
+        max_patterns: 131_072,
+        answer_cache: 0,
+    })?;
+    let derived = auto_rules(1000)?;
+    for (p, _) in &derived.suffixes {
+        auto_dp.insert_pattern(p, Action::Suffix)?;
+    }
+    for t in &derived.tlds {
+        auto_dp.insert_tld(t)?;
+    }
+    let memlock = auto_memlock(&auto_dp)?;
+    dps.push(auto_dp);
     let mut arp = symmetric(&Wrap::v4(), &[0u8; 20]);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let udp = Wrap {
@@ -146,6 +162,29 @@ fn xdp(args: &Args) -> Result<()> {
         }
     }
 
+    let auto_label = format!("auto {}", derived.suffixes.len());
+    let auto_label: &'static str = Box::leak(auto_label.into_boxed_str());
+    for (what, name, answered) in [
+        (
+            "auto: artifact -> NXDOMAIN + TX",
+            "api.github.com.ns500.svc.cluster.local",
+            true,
+        ),
+        (
+            "auto: cloud artifact -> NXDOMAIN + TX",
+            "kubedns.kube-system.svc.cluster.local.us-west-2.compute.internal",
+            true,
+        ),
+        ("auto: real name -> PASS", "web.ns500.svc.cluster.local", false),
+    ] {
+        let q = Q::new(name, RecordType::A).bytes();
+        let f = symmetric(&dns_wrap(), &q);
+        if answered {
+            check_answers(&mut dps[2], &f)?;
+        }
+        cases.push(case(2, false, what, auto_label, &name.len().to_string(), f));
+    }
+
     // Rounds interleave the cases, so drift in the machine's load hits
     // them all alike; each case reports its median over the rounds.
     let mut samples = vec![Vec::new(); cases.len()];
@@ -182,10 +221,70 @@ fn xdp(args: &Args) -> Result<()> {
             c.what, c.patterns, c.name, m, net
         );
     }
+    println!(
+        "auto rules for 1,000 namespaces: {} search suffixes, {} TLD labels; kernel map memory \
+         (bpftool map show, bytes_memlock): {memlock}",
+        derived.suffixes.len(),
+        derived.tlds.len()
+    );
     if !args.no_qps {
         qps(args)?;
     }
     Ok(())
+}
+
+/// What auto mode derives for `namespaces` namespaces `ns0`…, with a
+/// cloud provider's two search suffixes.
+fn auto_rules(namespaces: usize) -> Result<dnsfast::auto::Derived> {
+    let settings = dnsfast::auto::AutoSettings {
+        enabled: true,
+        cluster_domain: "cluster.local".into(),
+        namespaces: (0..namespaces)
+            .map(|i| format!("ns{i}"))
+            .chain(["kube-system".to_string()])
+            .collect(),
+        search: Some(vec![
+            "us-west-2.compute.internal".into(),
+            "compute.internal".into(),
+        ]),
+        resolv_conf: PathBuf::from("/dev/null"),
+        tld_file: None,
+    };
+    dnsfast::auto::derive(&settings, &dnsfast::config::PatternTable::default())
+}
+
+/// bytes_memlock of the pattern trie and the TLD set, as bpftool reports
+/// them for pinned copies.
+fn auto_memlock(dp: &Dataplane) -> Result<String> {
+    let dir = PathBuf::from(format!("/sys/fs/bpf/dnsfast-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    dp.pin_maps(&dir)?;
+    let mut parts = Vec::new();
+    let mut total = 0u64;
+    for name in ["patterns", "tlds"] {
+        let out = dnsfast_tests::netns::run_ok(
+            "bpftool",
+            &["-j", "map", "show", "pinned", dir.join(name).to_str().unwrap()],
+        );
+        let bytes = out
+            .as_deref()
+            .ok()
+            .and_then(|o| o.split("\"bytes_memlock\":").nth(1))
+            .and_then(|r| r.split([',', '}']).next())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        match bytes {
+            Some(b) => {
+                total += b;
+                parts.push(format!("{name} {:.1} MB", b as f64 / 1e6));
+            }
+            None => parts.push(format!("{name} ?")),
+        }
+    }
+    for entry in std::fs::read_dir(&dir)? {
+        let _ = std::fs::remove_file(entry?.path());
+    }
+    let _ = std::fs::remove_dir(&dir);
+    Ok(format!("{} (total {:.1} MB)", parts.join(", "), total as f64 / 1e6))
 }
 
 fn dns_wrap() -> Wrap {
