@@ -211,6 +211,33 @@ fn run_provider(cloud: &[&str]) {
     }
     let answered = bpftool_counter(std::path::Path::new(&pins), "answered_nxdomain") - before;
     assert!(answered > 0, "the artifacts were answered in the kernel");
+
+    // Over TCP the kernel sees nothing: the forwarder applies the same rule,
+    // at once (the upstream would take 150 ms to say NXDOMAIN), and passes
+    // a real name on.
+    let server = format!("@{NODE}");
+    for (name, status) in [
+        (format!("api.example.com.{}", cloud[0]), "NXDOMAIN"),
+        ("www.github.io.svc.cluster.local".to_string(), "NXDOMAIN"),
+        ("web.dev.svc.cluster.local".to_string(), "NOERROR"),
+    ] {
+        let t = Instant::now();
+        let out = lab
+            .exec_ok(
+                &pod,
+                "dig",
+                &["+tcp", "+tries=1", "+time=3", &server, &name],
+            )
+            .unwrap();
+        let took = t.elapsed();
+        assert!(out.contains(&format!("status: {status}")), "{name}:\n{out}");
+        if status == "NXDOMAIN" {
+            assert!(
+                took < Duration::from_millis(120),
+                "{name} over TCP took {took:?}"
+            );
+        }
+    }
     drop(lab);
 }
 

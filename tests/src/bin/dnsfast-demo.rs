@@ -219,7 +219,12 @@ fn wait_for_answers(lab: &Lab, pod: &str, upstream_log: &str) -> Result<()> {
         lab.exec(
             pod,
             "dig",
-            &["+tries=1", "+time=1", &format!("@{NODE_DNS}"), "api.github.com."],
+            &[
+                "+tries=1",
+                "+time=1",
+                &format!("@{NODE_DNS}"),
+                "api.github.com.",
+            ],
         )
         .map(|o| String::from_utf8_lossy(&o.stdout).contains("140.82.112.6"))
         .unwrap_or(false)

@@ -175,7 +175,11 @@ fn xdp(args: &Args) -> Result<()> {
             "kubedns.kube-system.svc.cluster.local.us-west-2.compute.internal",
             true,
         ),
-        ("auto: real name -> PASS", "web.ns500.svc.cluster.local", false),
+        (
+            "auto: real name -> PASS",
+            "web.ns500.svc.cluster.local",
+            false,
+        ),
     ] {
         let q = Q::new(name, RecordType::A).bytes();
         let f = symmetric(&dns_wrap(), &q);
@@ -264,7 +268,13 @@ fn auto_memlock(dp: &Dataplane) -> Result<String> {
     for name in ["patterns", "tlds"] {
         let out = dnsfast_tests::netns::run_ok(
             "bpftool",
-            &["-j", "map", "show", "pinned", dir.join(name).to_str().unwrap()],
+            &[
+                "-j",
+                "map",
+                "show",
+                "pinned",
+                dir.join(name).to_str().unwrap(),
+            ],
         );
         let bytes = out
             .as_deref()
@@ -284,7 +294,11 @@ fn auto_memlock(dp: &Dataplane) -> Result<String> {
         let _ = std::fs::remove_file(entry?.path());
     }
     let _ = std::fs::remove_dir(&dir);
-    Ok(format!("{} (total {:.1} MB)", parts.join(", "), total as f64 / 1e6))
+    Ok(format!(
+        "{} (total {:.1} MB)",
+        parts.join(", "),
+        total as f64 / 1e6
+    ))
 }
 
 fn dns_wrap() -> Wrap {
