@@ -21,6 +21,9 @@ use dnsfast_common::{
 /// all a node needs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DNSFAST_BPF_OBJ"));
 
+/// Where `dnsfast load` pins the main program, for `dnsfast explain`.
+pub const PINNED_PROG: &str = "prog";
+
 /// Maps pinned by `dnsfast load`; the scratch map is private to the program.
 pub const PINNED_MAPS: [&str; 5] = [
     MAP_PATTERNS,
@@ -239,6 +242,14 @@ impl Dataplane {
         let a: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(m)?;
         let v = a.get(&0, 0).context("reading the COUNTERS map")?;
         Ok(Counters::sum(v.iter()))
+    }
+
+    /// Pins the main program under `dir`, so `dnsfast explain` can run it.
+    pub fn pin_program(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join(PINNED_PROG);
+        self.program()?
+            .pin(&path)
+            .with_context(|| format!("pinning the program at {}", path.display()))
     }
 
     /// Pins the shared maps under `dir` (which must exist).

@@ -4,6 +4,7 @@ pub mod auto;
 pub mod bpf;
 pub mod config;
 pub mod dnsmasq;
+pub mod explain;
 pub mod forward;
 pub mod kernel;
 pub mod load;

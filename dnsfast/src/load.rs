@@ -207,6 +207,7 @@ pub fn run(args: LoadArgs) -> Result<()> {
         info!("attached to {i} in {mode:?} mode");
     }
     dp.pin_maps(&pins.dir)?;
+    dp.pin_program(&pins.dir)?;
     if let Some(f) = &mut forwarder {
         let _guard = rt.enter();
         f.start();
@@ -397,8 +398,12 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        for name in crate::bpf::PINNED_MAPS {
-            let p = self.dir.join(name.to_ascii_lowercase());
+        let names = crate::bpf::PINNED_MAPS
+            .iter()
+            .map(|m| m.to_ascii_lowercase())
+            .chain([crate::bpf::PINNED_PROG.to_string()]);
+        for name in names {
+            let p = self.dir.join(name);
             if p.exists() {
                 if let Err(e) = std::fs::remove_file(&p) {
                     warn!("removing pin {}: {e}", p.display());

@@ -61,6 +61,12 @@ enum Command {
         #[arg(long = "address", value_name = "/DOMAIN[/DOMAIN…]/")]
         addresses: Vec<String>,
     },
+    /// Ask the loaded XDP program what it does with a query for NAME
+    /// (BPF_PROG_TEST_RUN on the pinned program), and name the rule and
+    /// labels that decided it.
+    ///
+    /// Example: dnsfast explain api.github.com.default.svc.cluster.local
+    Explain(dnsfast::explain::ExplainArgs),
     /// Print an example config file with every key documented.
     ExampleConfig,
     /// Print the ICANN TLDs of a Public Suffix List file, one per line in
@@ -87,6 +93,7 @@ fn main() {
         } => check_config(&file, &addresses, &forward),
         Command::Suggest { config, addresses } => suggest(config.as_deref(), &addresses),
         Command::TldList { psl } => tld_list(&psl),
+        Command::Explain(args) => dnsfast::explain::run(args),
         Command::ExampleConfig => {
             print!("{}", dnsfast::config::EXAMPLE);
             Ok(())

@@ -212,6 +212,46 @@ fn run_provider(cloud: &[&str]) {
     let answered = bpftool_counter(std::path::Path::new(&pins), "answered_nxdomain") - before;
     assert!(answered > 0, "the artifacts were answered in the kernel");
 
+    // `dnsfast explain` asks the loaded program itself, and names the rule
+    // and the labels; its verdicts agree with what the resolvers saw.
+    let explain = |name: &str| {
+        let out = std::process::Command::new(dnsfast_bin())
+            .args(["explain", "--pin-dir", &pins, name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let e = explain(&format!("api.example.com.{}", cloud[0]));
+    assert!(
+        e.contains("kernel: answered in place (XDP_TX): NXDOMAIN"),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("rule: search suffix {}", cloud[0])),
+        "{e}"
+    );
+    assert!(
+        e.contains("before it: api.example.com (3 labels); its last label 'com' is in the TLD set"),
+        "{e}"
+    );
+    let e = explain("web.dev.svc.cluster.local");
+    assert!(e.contains("kernel: passed up (XDP_PASS)"), "{e}");
+    assert!(
+        e.contains("rule: search suffix dev.svc.cluster.local"),
+        "{e}"
+    );
+    assert!(e.contains("one label is a service's own name"), "{e}");
+    let e = explain("api.example.com");
+    assert!(
+        e.contains("XDP_PASS") && e.contains("no pattern and no search suffix"),
+        "{e}"
+    );
+
     // Over TCP the kernel sees nothing: the forwarder applies the same rule,
     // at once (the upstream would take 150 ms to say NXDOMAIN), and passes
     // a real name on.

@@ -100,6 +100,32 @@ fn missing_config_and_interface() {
 }
 
 #[test]
+fn explain_and_suggest_fail_in_one_line() {
+    assert_one_line_error(
+        &[
+            "explain",
+            "--pin-dir",
+            "/nonexistent/dnsfast-pins",
+            "x.example",
+        ],
+        "nothing loaded: no program pinned at /nonexistent/dnsfast-pins/prog",
+    );
+    assert_one_line_error(
+        &["explain", "--type", "BOGUS", "x.example"],
+        "--type BOGUS: not a record type",
+    );
+    let c = temp_config(
+        "auto-bad",
+        "[auto]\ncluster-domain = \"cluster.local\"\nnamespaces = [\"a..b\"]\n",
+    );
+    let c = c.to_str().unwrap();
+    assert_one_line_error(
+        &["suggest", "--config", c],
+        &format!("{c}:3: auto.namespace 'a..b': empty label"),
+    );
+}
+
+#[test]
 fn check_config_explains_a_good_file() {
     let cfg = temp_config("good", "[xdp]\nports = [53, 5353]\n[patterns]\nblock = [\"Com.SVC.cluster.local.\"]\nallow = [\"ok.com.svc.cluster.local\"]\n");
     let (code, out, err) = run(&[

@@ -1,0 +1,215 @@
+//! `dnsfast explain NAME`: what the loaded XDP program does with a query
+//! for NAME, from the kernel itself (BPF_PROG_TEST_RUN on the pinned
+//! program), and which rule and labels decided it (from the pinned maps).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData},
+    programs::{TestRun, TestRunOptions, Xdp},
+};
+use aya_obj::programs::XdpAttachType;
+use clap::Args;
+use dnsfast_common::{
+    pattern::{to_wire, Action, Pattern},
+    suffix::name_key,
+    Config, Rule, TldKey, KEY_DATA_LEN, MAP_CONFIG, MAP_PATTERNS, MAP_TLDS, PIN_DIR,
+};
+use hickory_proto::{
+    op::{Message, Query},
+    rr::{Name, RecordType},
+};
+
+use crate::bpf::PINNED_PROG;
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// The name to ask about, e.g. api.github.com.default.svc.cluster.local.
+    pub name: String,
+    /// Query type.
+    #[arg(long = "type", default_value = "A")]
+    pub qtype: String,
+    /// Destination of the synthesized query (matters with xdp.server-addrs).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub to: std::net::Ipv4Addr,
+    /// Where `dnsfast load` pinned its program and maps.
+    #[arg(long, value_name = "DIR", default_value = PIN_DIR)]
+    pub pin_dir: PathBuf,
+}
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+pub fn run(a: ExplainArgs) -> Result<()> {
+    let pattern = Pattern::parse(&a.name).map_err(|e| anyhow!("'{}': {e}", a.name))?;
+    let qtype: RecordType = a
+        .qtype
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| anyhow!("--type {}: not a record type", a.qtype))?;
+    let prog_path = a.pin_dir.join(PINNED_PROG);
+    if !prog_path.exists() {
+        bail!(
+            "nothing loaded: no program pinned at {} (is `dnsfast load` running, with --pin-dir {}?)",
+            prog_path.display(),
+            a.pin_dir.display()
+        );
+    }
+    crate::bpf::require_root("dnsfast explain")?;
+    let port = {
+        let m = pinned(&a.pin_dir, MAP_CONFIG)?;
+        let cfg: Array<MapData, Config> = Array::try_from(m)?;
+        cfg.get(&0, 0)
+            .context("reading the pinned CONFIG map")?
+            .ports[0]
+    };
+
+    // The kernel's verdict on a real query frame.
+    let mut q = Message::query();
+    q.metadata.id = 0x4242;
+    q.metadata.recursion_desired = true;
+    q.add_query(Query::query(Name::from_ascii(&a.name)?, qtype));
+    let frame = udp_frame(a.to, port, &q.to_vec()?);
+    let prog = Xdp::from_pin(&prog_path, XdpAttachType::Interface)
+        .with_context(|| format!("opening the pinned program {}", prog_path.display()))?;
+    let mut out = vec![0u8; frame.len() + 1024];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(&frame);
+    opts.data_out = Some(&mut out);
+    let r = prog
+        .test_run(opts)
+        .context("BPF_PROG_TEST_RUN on the loaded program")?;
+    out.truncate(r.data_size_out as usize);
+    match r.return_value {
+        XDP_TX => {
+            let reply = Message::from_vec(&out[42..]).context("parsing the kernel's answer")?;
+            let rcode = crate::forward::metrics::rcode_name(reply.metadata.response_code);
+            println!(
+                "kernel: answered in place (XDP_TX): {rcode}, {} answer record(s)",
+                reply.answers.len()
+            );
+        }
+        XDP_PASS => println!("kernel: passed up (XDP_PASS): the forwarder or the stack answers"),
+        v => println!("kernel: verdict {v}"),
+    }
+
+    // Which rule decided, from the pinned trie and TLD set.
+    let (key, _) = name_key(&to_wire(&pattern.name)).map_err(|e| anyhow!("{e:?}"))?;
+    let trie: LpmTrie<MapData, [u8; KEY_DATA_LEN], Rule> =
+        LpmTrie::try_from(pinned(&a.pin_dir, MAP_PATTERNS)?)?;
+    let mut data = [0u8; KEY_DATA_LEN];
+    data[..key.len()].copy_from_slice(&key);
+    let rule = match trie.get(&Key::new(key.len() as u32 * 8, data), 0) {
+        Ok(r) => r,
+        Err(_) => {
+            println!(
+                "rule: no pattern and no search suffix covers {}",
+                pattern.name
+            );
+            return Ok(());
+        }
+    };
+    let at = rule.key_len as usize;
+    let matched = dotted(&key[..at]);
+    let before = dotted_labels(&key[at..]);
+    match Action::from_code(rule.action) {
+        Some(Action::Suffix) => {
+            println!(
+                "rule: search suffix {matched} (the longest one {} ends with)",
+                pattern.name
+            );
+            let Some(last) = before.first() else {
+                println!("  nothing stands before it: not an artifact");
+                return Ok(());
+            };
+            let tlds: HashMap<MapData, TldKey, u32> =
+                HashMap::try_from(pinned(&a.pin_dir, MAP_TLDS)?)?;
+            let is_tld = TldKey::new(last.as_bytes())
+                .map(|k| tlds.get(&k, 0).is_ok())
+                .unwrap_or(false);
+            let q: Vec<&str> = before.iter().rev().map(String::as_str).collect();
+            println!(
+                "  before it: {} ({} label{}); its last label '{last}' {} the TLD set",
+                q.join("."),
+                before.len(),
+                if before.len() == 1 { "" } else { "s" },
+                if is_tld { "is in" } else { "is not in" }
+            );
+            if before.len() < 2 {
+                println!("  one label is a service's own name: not an artifact");
+            } else if is_tld {
+                println!("  -> a search-path artifact: NXDOMAIN");
+            } else {
+                println!("  -> not an artifact");
+            }
+        }
+        Some(action) => println!("rule: {action} pattern {matched}"),
+        None => println!("rule: unknown action {} at {matched}", rule.action),
+    }
+    Ok(())
+}
+
+fn pinned(dir: &Path, name: &str) -> Result<Map> {
+    let p = dir.join(name.to_ascii_lowercase());
+    let data =
+        MapData::from_pin(&p).with_context(|| format!("opening the pinned map {}", p.display()))?;
+    Ok(Map::from_map_data(data)?)
+}
+
+/// Labels of a label-reversed key, in key order (the name's last first).
+fn dotted_labels(key: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < key.len() {
+        let n = key[i] as usize;
+        let end = (i + 1 + n).min(key.len());
+        out.push(String::from_utf8_lossy(&key[i + 1..end]).into_owned());
+        i = end;
+    }
+    out
+}
+
+/// A label-reversed key as a dotted name.
+fn dotted(key: &[u8]) -> String {
+    let mut l = dotted_labels(key);
+    l.reverse();
+    l.join(".")
+}
+
+/// Ethernet + IPv4 (checksummed) + UDP (checksum 0) around `dns`.
+fn udp_frame(dst: std::net::Ipv4Addr, port: u16, dns: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
+    let tot = (20 + 8 + dns.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 1];
+    ip[2..4].copy_from_slice(&tot.to_be_bytes());
+    ip.extend_from_slice(&dst.octets());
+    let mut sum: u32 = ip
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&40000u16.to_be_bytes());
+    f.extend_from_slice(&port.to_be_bytes());
+    f.extend_from_slice(&((8 + dns.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(dns);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_read_back_as_names() {
+        let (k, _) = name_key(&to_wire("api.github.com.svc.cluster.local")).unwrap();
+        assert_eq!(dotted(&k[..18]), "svc.cluster.local");
+        assert_eq!(dotted_labels(&k[18..]), ["com", "github", "api"]);
+        let f = udp_frame("10.0.0.1".parse().unwrap(), 53, &[0; 12]);
+        assert_eq!(f.len(), 14 + 20 + 8 + 12);
+    }
+}
