@@ -214,14 +214,10 @@ pub fn derive(s: &AutoSettings, patterns: &PatternTable) -> Result<Derived> {
 
 /// The longest hand-written pattern equal to `p` or above it.
 fn covering(patterns: &PatternTable, p: &Pattern) -> Option<(String, Action)> {
-    let mut best: Option<(String, Action)> = None;
-    for (hand, action) in patterns.iter() {
-        let under = p.name == hand.name || p.name.ends_with(&format!(".{}", hand.name));
-        if under && best.as_ref().is_none_or(|(b, _)| hand.name.len() > b.len()) {
-            best = Some((hand.name.clone(), action));
-        }
-    }
-    best
+    // `p` itself, then each shorter suffix at a label boundary.
+    std::iter::once(p.name.as_str())
+        .chain(p.name.match_indices('.').map(|(i, _)| &p.name[i + 1..]))
+        .find_map(|name| patterns.action_of(name).map(|a| (name.to_string(), a)))
 }
 
 /// The domains of the last `search` (or `domain`) line of a resolv.conf.

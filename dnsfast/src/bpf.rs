@@ -104,15 +104,7 @@ impl Dataplane {
     /// table: from then on, queries no block pattern covers are looked up
     /// in `ANSWERS` before they go up.
     pub fn enable_answer_cache(&mut self) -> Result<()> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(CACHE_PROG_NAME)
-            .ok_or_else(|| anyhow!("program {CACHE_PROG_NAME} missing"))?
-            .try_into()?;
-        if prog.fd().is_err() {
-            prog.load().map_err(explain_load_error)?;
-        }
-        let fd = prog.fd()?.try_clone()?;
+        let fd = self.loaded(CACHE_PROG_NAME)?.fd()?.try_clone()?;
         let mut jumps: ProgramArray<&mut MapData> =
             ProgramArray::try_from(self.map_mut(MAP_JUMPS)?)?;
         jumps
@@ -142,16 +134,22 @@ impl Dataplane {
     /// so that all of it has passed the verifier.
     pub fn load_all(&mut self) -> Result<()> {
         for name in [FLOOR_PROG_NAME, CACHE_PROG_NAME] {
-            let prog: &mut Xdp = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()?;
-            if prog.fd().is_err() {
-                prog.load().map_err(explain_load_error)?;
-            }
+            self.loaded(name)?;
         }
         Ok(())
+    }
+
+    /// Program `name` of the object, loaded (verified) if it was not yet.
+    fn loaded(&mut self, name: &str) -> Result<&mut Xdp> {
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load().map_err(explain_load_error)?;
+        }
+        Ok(prog)
     }
 
     /// Per loaded program: how many instructions the verifier walked to

@@ -120,6 +120,14 @@ impl PatternTable {
         Ok(())
     }
 
+    /// The action of the pattern written exactly `name` (canonical form).
+    pub fn action_of(&self, name: &str) -> Option<Action> {
+        let key = Pattern {
+            name: name.to_string(),
+        };
+        self.entries.get(&key).map(|(a, _)| *a)
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&Pattern, Action)> {
         self.entries.iter().map(|(p, (a, _))| (p, *a))
     }

@@ -13,7 +13,7 @@ use std::{
     time::Instant,
 };
 
-use quick_cache::{sync, DefaultHashBuilder, Lifecycle, UnitWeighter};
+use quick_cache::{sync, DefaultHashBuilder, Equivalent, Lifecycle, UnitWeighter};
 
 use super::{
     settings::CacheSettings,
@@ -31,12 +31,40 @@ pub struct CacheKey {
 
 impl CacheKey {
     pub fn of(q: &ClientQuery) -> Self {
+        let r = CacheKeyRef::of(q);
         Self {
-            name: q.key.as_slice().into(),
+            name: r.name.into(),
+            qtype: r.qtype,
+            qclass: r.qclass,
+            bits: r.bits,
+        }
+    }
+}
+
+/// The same key borrowing the query's name, for lookups: no allocation on
+/// the per-query path. Its fields hash exactly like `CacheKey`'s.
+#[derive(Hash)]
+pub struct CacheKeyRef<'a> {
+    name: &'a [u8],
+    qtype: u16,
+    qclass: u16,
+    bits: u8,
+}
+
+impl<'a> CacheKeyRef<'a> {
+    pub fn of(q: &'a ClientQuery) -> Self {
+        Self {
+            name: &q.key,
             qtype: q.qtype,
             qclass: q.qclass,
             bits: u8::from(q.dnssec_ok()) | u8::from(q.cd) << 1,
         }
+    }
+}
+
+impl Equivalent<CacheKey> for CacheKeyRef<'_> {
+    fn equivalent(&self, k: &CacheKey) -> bool {
+        *self.name == *k.name && (self.qtype, self.qclass, self.bits) == (k.qtype, k.qclass, k.bits)
     }
 }
 
@@ -89,7 +117,10 @@ impl Cache {
     }
 
     /// A live entry and its age in whole seconds.
-    pub fn get(&self, key: &CacheKey) -> Option<(Arc<Entry>, u32)> {
+    pub fn get<Q>(&self, key: &Q) -> Option<(Arc<Entry>, u32)>
+    where
+        Q: std::hash::Hash + Equivalent<CacheKey> + ?Sized,
+    {
         let inner = self.inner.as_ref()?;
         let found = inner.get(key).and_then(|e| {
             let age = e.stored.elapsed().as_secs();
@@ -175,6 +206,15 @@ mod tests {
             ));
         }
         Arc::new(Answer::from_upstream(&m.to_vec().unwrap(), &CacheSettings::default()).unwrap())
+    }
+
+    #[test]
+    fn borrowed_keys_find_owned_ones() {
+        let c = Cache::new(&CacheSettings::default());
+        let a = q("Web.Example.", true);
+        c.put(CacheKey::of(&a), &answer(&a, 60, ResponseCode::NoError));
+        assert!(c.get(&CacheKeyRef::of(&q("web.EXAMPLE.", true))).is_some());
+        assert!(c.get(&CacheKeyRef::of(&q("web.example.", false))).is_none());
     }
 
     #[test]

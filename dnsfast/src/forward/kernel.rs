@@ -42,22 +42,18 @@ impl KernelCache {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        let r = self
-            .map
-            .lock()
-            .map(|mut m| m.insert(key, *value, 0).map_err(|e| e.to_string()));
-        match r {
-            Ok(Ok(())) => {
-                self.stored.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Err(e)) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                debug!("answer cache insert: {e}");
-            }
-            Err(_) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        let inserted = match self.map.lock() {
+            Ok(mut m) => m
+                .insert(key, *value, 0)
+                .map_err(|e| debug!("answer cache insert: {e}")),
+            Err(_) => Err(()),
+        };
+        let counter = if inserted.is_ok() {
+            &self.stored
+        } else {
+            &self.errors
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -135,9 +135,10 @@ impl Forwarder {
         let g = Metrics::get;
         let kernel = match r.kernel_cache.get() {
             Some(k) => format!(
-                " kernel-cache stored={} skipped={}",
+                " kernel-cache stored={} skipped={} errors={}",
                 g(&k.stored),
-                g(&k.skipped)
+                g(&k.skipped),
+                g(&k.errors)
             ),
             None => String::new(),
         };

@@ -16,7 +16,7 @@ use log::info;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    cache::{Cache, CacheKey},
+    cache::{Cache, CacheKey, CacheKeyRef},
     metrics::{rcode_name, Metrics},
     router::Router,
     settings::CacheSettings,
@@ -81,7 +81,7 @@ impl Resolver {
             self.metrics.blocked.fetch_add(1, Ordering::Relaxed);
             return Some(self.made_here(q, ResponseCode::NXDomain, Source::Blocked));
         }
-        let (entry, age) = self.cache.get(&CacheKey::of(q))?;
+        let (entry, age) = self.cache.get(&CacheKeyRef::of(q))?;
         Some(Outcome {
             answer: Arc::clone(&entry.answer),
             age,
@@ -134,9 +134,7 @@ impl Resolver {
                 continue;
             }
             let answer = Arc::new(answer);
-            if self.cache_settings.size > 0 {
-                self.cache.put(CacheKey::of(q), &answer);
-            }
+            self.cache.put(CacheKey::of(q), &answer);
             return Outcome {
                 answer,
                 age: 0,
@@ -178,8 +176,7 @@ impl Resolver {
     /// Renders `o` for `q` into `out`, counts it and, with
     /// `--log-queries`, logs it.
     pub fn finish(&self, q: &ClientQuery, o: &Outcome, c: &Client, out: &mut Vec<u8>) {
-        o.answer.render(q, o.age, c.limit, out);
-        let tc = out.len() > 2 && out[2] & 0x02 != 0 && !super::wire::truncated(&o.answer.wire);
+        let tc = o.answer.render(q, o.age, c.limit, out);
         self.metrics.answered(o.answer.rcode, tc);
         if self.log_queries {
             log_query(q, o, c, tc);
@@ -190,9 +187,8 @@ impl Resolver {
     /// answer cache too (a map update, a system call, so it waits until the
     /// client has its answer).
     pub fn share_with_kernel(&self, q: &ClientQuery, o: &Outcome) {
-        if o.source != Source::Upstream
-            || self.cache_settings.size == 0
-            || o.answer.cacheability == super::wire::Cacheability::Never
+        // Only `load` with a cache sets the kernel cache.
+        if o.source != Source::Upstream || o.answer.cacheability == super::wire::Cacheability::Never
         {
             return;
         }

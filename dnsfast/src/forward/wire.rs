@@ -220,8 +220,8 @@ impl Answer {
 
     /// The bytes for client `q`, with `elapsed` seconds taken off every TTL.
     /// Over UDP (`limit` = the client's payload size) an answer that does
-    /// not fit goes out with TC set and only the question.
-    pub fn render(&self, q: &ClientQuery, elapsed: u32, limit: usize, out: &mut Vec<u8>) {
+    /// not fit goes out with TC set and only the question; `true` then.
+    pub fn render(&self, q: &ClientQuery, elapsed: u32, limit: usize, out: &mut Vec<u8>) -> bool {
         out.clear();
         let opt = if q.edns.is_some() { OPT_RR_LEN } else { 0 };
         let qend = 12 + q.qname.len() + 4;
@@ -249,6 +249,7 @@ impl Answer {
             out.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0]);
             out.extend_from_slice(&[0, 0]);
         }
+        !fits
     }
 }
 
