@@ -36,6 +36,26 @@ pub const PROG_NAME: &str = "dnsfast_xdp";
 pub const FLOOR_PROG_NAME: &str = "dnsfast_floor";
 /// The answer-cache program, tail-called by the main one from `JUMPS[0]`.
 pub const CACHE_PROG_NAME: &str = "dnsfast_cache";
+/// Emits query events for `dnsfast watch`; in the jump table only while
+/// someone watches.
+pub const WATCH_PROG_NAME: &str = "dnsfast_watch";
+/// Slots of the `JUMPS` program array.
+pub const JUMP_CACHE: u32 = 0;
+pub const JUMP_WATCH: u32 = 1;
+pub const MAP_EVENTS: &str = "EVENTS";
+pub const MAP_WATCH_STATE: &str = "WATCH_STATE";
+/// Ring buffer size for watch events (a power of two, in bytes): a
+/// second of events at the rate limit, on a few CPUs.
+pub const EVENTS_RING_BYTES: usize = 1024 * 1024;
+/// Watch events per second and CPU at most; past it they are counted as
+/// dropped, so a flood costs the node nothing more.
+pub const WATCH_EVENTS_PER_SEC: u32 = 2000;
+
+/// Verdicts of a watch event.
+pub const VERDICT_NXDOMAIN: u32 = 1;
+pub const VERDICT_CACHE: u32 = 2;
+pub const VERDICT_PASS: u32 = 3;
+pub const VERDICT_ALLOWED: u32 = 4;
 /// Read-only global: when non-zero the program treats every DNS message on a
 /// DNS port as a query (QR ignored). Only `cargo xtask bench` sets it, so that
 /// `BPF_PROG_TEST_RUN`'s repeats, which rerun on the rewritten buffer, keep
@@ -120,6 +140,9 @@ pub struct Counters {
     pub pass_allowed: u64,
     /// Queries answered in place from the answer cache (XDP_TX).
     pub answered_cache: u64,
+    /// Not a count: the verdict and action of this CPU's last decided
+    /// query (`VERDICT_* | action << 8`), for the watch program.
+    pub last: u64,
 }
 
 impl Counters {
@@ -139,6 +162,78 @@ impl Counters {
         }
         s
     }
+
+    /// Every field by its name (the BTF name bpftool shows), for `stats`
+    /// and `/metrics`.
+    pub fn fields(&self) -> [(&'static str, u64); 9] {
+        [
+            ("packets", self.packets),
+            ("dns_queries", self.dns_queries),
+            ("answered_nxdomain", self.answered_nxdomain),
+            ("answered_cache", self.answered_cache),
+            ("pass_not_dns", self.pass_not_dns),
+            ("pass_malformed", self.pass_malformed),
+            ("pass_unsupported", self.pass_unsupported),
+            ("pass_no_match", self.pass_no_match),
+            ("pass_allowed", self.pass_allowed),
+        ]
+    }
+}
+
+/// One query as `dnsfast watch` shows it, written by the watch program.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct WatchEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub time_ns: u64,
+    /// The client: source of the query (destination of an answer).
+    pub addr: [u8; 16],
+    pub family: u32,
+    pub qtype: u32,
+    /// `VERDICT_*`.
+    pub verdict: u32,
+    /// The deciding rule: its key length in bytes (0: none) and action.
+    pub rule_len: u32,
+    pub rule_action: u32,
+    /// Bytes of `name` that are the wire name, root byte included.
+    pub name_len: u32,
+    /// The question name in wire form, the client's case kept.
+    pub name: [u8; 256],
+}
+
+#[cfg(feature = "user")]
+impl WatchEvent {
+    /// Decodes a ring buffer record (native byte order, the layout above).
+    pub fn from_bytes(b: &[u8]) -> Option<WatchEvent> {
+        if b.len() < core::mem::size_of::<WatchEvent>() {
+            return None;
+        }
+        let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
+        let mut e = WatchEvent {
+            time_ns: u64::from_ne_bytes(b[0..8].try_into().ok()?),
+            addr: b[8..24].try_into().ok()?,
+            family: u32_at(24),
+            qtype: u32_at(28),
+            verdict: u32_at(32),
+            rule_len: u32_at(36),
+            rule_action: u32_at(40),
+            name_len: u32_at(44),
+            name: [0; 256],
+        };
+        e.name.copy_from_slice(&b[48..48 + 256]);
+        Some(e)
+    }
+}
+
+/// Per-CPU rate limit and tallies of the watch program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WatchState {
+    pub window_start_ns: u64,
+    pub in_window: u64,
+    pub sent: u64,
+    /// Over the rate limit, or the ring was full.
+    pub dropped: u64,
 }
 
 /// Per-CPU scratch where the program builds the lookup key (see
@@ -195,4 +290,31 @@ mod pod {
     unsafe impl aya::Pod for crate::answer::ListenKey {}
     unsafe impl aya::Pod for crate::name::TldKey {}
     unsafe impl aya::Pod for crate::answer::CachedAnswer {}
+    unsafe impl aya::Pod for super::WatchState {}
+}
+
+#[cfg(all(test, feature = "user"))]
+mod watch_tests {
+    use super::*;
+
+    #[test]
+    fn watch_events_decode_from_their_bytes() {
+        assert_eq!(core::mem::size_of::<WatchEvent>(), 48 + 256);
+        let mut b = vec![0u8; core::mem::size_of::<WatchEvent>()];
+        b[0..8].copy_from_slice(&42u64.to_ne_bytes());
+        b[8..12].copy_from_slice(&[10, 0, 0, 2]);
+        b[24..28].copy_from_slice(&FAMILY_V4.to_ne_bytes());
+        b[28..32].copy_from_slice(&28u32.to_ne_bytes());
+        b[32..36].copy_from_slice(&VERDICT_NXDOMAIN.to_ne_bytes());
+        b[44..48].copy_from_slice(&5u32.to_ne_bytes());
+        b[48..53].copy_from_slice(b"\x03com\x00");
+        let e = WatchEvent::from_bytes(&b).unwrap();
+        assert_eq!(
+            (e.time_ns, e.family, e.qtype, e.verdict, e.name_len),
+            (42, FAMILY_V4, 28, VERDICT_NXDOMAIN, 5)
+        );
+        assert_eq!(&e.addr[..4], &[10, 0, 0, 2]);
+        assert_eq!(&e.name[..5], b"\x03com\x00");
+        assert!(WatchEvent::from_bytes(&b[..100]).is_none());
+    }
 }

@@ -104,6 +104,8 @@ pub mod cq {
     pub const REASON: usize = 5;
     /// Bytes of the cached body being copied (see the cache program).
     pub const BODY_LEN: usize = 6;
+    /// The deciding rule for `dnsfast watch`: key length | action << 16.
+    pub const RULE: usize = 7;
     pub const REASON_NO_MATCH: u32 = 0;
     pub const REASON_ALLOWED: u32 = 1;
 }

@@ -162,6 +162,28 @@ pub fn to_wire(name: &str) -> Vec<u8> {
     out
 }
 
+/// The labels of a label-reversed key, in key order (the name's last label
+/// first); lossy on bytes that are not UTF-8 or run short.
+pub fn key_labels(key: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < key.len() {
+        let n = key[i] as usize;
+        let end = (i + 1 + n).min(key.len());
+        out.push(String::from_utf8_lossy(&key[i + 1..end]).into_owned());
+        i = end;
+    }
+    out
+}
+
+/// The dotted name a trie key stands for (`\x03com\x07example` →
+/// `example.com`), so the pinned trie can be listed and explained.
+pub fn key_name(key: &[u8]) -> String {
+    let mut l = key_labels(key);
+    l.reverse();
+    l.join(".")
+}
+
 /// The shared encoder applied to a wire name in memory.
 pub fn reversed_key(wire: &[u8]) -> Result<Vec<u8>, NameError> {
     let mut s = Box::new(Scratch::zeroed());
@@ -275,6 +297,16 @@ mod tests {
             r.insert(&Pattern::parse(p).unwrap(), *a);
         }
         r
+    }
+
+    #[test]
+    fn keys_name_their_pattern() {
+        for n in ["com", "example.com", "com.svc.cluster.local", "a-b_c.x9"] {
+            let p = Pattern::parse(n).unwrap();
+            let (data, len) = p.key();
+            assert_eq!(key_name(&data[..len]), n);
+        }
+        assert_eq!(key_labels(&[3, b'c', b'o', b'm', 1, b'x']), ["com", "x"]);
     }
 
     #[test]

@@ -9,18 +9,23 @@
 mod cache;
 mod packet;
 mod reply;
+mod watch;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
+    btf_maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use dnsfast_common::{
     answer::{cq, AnswerKey, CachedAnswer, ListenKey},
     encode_copied, opaque, park, tld_key_after, AddrKey, Config, Counters, Rule, Scratch, TldKey,
-    ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, DEFAULT_MAX_PATTERNS, FAMILY_V4, FAMILY_V6,
-    KEY_DATA_LEN, MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, MAX_TLDS, TLD_OFF, WIRE_CAP, WIRE_OFF,
+    WatchEvent, WatchState, ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, DEFAULT_MAX_PATTERNS,
+    EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
+    MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, MAX_TLDS, TLD_OFF, VERDICT_ALLOWED, VERDICT_CACHE,
+    VERDICT_NXDOMAIN, VERDICT_PASS, WIRE_CAP, WIRE_OFF,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
@@ -57,9 +62,18 @@ static ANSWERS: LruHashMap<AnswerKey, CachedAnswer, 10_000> = LruHashMap::new();
 #[btf_map]
 static LISTEN_ADDRS: HashMap<ListenKey, u32, { MAX_LISTEN_ADDRS as usize }> = HashMap::new();
 
-/// Slot 0: the cache program. Empty when the agent runs without a cache.
+/// Slot `JUMP_CACHE`: the cache program, empty when the agent runs
+/// without a cache. Slot `JUMP_WATCH`: the watch program, only while
+/// someone runs `dnsfast watch`.
 #[btf_map]
-static JUMPS: ProgramArray<1> = ProgramArray::new();
+static JUMPS: ProgramArray<2> = ProgramArray::new();
+
+/// Query events for `dnsfast watch`.
+#[btf_map]
+static EVENTS: RingBuf<WatchEvent, EVENTS_RING_BYTES> = RingBuf::new();
+
+#[btf_map]
+static WATCH_STATE: PerCpuArray<WatchState, 1> = PerCpuArray::new();
 
 /// See `dnsfast_common::GLOBAL_BENCH_MODE`.
 #[unsafe(no_mangle)]
@@ -85,7 +99,7 @@ pub fn dnsfast_xdp(ctx: XdpContext) -> u32 {
     // A tail call into the cache program does not come back here; that
     // program counts the outcome itself.
     let verdict = handle(&ctx, counters);
-    count(counters, verdict, false)
+    count(&ctx, counters, verdict, false)
 }
 
 /// Tail-called by `dnsfast_xdp` for a query no block pattern covers.
@@ -104,29 +118,67 @@ pub fn dnsfast_cache(ctx: XdpContext) -> u32 {
             Pass::NoMatch
         }
     });
-    count(counters, verdict, true)
+    count(&ctx, counters, verdict, true)
 }
 
-/// Counts the outcome and turns it into the XDP action.
+/// Tail-called with a decided query while someone watches.
+#[xdp]
+pub fn dnsfast_watch(ctx: XdpContext) -> u32 {
+    let (Some(s), Some(c)) = (SCRATCH.get(0), COUNTERS.get(0)) else {
+        return xdp_action::XDP_PASS;
+    };
+    watch::emit(&ctx, s, c.last)
+}
+
+/// Counts the outcome and turns it into the XDP action. A decided query
+/// then goes to the watch program, which finds its verdict in
+/// `Counters::last` (a plain store per path: anything heavier here, at the
+/// end of every path, would multiply the verifier's work).
 #[inline(always)]
-fn count(counters: Option<*mut Counters>, verdict: Result<(), Pass>, cached: bool) -> u32 {
-    if let Some(c) = counters {
-        // SAFETY: per-CPU slot of this CPU; XDP runs with preemption off.
-        let c = unsafe { &mut *c };
-        match verdict {
-            Ok(()) if cached => c.answered_cache += 1,
-            Ok(()) => c.answered_nxdomain += 1,
-            Err(Pass::NotDns) => c.pass_not_dns += 1,
-            Err(Pass::Malformed) => c.pass_malformed += 1,
-            Err(Pass::Unsupported) => c.pass_unsupported += 1,
-            Err(Pass::NoMatch) => c.pass_no_match += 1,
-            Err(Pass::Allowed) => c.pass_allowed += 1,
-        }
-    }
-    match verdict {
+fn count(
+    ctx: &XdpContext,
+    counters: Option<*mut Counters>,
+    verdict: Result<(), Pass>,
+    cached: bool,
+) -> u32 {
+    let action = match verdict {
         Ok(()) => xdp_action::XDP_TX,
         Err(_) => xdp_action::XDP_PASS,
+    };
+    let Some(c) = counters else {
+        return action;
+    };
+    // SAFETY: per-CPU slot of this CPU; XDP runs with preemption off.
+    let c = unsafe { &mut *c };
+    let watched = |code: u32| u64::from(code) | (u64::from(action) << 8);
+    match verdict {
+        Ok(()) if cached => {
+            c.answered_cache += 1;
+            c.last = watched(VERDICT_CACHE);
+        }
+        Ok(()) => {
+            c.answered_nxdomain += 1;
+            c.last = watched(VERDICT_NXDOMAIN);
+        }
+        Err(Pass::NotDns) => c.pass_not_dns += 1,
+        Err(Pass::Malformed) => c.pass_malformed += 1,
+        Err(Pass::Unsupported) => c.pass_unsupported += 1,
+        Err(Pass::NoMatch) => {
+            c.pass_no_match += 1;
+            c.last = watched(VERDICT_PASS);
+        }
+        Err(Pass::Allowed) => {
+            c.pass_allowed += 1;
+            c.last = watched(VERDICT_ALLOWED);
+        }
     }
+    if matches!(verdict, Ok(()) | Err(Pass::NoMatch) | Err(Pass::Allowed)) {
+        // SAFETY: on success control continues in `dnsfast_watch`, which
+        // returns the same action; with the slot empty (nobody watches)
+        // the call returns here.
+        unsafe { JUMPS.tail_call(ctx, JUMP_WATCH) };
+    }
+    action
 }
 
 /// Returns XDP_PASS and does nothing else. `cargo xtask bench` times it to
@@ -234,7 +286,13 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     // SAFETY: `start + KEY_SIZE <= SCRATCH_LEN` for every len (see
     // dnsfast_common::name); Key is packed, so any address is aligned.
     let key = unsafe { &*(scratch.buf.as_ptr().add(start) as *const Key<[u8; KEY_DATA_LEN]>) };
-    let pass = match PATTERNS.get(key) {
+    let rule = PATTERNS.get(key);
+    park(
+        &mut scratch.cq[cq::RULE],
+        rule.map(|r| (r.key_len & 0xffff) | (r.action << 16))
+            .unwrap_or(0) as usize,
+    );
+    let pass = match rule {
         Some(rule) if rule.action == ACTION_BLOCK => None,
         Some(rule) if rule.action == ACTION_ALLOW => Some(Pass::Allowed),
         // The longest match is a search suffix: a search-path artifact if
@@ -260,7 +318,7 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
         );
         // SAFETY: on success control continues in `dnsfast_cache`; with the
         // slot empty it returns here.
-        unsafe { JUMPS.tail_call(ctx, 0) };
+        unsafe { JUMPS.tail_call(ctx, JUMP_CACHE) };
         return Err(pass);
     }
 

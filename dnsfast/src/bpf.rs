@@ -6,15 +6,23 @@ use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::ProgramArray;
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
-    programs::{ProgramError, TestRun, TestRunOptions, Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId},
+        ProgramError, TestRun, TestRunOptions, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
+use std::collections::BTreeSet;
+
+use crate::maps::{add_tlds, read_rules, reconcile_rules, remove_other_tlds, Diff, RuleSet};
 use dnsfast_common::{
     answer::{AnswerKey, CachedAnswer, ListenKey},
     pattern::{rule_for, Action, Pattern},
-    AddrKey, Config, Counters, Rule, TldKey, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FAMILY_V4,
-    FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, KEY_DATA_LEN, MAP_ANSWERS, MAP_CONFIG,
-    MAP_COUNTERS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_PATTERNS, MAP_SERVER_ADDRS, MAP_TLDS, PROG_NAME,
+    AddrKey, Config, Counters, Rule, TldKey, WatchState, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS,
+    FAMILY_V4, FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
+    MAP_ANSWERS, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_PATTERNS,
+    MAP_SERVER_ADDRS, MAP_TLDS, MAP_WATCH_STATE, PROG_NAME, WATCH_PROG_NAME,
 };
 
 /// The XDP object, built by `build.rs` and embedded so that one binary is
@@ -94,6 +102,8 @@ impl Dataplane {
             logger,
         };
         dp.set_config(&Config::default())?;
+        // Verified now, so that `dnsfast watch` cannot fail later.
+        dp.loaded(WATCH_PROG_NAME)?;
         if opts.answer_cache > 0 {
             dp.enable_answer_cache()?;
         }
@@ -108,9 +118,56 @@ impl Dataplane {
         let mut jumps: ProgramArray<&mut MapData> =
             ProgramArray::try_from(self.map_mut(MAP_JUMPS)?)?;
         jumps
-            .set(0, &fd, 0)
+            .set(JUMP_CACHE, &fd, 0)
             .context("putting the cache program in the jump table")?;
         Ok(())
+    }
+
+    /// Puts the watch program in the jump table (someone watches) or takes
+    /// it out (nobody does: the decided queries skip it).
+    pub fn set_watch(&mut self, on: bool) -> Result<()> {
+        if on {
+            let fd = self.loaded(WATCH_PROG_NAME)?.fd()?.try_clone()?;
+            let mut jumps: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(self.map_mut(MAP_JUMPS)?)?;
+            jumps
+                .set(JUMP_WATCH, &fd, 0)
+                .context("putting the watch program in the jump table")
+        } else {
+            let mut jumps: ProgramArray<&mut MapData> =
+                ProgramArray::try_from(self.map_mut(MAP_JUMPS)?)?;
+            match jumps.clear_index(&JUMP_WATCH) {
+                Ok(()) => Ok(()),
+                // Already empty.
+                Err(aya::maps::MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc_enoent()) =>
+                {
+                    Ok(())
+                }
+                Err(e) => Err(e).context("taking the watch program out of the jump table"),
+            }
+        }
+    }
+
+    /// The watch events ring, handed over to its reader.
+    pub fn take_events(&mut self) -> Result<aya::maps::RingBuf<MapData>> {
+        let m = self
+            .ebpf
+            .take_map(MAP_EVENTS)
+            .ok_or_else(|| anyhow!("map {MAP_EVENTS} missing or already taken"))?;
+        Ok(aya::maps::RingBuf::try_from(m)?)
+    }
+
+    /// The watch program's tallies summed over CPUs: (sent, dropped).
+    pub fn watch_tally(&self) -> Result<(u64, u64)> {
+        let m = self
+            .ebpf
+            .map(MAP_WATCH_STATE)
+            .ok_or_else(|| anyhow!("map {MAP_WATCH_STATE} missing"))?;
+        let a: PerCpuArray<&MapData, WatchState> = PerCpuArray::try_from(m)?;
+        let v = a.get(&0, 0).context("reading the WATCH_STATE map")?;
+        Ok(v.iter()
+            .fold((0, 0), |(s, d), w| (s + w.sent, d + w.dropped)))
     }
 
     /// The answer cache map, handed over to its owner (the forwarder).
@@ -133,7 +190,7 @@ impl Dataplane {
     /// Loads every other program in the object (the bench's empty program),
     /// so that all of it has passed the verifier.
     pub fn load_all(&mut self) -> Result<()> {
-        for name in [FLOOR_PROG_NAME, CACHE_PROG_NAME] {
+        for name in [FLOOR_PROG_NAME, CACHE_PROG_NAME, WATCH_PROG_NAME] {
             self.loaded(name)?;
         }
         Ok(())
@@ -165,12 +222,71 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Attaches to `iface`; the link lives as long as `self`.
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<()> {
+    /// Attaches to `iface`; the link lives as long as `self`, or until
+    /// `detach`.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpLinkId> {
         self.program()?
             .attach(iface, mode)
-            .map_err(|e| anyhow!("attaching XDP ({mode:?}) to {iface}: {}", error_chain(&e)))?;
+            .map_err(|e| anyhow!("attaching XDP ({mode:?}) to {iface}: {}", error_chain(&e)))
+    }
+
+    /// Detaches one link made by `attach` or `adopt`.
+    pub fn detach(&mut self, link: XdpLinkId) -> Result<()> {
+        self.program()?
+            .detach(link)
+            .map_err(|e| anyhow!("detaching XDP: {}", error_chain(&e)))
+    }
+
+    /// Pins a link at `path`, where it outlives this process (and keeps
+    /// the program attached) until a new agent adopts it or the pin is
+    /// removed.
+    pub fn pin_link(&mut self, link: XdpLinkId, path: &Path) -> Result<()> {
+        let link = self
+            .program()?
+            .take_link(link)
+            .map_err(|e| anyhow!("taking the link: {}", error_chain(&e)))?;
+        let fd = FdLink::try_from(link).map_err(|e| {
+            anyhow!(
+                "the link is not a bpf_link ({}); it cannot outlive the agent",
+                error_chain(&e)
+            )
+        })?;
+        fd.pin(path).map_err(|e| {
+            anyhow!(
+                "pinning the link at {}: {}",
+                path.display(),
+                error_chain(&e)
+            )
+        })?;
         Ok(())
+    }
+
+    /// Takes over the link pinned at `path` by a previous agent: this
+    /// program replaces the old one on it in one step (`BPF_LINK_UPDATE`),
+    /// so the interface is never without a program. The pin itself is left
+    /// to the caller.
+    pub fn adopt(&mut self, path: &Path) -> Result<XdpLinkId> {
+        let pinned = PinnedLink::from_pin(path).map_err(|e| {
+            anyhow!(
+                "opening the pinned link {}: {}",
+                path.display(),
+                error_chain(&e)
+            )
+        })?;
+        let link = XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| anyhow!("{} is not an XDP link: {}", path.display(), error_chain(&e)))?;
+        self.program()?.attach_to_link(link).map_err(|e| {
+            anyhow!(
+                "replacing the program on {}: {}",
+                path.display(),
+                error_chain(&e)
+            )
+        })
+    }
+
+    /// The kernel's id of the main program (what `bpftool prog show` lists).
+    pub fn program_id(&mut self) -> Result<u32> {
+        Ok(self.program()?.info()?.id())
     }
 
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
@@ -179,11 +295,22 @@ impl Dataplane {
         Ok(())
     }
 
-    pub fn add_server_addr(&mut self, key: &AddrKey) -> Result<()> {
+    /// Makes `SERVER_ADDRS` hold exactly `want`: additions, then the
+    /// config (which may turn the filter on or off), then removals, so a
+    /// query to an address both settings accept is never passed up.
+    pub fn set_xdp(&mut self, cfg: &Config, want: &[AddrKey]) -> Result<()> {
         let mut m: HashMap<&mut MapData, AddrKey, u32> =
             HashMap::try_from(self.map_mut(MAP_SERVER_ADDRS)?)?;
-        m.insert(key, 1, 0)
-            .context("writing the SERVER_ADDRS map")?;
+        for k in want {
+            m.insert(k, 1, 0).context("writing the SERVER_ADDRS map")?;
+        }
+        let gone: Vec<AddrKey> = m.keys().flatten().filter(|k| !want.contains(k)).collect();
+        self.set_config(cfg)?;
+        let mut m: HashMap<&mut MapData, AddrKey, u32> =
+            HashMap::try_from(self.map_mut(MAP_SERVER_ADDRS)?)?;
+        for k in &gone {
+            m.remove(k).context("removing from the SERVER_ADDRS map")?;
+        }
         Ok(())
     }
 
@@ -229,6 +356,34 @@ impl Dataplane {
 
     fn patterns(&mut self) -> Result<LpmTrie<&mut MapData, [u8; KEY_DATA_LEN], Rule>> {
         Ok(LpmTrie::try_from(self.map_mut(MAP_PATTERNS)?)?)
+    }
+
+    fn tlds(&mut self) -> Result<crate::maps::Tlds<&mut MapData>> {
+        Ok(HashMap::try_from(self.map_mut(MAP_TLDS)?)?)
+    }
+
+    /// What the pattern trie holds now (config plus run-time changes).
+    pub fn rules(&mut self) -> Result<RuleSet> {
+        read_rules(&self.patterns()?)
+    }
+
+    pub fn tld_count(&mut self) -> Result<usize> {
+        Ok(self.tlds()?.keys().filter(|k| k.is_ok()).count())
+    }
+
+    /// Makes the trie and the TLD set hold exactly `rules` and `tlds`. New
+    /// TLDs go in before the rules change and old ones leave after, so no
+    /// suffix rule ever sees a set smaller than both configs agree on.
+    pub fn reconcile(&mut self, rules: &RuleSet, tlds: &BTreeSet<String>) -> Result<(Diff, Diff)> {
+        let added = add_tlds(&mut self.tlds()?, tlds)?;
+        let rule_diff = reconcile_rules(&mut self.patterns()?, rules)?;
+        let removed = remove_other_tlds(&mut self.tlds()?, tlds)?;
+        let tld_diff = Diff {
+            added,
+            changed: 0,
+            removed,
+        };
+        Ok((rule_diff, tld_diff))
     }
 
     /// Kernel counters summed over CPUs.
@@ -364,4 +519,9 @@ pub fn require_root(what: &str) -> Result<()> {
         bail!("{what} needs root (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON); run it with sudo");
     }
     Ok(())
+}
+
+/// ENOENT, which deleting an empty program array slot returns.
+const fn libc_enoent() -> i32 {
+    2
 }

@@ -12,7 +12,7 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use clap::Args;
 use dnsfast_common::{
-    pattern::{to_wire, Action, Pattern},
+    pattern::{key_labels, key_name, to_wire, Action, Pattern},
     suffix::name_key,
     Config, Rule, TldKey, KEY_DATA_LEN, MAP_CONFIG, MAP_PATTERNS, MAP_TLDS, PIN_DIR,
 };
@@ -111,8 +111,8 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         }
     };
     let at = rule.key_len as usize;
-    let matched = dotted(&key[..at]);
-    let before = dotted_labels(&key[at..]);
+    let matched = key_name(&key[..at]);
+    let before = key_labels(&key[at..]);
     match Action::from_code(rule.action) {
         Some(Action::Suffix) => {
             println!(
@@ -150,31 +150,11 @@ pub fn run(a: ExplainArgs) -> Result<()> {
     Ok(())
 }
 
-fn pinned(dir: &Path, name: &str) -> Result<Map> {
+pub fn pinned(dir: &Path, name: &str) -> Result<Map> {
     let p = dir.join(name.to_ascii_lowercase());
     let data =
         MapData::from_pin(&p).with_context(|| format!("opening the pinned map {}", p.display()))?;
     Ok(Map::from_map_data(data)?)
-}
-
-/// Labels of a label-reversed key, in key order (the name's last first).
-fn dotted_labels(key: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < key.len() {
-        let n = key[i] as usize;
-        let end = (i + 1 + n).min(key.len());
-        out.push(String::from_utf8_lossy(&key[i + 1..end]).into_owned());
-        i = end;
-    }
-    out
-}
-
-/// A label-reversed key as a dotted name.
-fn dotted(key: &[u8]) -> String {
-    let mut l = dotted_labels(key);
-    l.reverse();
-    l.join(".")
 }
 
 /// Ethernet + IPv4 (checksummed) + UDP (checksum 0) around `dns`.
@@ -207,8 +187,8 @@ mod tests {
     #[test]
     fn keys_read_back_as_names() {
         let (k, _) = name_key(&to_wire("api.github.com.svc.cluster.local")).unwrap();
-        assert_eq!(dotted(&k[..18]), "svc.cluster.local");
-        assert_eq!(dotted_labels(&k[18..]), ["com", "github", "api"]);
+        assert_eq!(key_name(&k[..18]), "svc.cluster.local");
+        assert_eq!(key_labels(&k[18..]), ["com", "github", "api"]);
         let f = udp_frame("10.0.0.1".parse().unwrap(), 53, &[0; 12]);
         assert_eq!(f.len(), 14 + 20 + 8 + 12);
     }

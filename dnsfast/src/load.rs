@@ -13,18 +13,20 @@ use dnsfast_common::{AddrKey, Config as XdpConfig, FAMILY_V4, FAMILY_V6, MAX_POR
 use log::{debug, info, warn};
 
 use crate::{
-    bpf::{require_root, Dataplane, LoadOptions},
+    bpf::Dataplane,
     config::Config,
     dnsmasq,
-    forward::{kernel::KernelCache, settings::parse_listen, Forwarder},
+    forward::{settings::parse_listen, Forwarder},
 };
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 #[derive(Args, Debug)]
 pub struct LoadArgs {
-    /// Interface to attach to; repeat for several.
-    #[arg(long = "iface", required = true, value_name = "IFACE")]
+    /// Interface to attach to, or a glob (`veth*`, `cali*`, `lxc*`: `*`
+    /// and `?`); repeat for several. Interfaces that match a glob later (a
+    /// new pod's veth) are attached as they appear.
+    #[arg(long = "iface", required = true, value_name = "IFACE|GLOB")]
     pub ifaces: Vec<String>,
     /// TOML config file (see `dnsfast example-config`).
     #[arg(long, value_name = "FILE")]
@@ -44,6 +46,16 @@ pub struct LoadArgs {
     /// Run only the XDP program; no DNS forwarder in user space.
     #[arg(long)]
     pub no_forward: bool,
+    /// On SIGTERM/SIGINT leave the program attached and the maps pinned
+    /// (links pinned in PIN_DIR/links), for an upgrade without a gap: the
+    /// next `dnsfast load` adopts them in place. Without it, exit detaches
+    /// everything and DNS takes the normal path.
+    #[arg(long)]
+    pub keep_attached: bool,
+    /// Serve Prometheus /metrics, /health and /ready over HTTP on ADDR
+    /// (e.g. 127.0.0.1:9253). Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub forward: ForwardArgs,
 }
@@ -135,103 +147,7 @@ pub fn build_config(
 }
 
 pub fn run(args: LoadArgs) -> Result<()> {
-    // Everything that can be checked without touching the kernel is checked
-    // first, so a bad input never leaves a half-applied state behind.
-    let cfg = build_config(args.config.as_deref(), &args.addresses, &args.forward)?;
-    // Each interface once, in the order given.
-    let mut ifaces: Vec<String> = Vec::new();
-    for i in &args.ifaces {
-        if !ifaces.contains(i) {
-            ifaces.push(i.clone());
-        }
-    }
-    for i in &ifaces {
-        ifindex(i)?;
-    }
-    require_root("dnsfast load")?;
-    crate::kernel::check_running_kernel()?;
-    let rt = runtime(if args.no_forward {
-        1
-    } else {
-        cfg.forward.worker_count()
-    })?;
-    // Listeners are bound before the kernel is touched, so a taken port
-    // fails the command with nothing loaded.
-    let mut forwarder = if args.no_forward {
-        None
-    } else {
-        let _guard = rt.enter();
-        Some(Forwarder::bind(
-            &cfg.forward,
-            &cfg.patterns,
-            cfg.derived.as_ref(),
-        )?)
-    };
-    raise_memlock();
-    ensure_bpffs(&args.pin_dir)?;
-    let pins = PinDir::create(&args.pin_dir)?;
-
-    // The kernel answer cache mirrors the forwarder's: same capacity, and
-    // nothing without a forwarder to fill it.
-    let answer_cache = match &forwarder {
-        Some(_) => u32::try_from(cfg.forward.cache.size).unwrap_or(u32::MAX),
-        None => 0,
-    };
-    let opts = LoadOptions {
-        bench_mode: false,
-        max_patterns: cfg.xdp.max_patterns,
-        answer_cache,
-    };
-    // Loading parses the kernel's BTF (megabytes of small allocations) and
-    // frees it again. On a thread of its own that work lands in a separate
-    // malloc arena, which glibc hands back to the kernel when the thread
-    // ends; on the main thread it would stay in the agent's RSS for good.
-    let mut dp = std::thread::scope(|s| {
-        s.spawn(|| Dataplane::load(&opts))
-            .join()
-            .map_err(|_| anyhow::anyhow!("the loader thread panicked"))
-    })??;
-    apply(&mut dp, &cfg)?;
-    if let Some(f) = &forwarder {
-        if answer_cache > 0 {
-            for a in &cfg.forward.listen {
-                dp.add_listen_addr(*a)?;
-            }
-            let map = dp.take_answer_map()?;
-            let _ = f.resolver.kernel_cache.set(KernelCache::new(map));
-        }
-    }
-    for i in &ifaces {
-        let mode = xdp_mode(args.mode, i);
-        dp.attach(i, mode)?;
-        info!("attached to {i} in {mode:?} mode");
-    }
-    dp.pin_maps(&pins.dir)?;
-    dp.pin_program(&pins.dir)?;
-    if let Some(f) = &mut forwarder {
-        let _guard = rt.enter();
-        f.start();
-    }
-    info!(
-        "serving: {} pattern(s), ports {:?}, maps pinned in {}",
-        cfg.patterns.len(),
-        cfg.xdp.ports,
-        pins.dir.display()
-    );
-
-    #[cfg(feature = "ebpf-log")]
-    if let Some(logger) = dp.logger.take() {
-        forward_ebpf_logs(logger);
-    }
-    let result = rt.block_on(serve_until_signal(forwarder.as_mut()));
-    if let Some(f) = &forwarder {
-        info!("{}", f.summary());
-    }
-    drop(rt); // stops the forwarder's tasks and closes its sockets
-    info!("detaching and removing pins");
-    drop(dp); // detaches every link and closes the program
-    drop(pins);
-    result
+    crate::agent::run(args)
 }
 
 /// A runtime with `threads` workers (the forwarder's UDP sockets each get
@@ -244,8 +160,37 @@ pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
+/// SIGTERM and SIGINT, caught from the moment this is created: create it
+/// before touching the kernel, so a signal that comes early still takes
+/// the clean way out (detach, unpin).
+pub struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Must run inside the runtime (`rt.enter()`).
+    pub fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
 /// Serves until SIGINT/SIGTERM; an error if the forwarder fails first.
-pub async fn serve_until_signal(forwarder: Option<&mut Forwarder>) -> Result<()> {
+pub async fn serve_until_signal(
+    shutdown: &mut Shutdown,
+    forwarder: Option<&mut Forwarder>,
+) -> Result<()> {
     let run = async {
         match forwarder {
             Some(f) => f.run().await,
@@ -253,16 +198,16 @@ pub async fn serve_until_signal(forwarder: Option<&mut Forwarder>) -> Result<()>
         }
     };
     tokio::select! {
-        sig = wait_for_shutdown() => {
-            info!("{}: shutting down", sig?);
+        sig = shutdown.wait() => {
+            info!("{sig}: shutting down");
             Ok(())
         }
         r = run => r.context("the forwarder stopped"),
     }
 }
 
-/// Writes config, server addresses and patterns into freshly loaded maps.
-pub fn apply(dp: &mut Dataplane, cfg: &Config) -> Result<()> {
+/// The XDP program's settings and server addresses from `cfg`.
+pub fn apply_xdp(dp: &mut Dataplane, cfg: &Config) -> Result<()> {
     let mut xc = XdpConfig::default();
     if cfg.xdp.ports.len() > MAX_PORTS {
         bail!("at most {MAX_PORTS} DNS ports");
@@ -270,19 +215,22 @@ pub fn apply(dp: &mut Dataplane, cfg: &Config) -> Result<()> {
     xc.ports = [0; MAX_PORTS];
     xc.ports[..cfg.xdp.ports.len()].copy_from_slice(&cfg.xdp.ports);
     xc.filter_dst = u32::from(!cfg.xdp.server_addrs.is_empty());
-    for a in &cfg.xdp.server_addrs {
-        dp.add_server_addr(&addr_key(*a))?;
-    }
-    if let Some(d) = &cfg.derived {
-        for t in &d.tlds {
-            dp.insert_tld(t)?;
-        }
-    }
-    for (p, action) in cfg.patterns.iter() {
-        dp.insert_pattern(p, action)?;
-    }
-    dp.set_config(&xc)?;
-    Ok(())
+    let addrs: Vec<AddrKey> = cfg.xdp.server_addrs.iter().map(|a| addr_key(*a)).collect();
+    dp.set_xdp(&xc, &addrs)
+}
+
+/// The TLD labels of the auto rules (none without auto mode).
+pub fn tlds_of(cfg: &Config) -> std::collections::BTreeSet<String> {
+    cfg.derived
+        .as_ref()
+        .map(|d| d.tlds.clone())
+        .unwrap_or_default()
+}
+
+/// Writes settings, server addresses, TLDs and patterns into the maps.
+pub fn apply(dp: &mut Dataplane, cfg: &Config) -> Result<()> {
+    dp.reconcile(&crate::maps::rules_of(&cfg.patterns), &tlds_of(cfg))?;
+    apply_xdp(dp, cfg)
 }
 
 pub fn addr_key(a: IpAddr) -> AddrKey {
@@ -300,11 +248,11 @@ pub fn addr_key(a: IpAddr) -> AddrKey {
     k
 }
 
-fn ifindex(iface: &str) -> Result<u32> {
+pub fn ifindex(iface: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(iface).map_err(|_| anyhow::anyhow!("no such interface: {iface}"))
 }
 
-fn xdp_mode(mode: Mode, iface: &str) -> XdpMode {
+pub fn xdp_mode(mode: Mode, iface: &str) -> XdpMode {
     match mode {
         Mode::Native => XdpMode::Driver,
         Mode::Skb => XdpMode::Skb,
@@ -339,7 +287,7 @@ fn auto_mode(iface: &str) -> XdpMode {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Newer ones use
 /// memcg, and some sandboxes refuse the raise, so failure is only logged.
-fn raise_memlock() {
+pub fn raise_memlock() {
     use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
     if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
         debug!("could not raise RLIMIT_MEMLOCK ({e}); fine on kernels >= 5.11");
@@ -347,7 +295,7 @@ fn raise_memlock() {
 }
 
 /// Mounts bpffs on the pin directory's bpffs root if it is not there yet.
-fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let root = Path::new("/sys/fs/bpf");
     if !pin_dir.starts_with(root) {
         return Ok(()); // the caller chose its own bpffs
@@ -368,50 +316,90 @@ fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     .with_context(|| format!("mounting bpffs at {}", root.display()))
 }
 
-/// The pin directory; removes what it pinned when dropped.
-struct PinDir {
-    dir: PathBuf,
+/// The pin directory; removes what it pinned when dropped, unless told
+/// to keep it.
+pub struct PinDir {
+    pub dir: PathBuf,
+    keep: bool,
 }
 
 impl PinDir {
-    fn create(dir: &Path) -> Result<Self> {
-        if dir.exists() {
-            let busy = std::fs::read_dir(dir)
+    /// Readies `dir` for this agent's pins. The caller has made sure no
+    /// agent runs there. Pins left by a killed agent are stale (its links
+    /// died with it, so nothing was attached) and are removed; pins kept
+    /// with `--keep-attached` (`adopting`) stay until the new program has
+    /// taken over the links.
+    pub fn prepare(dir: &Path, adopting: bool) -> Result<Self> {
+        if dir.exists() && !adopting {
+            let stale: Vec<String> = std::fs::read_dir(dir)
                 .with_context(|| format!("reading {}", dir.display()))?
-                .next()
-                .is_some();
-            if busy {
-                bail!(
-                    "{} already holds pins: another dnsfast agent is running, or one was killed. \
-                     If none runs, remove them with `rm -r {}`",
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
+            if !stale.is_empty() {
+                warn!(
+                    "{}: removing stale pins of an agent that did not exit cleanly ({});                      nothing of it was attached",
                     dir.display(),
-                    dir.display()
+                    stale.join(", ")
                 );
+                remove_pins(dir);
             }
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            keep: false,
         })
+    }
+
+    /// Removes the previous agent's map and program pins (after adoption),
+    /// so this agent's can take their names.
+    pub fn remove_old(&self) {
+        remove_pins(&self.dir);
+        let _ = std::fs::create_dir_all(&self.dir);
+    }
+
+    /// Leaves everything pinned at drop (`--keep-attached`).
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+/// Removes the pins dnsfast makes under `dir`, and `dir` if that leaves it
+/// empty. Anything else there is left alone.
+pub fn remove_pins(dir: &Path) {
+    let names = crate::bpf::PINNED_MAPS
+        .iter()
+        .map(|m| m.to_ascii_lowercase())
+        .chain([crate::bpf::PINNED_PROG.to_string()]);
+    for name in names {
+        let p = dir.join(name);
+        if p.exists() {
+            if let Err(e) = std::fs::remove_file(&p) {
+                warn!("removing pin {}: {e}", p.display());
+            }
+        }
+    }
+    let links = dir.join(crate::agent::ifaces::LINKS_DIR);
+    if let Ok(rd) = std::fs::read_dir(&links) {
+        for e in rd.flatten() {
+            if let Err(err) = std::fs::remove_file(e.path()) {
+                warn!("removing pin {}: {err}", e.path().display());
+            }
+        }
+        let _ = std::fs::remove_dir(&links);
+    }
+    if let Err(e) = std::fs::remove_dir(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!("removing {}: {e}", dir.display());
+        }
     }
 }
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let names = crate::bpf::PINNED_MAPS
-            .iter()
-            .map(|m| m.to_ascii_lowercase())
-            .chain([crate::bpf::PINNED_PROG.to_string()]);
-        for name in names {
-            let p = self.dir.join(name);
-            if p.exists() {
-                if let Err(e) = std::fs::remove_file(&p) {
-                    warn!("removing pin {}: {e}", p.display());
-                }
-            }
-        }
-        if let Err(e) = std::fs::remove_dir(&self.dir) {
-            warn!("removing {}: {e}", self.dir.display());
+        if !self.keep {
+            remove_pins(&self.dir);
         }
     }
 }
@@ -419,7 +407,7 @@ impl Drop for PinDir {
 /// Copies the XDP program's aya-log records into the agent's log, from a
 /// thread of its own that sleeps in poll(2) until the ring has data.
 #[cfg(feature = "ebpf-log")]
-fn forward_ebpf_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+pub fn forward_ebpf_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     std::thread::spawn(move || loop {
@@ -432,14 +420,4 @@ fn forward_ebpf_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
         }
         logger.flush();
     });
-}
-
-async fn wait_for_shutdown() -> Result<&'static str> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
 }

@@ -3,9 +3,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use dnsfast::{
     config::Config,
+    ctl,
     load::{self, ForwardArgs, LoadArgs},
     serve::{self, ServeArgs},
 };
+use dnsfast_common::pattern::Action;
 
 /// dnsfast: answers Kubernetes search-path artifacts with NXDOMAIN from the
 /// kernel (XDP), so pod lookups of external names stop waiting on upstreams,
@@ -67,6 +69,67 @@ enum Command {
     ///
     /// Example: dnsfast explain api.github.com.default.svc.cluster.local
     Explain(dnsfast::explain::ExplainArgs),
+    /// Add, remove or list block patterns in the running kernel table.
+    ///
+    /// Changes take effect at once, in the kernel and in the agent's
+    /// forwarder. They last until the agent restarts or reloads its config:
+    /// the config file is the truth, so write lasting changes there.
+    ///
+    /// Example: dnsfast block add com.svc.cluster.local net.svc.cluster.local
+    Block {
+        #[command(subcommand)]
+        cmd: ctl::PatternCmd,
+        #[command(flatten)]
+        pins: ctl::PinArgs,
+    },
+    /// Add, remove or list allow patterns (exceptions inside blocked
+    /// suffixes), like `block`.
+    ///
+    /// Example: dnsfast allow add kubernetes.default.svc.cluster.local
+    Allow {
+        #[command(subcommand)]
+        cmd: ctl::PatternCmd,
+        #[command(flatten)]
+        pins: ctl::PinArgs,
+    },
+    /// Show the kernel's counters (summed over CPUs) and the forwarder's:
+    /// RCODEs, cache, zones, upstream health and latency.
+    ///
+    /// Example: dnsfast stats --watch
+    Stats {
+        #[command(flatten)]
+        args: ctl::StatsArgs,
+        #[command(flatten)]
+        pins: ctl::PinArgs,
+    },
+    /// Stream the kernel's decisions live: time, client, name, type,
+    /// verdict and the pattern that decided (from a BPF ring buffer; off,
+    /// and free, while nobody watches; rate-limited).
+    ///
+    /// Example: dnsfast watch | grep NXDOMAIN
+    Watch {
+        #[command(flatten)]
+        args: ctl::WatchArgs,
+        #[command(flatten)]
+        pins: ctl::PinArgs,
+    },
+    /// Show the running agent: interfaces (mode, program id, since when),
+    /// pattern counts, listeners, upstream health, reloads.
+    Status {
+        #[command(flatten)]
+        args: ctl::StatusArgs,
+        #[command(flatten)]
+        pins: ctl::PinArgs,
+    },
+    /// Detach the program and remove the pins (the agent exits), or with
+    /// --iface detach one interface. Also cleans up after --keep-attached
+    /// when no agent runs.
+    Unload {
+        #[command(flatten)]
+        args: ctl::UnloadArgs,
+        #[command(flatten)]
+        pins: ctl::PinArgs,
+    },
     /// Print an example config file with every key documented.
     ExampleConfig,
     /// Print the ICANN TLDs of a Public Suffix List file, one per line in
@@ -94,6 +157,12 @@ fn main() {
         Command::Suggest { config, addresses } => suggest(config.as_deref(), &addresses),
         Command::TldList { psl } => tld_list(&psl),
         Command::Explain(args) => dnsfast::explain::run(args),
+        Command::Block { cmd, pins } => ctl::patterns(Action::Block, cmd, &pins),
+        Command::Allow { cmd, pins } => ctl::patterns(Action::Allow, cmd, &pins),
+        Command::Stats { args, pins } => ctl::stats(args, &pins),
+        Command::Status { args, pins } => ctl::status(args, &pins),
+        Command::Watch { args, pins } => ctl::watch(args, &pins),
+        Command::Unload { args, pins } => ctl::unload(args, &pins),
         Command::ExampleConfig => {
             print!("{}", dnsfast::config::EXAMPLE);
             Ok(())

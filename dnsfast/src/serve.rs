@@ -9,7 +9,7 @@ use log::info;
 
 use crate::{
     forward::Forwarder,
-    load::{build_config, runtime, serve_until_signal, ForwardArgs},
+    load::{build_config, runtime, serve_until_signal, ForwardArgs, Shutdown},
 };
 
 #[derive(Args, Debug)]
@@ -28,14 +28,22 @@ pub struct ServeArgs {
 pub fn run(args: ServeArgs) -> Result<()> {
     let cfg = build_config(args.config.as_deref(), &args.addresses, &args.forward)?;
     let rt = runtime(cfg.forward.worker_count())?;
+    let mut shutdown = {
+        let _guard = rt.enter();
+        Shutdown::install()?
+    };
     let mut forwarder = {
         let _guard = rt.enter();
-        let mut f = Forwarder::bind(&cfg.forward, &cfg.patterns, cfg.derived.as_ref())?;
+        let mut f = Forwarder::bind(
+            &cfg.forward,
+            &crate::maps::rules_of(&cfg.patterns),
+            cfg.derived.as_ref(),
+        )?;
         f.start();
         f
     };
     info!("serving: {} block/allow pattern(s)", cfg.patterns.len());
-    let result = rt.block_on(serve_until_signal(Some(&mut forwarder)));
+    let result = rt.block_on(serve_until_signal(&mut shutdown, Some(&mut forwarder)));
     info!("{}", forwarder.summary());
     result
 }

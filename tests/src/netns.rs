@@ -112,7 +112,21 @@ impl Lab {
         addr_b: &[&str],
     ) -> Result<(String, String)> {
         let (a, b) = (unique("va"), unique("vb"));
-        let (a, b) = (a.as_str(), b.as_str());
+        self.veth_named(ns_a, &a, addr_a, ns_b, &b, addr_b)?;
+        Ok((a, b))
+    }
+
+    /// `veth` with the ends' names chosen by the caller (unique, at most
+    /// 15 bytes).
+    pub fn veth_named(
+        &mut self,
+        ns_a: &str,
+        a: &str,
+        addr_a: &[&str],
+        ns_b: &str,
+        b: &str,
+        addr_b: &[&str],
+    ) -> Result<()> {
         run_ok(
             "ip",
             &[
@@ -129,7 +143,7 @@ impl Lab {
             }
             self.exec_ok(ns, "ip", &["link", "set", dev, "up"])?;
         }
-        Ok((a.to_string(), b.to_string()))
+        Ok(())
     }
 
     /// Runs a command inside `ns` (with its /etc/netns files bound).
@@ -163,6 +177,19 @@ impl Lab {
         register(None, Some(pid));
         self.children.push((cmd.to_string(), child));
         Ok(pid)
+    }
+
+    /// Sends SIGKILL to a process this lab started and waits for it.
+    pub fn kill(&mut self, pid: u32) -> Result<std::process::ExitStatus> {
+        let i = self
+            .children
+            .iter()
+            .position(|(_, c)| c.id() == pid)
+            .context("not a child of this lab")?;
+        let (_, mut child) = self.children.remove(i);
+        unregister(None, Some(pid));
+        child.kill()?;
+        Ok(child.wait()?)
     }
 
     /// Sends SIGTERM to a process this lab started and waits for it.

@@ -492,8 +492,8 @@ fn destination_and_port_filters_apply() {
         &frame(&Wrap::v4(), &q.bytes()),
         "dst filter, empty",
     );
-    dp.add_server_addr(&dnsfast::load::addr_key("10.99.0.1".parse().unwrap()))
-        .unwrap();
+    let v4 = dnsfast::load::addr_key("10.99.0.1".parse().unwrap());
+    dp.set_xdp(&cfg, &[v4]).unwrap();
     assert_answered(&mut dp, &q, &Wrap::v4());
     assert_answered(
         &mut dp,
@@ -508,8 +508,8 @@ fn destination_and_port_filters_apply() {
         &frame(&Wrap::v6(), &q.bytes()),
         "v6 dst not listed",
     );
-    dp.add_server_addr(&dnsfast::load::addr_key("fd00:99::1".parse().unwrap()))
-        .unwrap();
+    let v6 = dnsfast::load::addr_key("fd00:99::1".parse().unwrap());
+    dp.set_xdp(&cfg, &[v4, v6]).unwrap();
     assert_answered(&mut dp, &q, &Wrap::v6());
     cfg.filter_dst = 0;
     cfg.ports = [5353, 0, 0, 0];
@@ -551,9 +551,50 @@ fn every_program_verifies_and_reports_its_cost() {
     dp.load_all().unwrap();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let counts = dp.verified_insns().unwrap();
-    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert_eq!(counts.len(), 4, "{counts:?}");
     for (name, n) in counts {
         eprintln!("verified instructions on {}: {name} {n:?}", release.trim());
         assert!(n.is_some_and(|n| n > 0), "{name}");
     }
+}
+
+/// While someone watches, each decided query leaves one event in the ring,
+/// at most `WATCH_EVENTS_PER_SEC` per second and CPU; the rest are counted
+/// as dropped. Nobody watching: nothing is emitted.
+#[test]
+fn watch_events_are_emitted_and_rate_limited() {
+    require_root!();
+    use dnsfast_common::{WatchEvent, VERDICT_ALLOWED, WATCH_EVENTS_PER_SEC};
+    let mut dp = dataplane();
+    // Passed untouched, so every repeat of the test run sees the same
+    // query (an answer would turn the packet into a response).
+    let q = Q::new("Www.OK.blocked.example", RecordType::AAAA);
+    let f = frame(&Wrap::v4(), &q.bytes());
+    dp.time_run(&f, 10, false).unwrap();
+    assert_eq!(dp.watch_tally().unwrap(), (0, 0), "nobody watches yet");
+    dp.set_watch(true).unwrap();
+    let runs = u64::from(WATCH_EVENTS_PER_SEC) + 1000;
+    dp.time_run(&f, runs as u32, false).unwrap();
+    let (sent, dropped) = dp.watch_tally().unwrap();
+    assert_eq!(sent + dropped, runs);
+    // All runs fit in one second, unless the machine stalls in between.
+    assert!(sent <= u64::from(WATCH_EVENTS_PER_SEC), "sent {sent}");
+    assert!(dropped >= 1000, "dropped {dropped}");
+    let mut ring = dp.take_events().unwrap();
+    let item = ring.next().expect("an event in the ring");
+    let e = WatchEvent::from_bytes(&item).unwrap();
+    assert_eq!(e.verdict, VERDICT_ALLOWED);
+    assert_eq!(e.qtype, 28);
+    let wire = dnsfast_common::pattern::to_wire(&q.name);
+    assert_eq!(&e.name[..e.name_len as usize], &wire[..], "case kept");
+    assert_eq!(
+        e.rule_len as usize,
+        Pattern::parse("ok.blocked.example").unwrap().key().1
+    );
+    assert_eq!(e.rule_action, Action::Allow.code());
+    drop(item);
+    dp.set_watch(false).unwrap();
+    dp.set_watch(false).unwrap(); // idempotent
+    dp.time_run(&f, 100, false).unwrap();
+    assert_eq!(dp.watch_tally().unwrap(), (sent, dropped), "off again");
 }

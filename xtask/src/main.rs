@@ -46,6 +46,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("golang-go", "Go's pure resolver in the auto-mode tests"),
     (
+        "python3-prometheus-client",
+        "the Prometheus text parser that checks /metrics in the live-ops tests",
+    ),
+    (
         "publicsuffix",
         "the Public Suffix List that `cargo xtask update-tlds` reads",
     ),

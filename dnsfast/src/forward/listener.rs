@@ -78,7 +78,7 @@ pub async fn serve_udp(sock: UdpSocket, r: Arc<Resolver>) -> Result<()> {
                 continue;
             }
         };
-        let start = r.log_queries.then(Instant::now);
+        let start = r.log_queries().then(Instant::now);
         r.metrics.udp_queries.fetch_add(1, Ordering::Relaxed);
         let q = match parse_query(&buf[..n]) {
             Incoming::Query(q) => q,
@@ -180,7 +180,7 @@ async fn tcp_connection(stream: TcpStream, peer: SocketAddr, r: Arc<Resolver>) -
         {
             break;
         }
-        let start = r.log_queries.then(Instant::now);
+        let start = r.log_queries().then(Instant::now);
         r.metrics.tcp_queries.fetch_add(1, Ordering::Relaxed);
         let q = match parse_query(&buf) {
             Incoming::Query(q) => q,

@@ -1,5 +1,5 @@
-//! The forwarder's counters: relaxed atomics, read by the shutdown summary
-//! (and by `stats` and `/metrics` later).
+//! The forwarder's counters: relaxed atomics, read by the shutdown summary,
+//! `dnsfast stats` and `/metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -57,5 +57,62 @@ pub fn rcode_name(r: ResponseCode) -> String {
         ResponseCode::NotImp => "NOTIMP".into(),
         ResponseCode::Refused => "REFUSED".into(),
         other => format!("RCODE{}", u16::from(other)),
+    }
+}
+
+/// Upper bounds of the upstream latency buckets, in microseconds
+/// (Prometheus `le` labels are these in seconds).
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000,
+];
+
+/// A latency histogram: one relaxed add per observation.
+#[derive(Default, Debug)]
+pub struct Histogram {
+    /// Per bucket (not cumulative); the last slot is +Inf.
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, us: u64) {
+        let i = LATENCY_BUCKETS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket (the last is +Inf, the total count),
+    /// and the sum in microseconds.
+    pub fn snapshot(&self) -> (Vec<u64>, u64) {
+        let mut acc = 0;
+        let cum = self
+            .buckets
+            .iter()
+            .map(|b| {
+                acc += b.load(Ordering::Relaxed);
+                acc
+            })
+            .collect();
+        (cum, self.sum_us.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        for us in [100, 500, 501, 3_000, 9_999_999] {
+            h.observe(us);
+        }
+        let (cum, sum) = h.snapshot();
+        assert_eq!(cum[0], 2, "<= 0.5 ms");
+        assert_eq!(cum[1], 3, "<= 1 ms");
+        assert_eq!(cum[3], 4, "<= 5 ms");
+        assert_eq!(*cum.last().unwrap(), 5, "+Inf is the count");
+        assert_eq!(sum, 100 + 500 + 501 + 3_000 + 9_999_999);
     }
 }

@@ -16,7 +16,7 @@ pub mod wire;
 use std::{sync::Arc, time::Duration};
 
 use anyhow::Result;
-use dnsfast_common::{pattern::Action, suffix::SuffixMap};
+use arc_swap::ArcSwap;
 use hickory_proto::{
     op::{Message, Query},
     rr::{Name, RecordType},
@@ -24,10 +24,10 @@ use hickory_proto::{
 use log::{info, warn};
 use tokio::{sync::Semaphore, task::JoinSet};
 
-use crate::config::PatternTable;
+use crate::maps::{suffix_map, RuleSet};
 use cache::Cache;
 use metrics::Metrics;
-use resolver::Resolver;
+use resolver::{Live, Resolver};
 use router::Router;
 use settings::ForwardSettings;
 
@@ -43,18 +43,59 @@ pub struct Forwarder {
         Vec<tokio::net::UdpSocket>,
         tokio::net::TcpListener,
     )>,
+    listening: Vec<std::net::SocketAddr>,
     tasks: JoinSet<Result<()>>,
 }
 
-/// The block/allow table as the forwarder consults it: the same keys the
-/// kernel trie holds.
-pub fn pattern_map(patterns: &PatternTable) -> SuffixMap<Action> {
-    let mut m = SuffixMap::new();
-    for (p, a) in patterns.iter() {
-        let (data, len) = p.key();
-        m.insert(&data[..len], a);
+/// Routes, patterns and the settings a reload may change, resolved from
+/// `s`. Fails (and changes nothing) on a zone that does not resolve.
+pub fn live(
+    s: &ForwardSettings,
+    rules: &RuleSet,
+    derived: Option<&crate::auto::Derived>,
+) -> Result<Live> {
+    let zones = s.resolved_zones()?;
+    if !zones.iter().any(|z| z.name == ".") {
+        warn!("no default upstreams (no-resolv, and no --server=IP or zone \".\"): names outside the zones get REFUSED");
     }
-    m
+    let router = Router::new(&zones);
+    for z in &router.zones {
+        let ups: Vec<String> = z.upstreams.iter().map(|u| u.addr.to_string()).collect();
+        info!("zone {} -> [{}] ({:?})", z.name, ups.join(", "), z.policy);
+    }
+    Ok(Live {
+        router: Arc::new(router),
+        patterns: Arc::new(suffix_map(rules)),
+        tlds: Arc::new(
+            derived
+                .map(|d| d.tlds.iter().map(|t| t.as_bytes().to_vec()).collect())
+                .unwrap_or_default(),
+        ),
+        cache_settings: s.cache.clone(),
+        log_queries: s.log_queries,
+    })
+}
+
+impl Resolver {
+    /// Swaps in a reloaded configuration. Queries in flight finish on the
+    /// old one; the cache keeps its entries (its capacity and the listen
+    /// addresses change only with a restart).
+    pub fn reload(&self, next: Live) {
+        self.live.store(Arc::new(next));
+    }
+
+    /// Swaps in a new block/allow table, keeping everything else (after
+    /// `dnsfast block|allow` changed the kernel's).
+    pub fn set_rules(&self, rules: &RuleSet) {
+        let cur = self.live.load();
+        self.live.store(Arc::new(Live {
+            router: cur.router.clone(),
+            patterns: Arc::new(suffix_map(rules)),
+            tlds: cur.tlds.clone(),
+            cache_settings: cur.cache_settings.clone(),
+            log_queries: cur.log_queries,
+        }));
+    }
 }
 
 impl Forwarder {
@@ -62,29 +103,14 @@ impl Forwarder {
     /// anything else is set up; nothing is served until `start`.
     pub fn bind(
         s: &ForwardSettings,
-        patterns: &PatternTable,
+        rules: &RuleSet,
         derived: Option<&crate::auto::Derived>,
     ) -> Result<Forwarder> {
-        let zones = s.resolved_zones()?;
-        if !zones.iter().any(|z| z.name == ".") {
-            warn!("no default upstreams (no-resolv, and no --server=IP or zone \".\"): names outside the zones get REFUSED");
-        }
-        let router = Router::new(&zones);
-        for z in &router.zones {
-            let ups: Vec<String> = z.upstreams.iter().map(|u| u.addr.to_string()).collect();
-            info!("zone {} -> [{}] ({:?})", z.name, ups.join(", "), z.policy);
-        }
         let resolver = Arc::new(Resolver {
-            router,
-            patterns: pattern_map(patterns),
-            tlds: derived
-                .map(|d| d.tlds.iter().map(|t| t.as_bytes().to_vec()).collect())
-                .unwrap_or_default(),
+            live: ArcSwap::from_pointee(live(s, rules, derived)?),
             cache: Cache::new(&s.cache),
-            cache_settings: s.cache.clone(),
             inflight: Arc::new(Semaphore::new(s.max_inflight)),
             metrics: Metrics::default(),
-            log_queries: s.log_queries,
             kernel_cache: std::sync::OnceLock::new(),
         });
         let workers = s.worker_count();
@@ -96,6 +122,7 @@ impl Forwarder {
         }
         Ok(Forwarder {
             resolver,
+            listening: s.listen.clone(),
             sockets,
             tasks: JoinSet::new(),
         })
@@ -126,6 +153,11 @@ impl Forwarder {
             Some(Err(e)) => Err(anyhow::anyhow!("forwarder task: {e}")),
             None => Ok(()),
         }
+    }
+
+    /// The addresses it answers on.
+    pub fn listen_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.listening.clone()
     }
 
     /// One log line with the counters, for the end of a run.
@@ -174,7 +206,8 @@ async fn probe_down_upstreams(r: Arc<Resolver>) -> Result<()> {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for up in r.router.upstreams.iter().filter(|u| !u.is_up()) {
+        let router = r.live.load().router.clone();
+        for up in router.upstreams.iter().filter(|u| !u.is_up()) {
             if up.exchange_udp(&probe).await.is_ok() {
                 up.mark_success();
             }

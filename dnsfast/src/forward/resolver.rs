@@ -2,11 +2,13 @@
 //! routed to its zone's upstreams, with failover, and cached.
 
 use std::{
+    collections::HashSet,
     net::SocketAddr,
     sync::{atomic::Ordering, Arc},
     time::Instant,
 };
 
+use arc_swap::ArcSwap;
 use dnsfast_common::{
     pattern::Action,
     suffix::{decide, SuffixMap},
@@ -43,16 +45,22 @@ pub struct Outcome {
     pub upstream: Option<SocketAddr>,
 }
 
-pub struct Resolver {
-    pub router: Router,
-    pub patterns: SuffixMap<Action>,
+/// What a reload replaces, swapped whole: a query keeps the version it
+/// started with to the end, so a reload never drops one in flight.
+pub struct Live {
+    pub router: Arc<Router>,
+    pub patterns: Arc<SuffixMap<Action>>,
     /// Labels that make a name before a search suffix look fully qualified.
-    pub tlds: std::collections::HashSet<Vec<u8>>,
-    pub cache: Cache,
+    pub tlds: Arc<HashSet<Vec<u8>>>,
     pub cache_settings: CacheSettings,
+    pub log_queries: bool,
+}
+
+pub struct Resolver {
+    pub live: ArcSwap<Live>,
+    pub cache: Cache,
     pub inflight: Arc<Semaphore>,
     pub metrics: Metrics,
-    pub log_queries: bool,
     /// The XDP program's answer cache, when `load` runs one.
     pub kernel_cache: std::sync::OnceLock<super::kernel::KernelCache>,
 }
@@ -75,9 +83,15 @@ pub struct Client {
 }
 
 impl Resolver {
+    /// Whether `--log-queries` is on (a reload may switch it).
+    pub fn log_queries(&self) -> bool {
+        self.live.load().log_queries
+    }
+
     /// Answers without leaving the process: a block pattern or the cache.
     pub fn answer_locally(&self, q: &ClientQuery) -> Option<Outcome> {
-        if let Some((Action::Block, _)) = decide(&self.patterns, &self.tlds, &q.key) {
+        let live = self.live.load();
+        if let Some((Action::Block, _)) = decide(&live.patterns, &live.tlds, &q.key) {
             self.metrics.blocked.fetch_add(1, Ordering::Relaxed);
             return Some(self.made_here(q, ResponseCode::NXDomain, Source::Blocked));
         }
@@ -109,7 +123,8 @@ impl Resolver {
     /// SERVFAIL and REFUSED from one upstream move on to the next; only
     /// timeouts and network errors count against an upstream's health.
     pub async fn forward(&self, q: &ClientQuery) -> Outcome {
-        let Some(zone) = self.router.route(&q.key) else {
+        let live = self.live.load_full();
+        let Some(zone) = live.router.route(&q.key) else {
             self.metrics.no_route.fetch_add(1, Ordering::Relaxed);
             return self.made_here(q, ResponseCode::Refused, Source::Local);
         };
@@ -125,7 +140,7 @@ impl Resolver {
                 }
             };
             up.mark_success();
-            let Some(answer) = Answer::from_upstream(&reply, &self.cache_settings) else {
+            let Some(answer) = Answer::from_upstream(&reply, &live.cache_settings) else {
                 log::debug!("upstream {}: an answer that does not parse", up.addr);
                 continue;
             };
@@ -178,7 +193,7 @@ impl Resolver {
     pub fn finish(&self, q: &ClientQuery, o: &Outcome, c: &Client, out: &mut Vec<u8>) {
         let tc = o.answer.render(q, o.age, c.limit, out);
         self.metrics.answered(o.answer.rcode, tc);
-        if self.log_queries {
+        if self.log_queries() {
             log_query(q, o, c, tc);
         }
     }

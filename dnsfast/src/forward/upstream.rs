@@ -54,8 +54,8 @@ pub struct Upstream {
     pub tcp_retries: AtomicU64,
     /// Replies that did not match what we sent (wrong ID or question).
     pub mismatched: AtomicU64,
-    /// Sum of answer latencies in microseconds, and their count.
-    pub latency_us_sum: AtomicU64,
+    /// Answer latencies (UDP, plus the TCP retry when truncated).
+    pub latency: super::metrics::Histogram,
 }
 
 impl Upstream {
@@ -69,7 +69,7 @@ impl Upstream {
             failures: AtomicU64::new(0),
             tcp_retries: AtomicU64::new(0),
             mismatched: AtomicU64::new(0),
-            latency_us_sum: AtomicU64::new(0),
+            latency: Default::default(),
         }
     }
 
@@ -107,8 +107,7 @@ impl Upstream {
         } else {
             reply
         };
-        self.latency_us_sum
-            .fetch_add(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.latency.observe(start.elapsed().as_micros() as u64);
         Ok(reply)
     }
 

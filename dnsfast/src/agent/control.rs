@@ -1,0 +1,214 @@
+//! The agent's control socket: the CLI asks a running agent for its
+//! status and counters, tells it about pattern changes, and asks it to
+//! reload, detach or exit. One request line in, one JSON line out.
+//!
+//! The socket is a file (not an abstract socket) so that it is reachable
+//! from any network namespace, and its name follows the pin directory so
+//! that agents with different `--pin-dir`s never meet.
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    os::unix::{fs::PermissionsExt, net::UnixStream as StdUnixStream},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use log::{info, warn};
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader as TokioBufReader},
+    net::UnixListener,
+};
+
+use super::{report, Agent};
+
+/// Where control sockets live.
+pub const RUN_DIR: &str = "/run/dnsfast";
+
+/// The control socket of the agent pinning in `pin_dir`:
+/// `/run/dnsfast/<last component of pin_dir>.sock`.
+pub fn socket_path(pin_dir: &Path) -> PathBuf {
+    let name = pin_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "dnsfast".into());
+    Path::new(RUN_DIR).join(format!("{name}.sock"))
+}
+
+/// The control socket, removed when dropped.
+pub struct Socket {
+    path: PathBuf,
+    listener: Option<std::os::unix::net::UnixListener>,
+}
+
+impl Socket {
+    /// Binds the socket (root only: it can unload the program). A stale
+    /// file from a killed agent is replaced; a live agent was ruled out by
+    /// the caller.
+    pub fn bind(pin_dir: &Path) -> Result<Self> {
+        let path = socket_path(pin_dir);
+        std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path)
+            .with_context(|| format!("binding the control socket {}", path.display()))?;
+        listener
+            .set_nonblocking(true)
+            .context("making the control socket non-blocking")?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("restricting {}", path.display()))?;
+        Ok(Self {
+            path,
+            listener: Some(listener),
+        })
+    }
+
+    /// The listener, for `serve` (call inside the runtime).
+    pub fn take_listener(&mut self) -> Result<Option<UnixListener>> {
+        self.listener
+            .take()
+            .map(|l| UnixListener::from_std(l).context("registering the control socket"))
+            .transpose()
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Answers requests until the runtime ends.
+pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> Result<()> {
+    loop {
+        let (stream, _) = listener
+            .accept()
+            .await
+            .context("accepting on the control socket")?;
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let (rd, mut wr) = stream.into_split();
+            let mut line = String::new();
+            let mut rd = TokioBufReader::new(rd);
+            // One short line; a client that sends more is cut off.
+            let read = tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line)).await;
+            if !matches!(read, Ok(Ok(n)) if n > 0 && n < 4096) {
+                return;
+            }
+            if line.trim() == "watch" {
+                // The connection stays open: events until the client leaves.
+                if let Ok(stream) = rd.into_inner().reunite(wr) {
+                    if let Err(e) = super::watch::serve_watcher(agent, stream).await {
+                        warn!("watch: {e:#}");
+                    }
+                }
+                return;
+            }
+            let reply = handle(&agent, line.trim()).await;
+            let mut out = reply.to_string();
+            out.push('\n');
+            let _ = wr.write_all(out.as_bytes()).await;
+        });
+    }
+}
+
+async fn handle(agent: &Arc<Agent>, req: &str) -> Value {
+    let (cmd, arg) = req.split_once(' ').unwrap_or((req, ""));
+    if cmd == "unload" {
+        info!("unload requested over the control socket");
+        agent.request_stop();
+        return json!({ "ok": true });
+    }
+    // The rest take locks and make system calls: off the runtime's threads.
+    let (a, cmd, arg) = (agent.clone(), cmd.to_string(), arg.to_string());
+    match tokio::task::spawn_blocking(move || handle_blocking(&a, &cmd, &arg)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => json!({ "ok": false, "error": format!("{e:#}") }),
+        Err(e) => json!({ "ok": false, "error": e.to_string() }),
+    }
+}
+
+fn handle_blocking(a: &Agent, cmd: &str, arg: &str) -> Result<Value> {
+    Ok(match cmd {
+        "status" => ok(report::status(a)),
+        "stats" => ok(report::stats(a)),
+        "resync" => json!({ "ok": true, "rules": a.resync_rules()? }),
+        "reload" => json!({ "ok": true, "summary": a.reload("a control request")? }),
+        "detach" => {
+            a.detach_iface(arg)?;
+            json!({ "ok": true })
+        }
+        other => {
+            warn!("control socket: unknown request '{other}'");
+            bail!("unknown request '{other}'")
+        }
+    })
+}
+
+/// `v` with `"ok": true` added.
+fn ok(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.insert("ok".into(), json!(true));
+    }
+    v
+}
+
+/// Sends one request to the agent of `pin_dir`. `Ok(None)` when no agent
+/// listens there (no socket, or a stale one of a killed agent).
+pub fn ask(pin_dir: &Path, request: &str) -> Result<Option<Value>> {
+    let path = socket_path(pin_dir);
+    let mut stream = match StdUnixStream::connect(&path) {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
+    };
+    // A reload of a large config or a 10k-pattern resync takes a while.
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream
+        .write_all(format!("{request}\n").as_bytes())
+        .with_context(|| format!("writing to {}", path.display()))?;
+    let mut line = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut line)
+        .with_context(|| format!("reading the agent's answer on {}", path.display()))?;
+    let v: Value = serde_json::from_str(&line)
+        .with_context(|| format!("the agent's answer is not JSON: {line:?}"))?;
+    if v["ok"] != json!(true) {
+        bail!(
+            "the agent refused '{request}': {}",
+            v["error"].as_str().unwrap_or("no reason given")
+        );
+    }
+    Ok(Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockets_follow_the_pin_dir() {
+        assert_eq!(
+            socket_path(Path::new("/sys/fs/bpf/dnsfast")),
+            Path::new("/run/dnsfast/dnsfast.sock")
+        );
+        assert_eq!(
+            socket_path(Path::new("/sys/fs/bpf/dnsfast-test-1/")),
+            Path::new("/run/dnsfast/dnsfast-test-1.sock")
+        );
+    }
+
+    #[test]
+    fn no_agent_is_none_not_an_error() {
+        let dir = Path::new("/sys/fs/bpf/dnsfast-no-such-agent-for-a-unit-test");
+        assert!(ask(dir, "status").unwrap().is_none());
+    }
+}

@@ -1,0 +1,95 @@
+//! The metrics endpoint: Prometheus `/metrics`, `/health` (the agent's
+//! loop answers) and `/ready` (attached, pinned and serving). A few GET
+//! routes on a private port do not need an HTTP framework: this reads one
+//! request head per connection, answers, and closes.
+
+use std::{sync::Arc, time::Duration};
+
+use anyhow::{Context, Result};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+
+use super::{report, Agent};
+
+/// Longest request head read; scrapers send a few hundred bytes.
+const MAX_HEAD: usize = 8192;
+
+pub async fn serve(listener: TcpListener, agent: Arc<Agent>) -> Result<()> {
+    loop {
+        let (stream, _) = listener
+            .accept()
+            .await
+            .context("accepting on the metrics endpoint")?;
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, agent)).await;
+        });
+    }
+}
+
+async fn answer(mut s: TcpStream, agent: Arc<Agent>) -> std::io::Result<()> {
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut buf).await?;
+        if n == 0 || head.len() + n > MAX_HEAD {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, ctype, body) = if method != "GET" && method != "HEAD" {
+        (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        )
+    } else {
+        route(path, agent).await
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    if method != "HEAD" {
+        out.extend_from_slice(body.as_bytes());
+    }
+    s.write_all(&out).await?;
+    s.shutdown().await
+}
+
+async fn route(path: &str, agent: Arc<Agent>) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match path {
+        "/metrics" => {
+            let stats = tokio::task::spawn_blocking(move || report::stats(&agent)).await;
+            match stats {
+                Ok(v) => (
+                    "200 OK",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    report::prometheus(&v),
+                ),
+                Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n")),
+            }
+        }
+        "/health" => ("200 OK", TEXT, "ok\n".into()),
+        "/ready" => {
+            if agent.ready.load(std::sync::atomic::Ordering::Relaxed) {
+                ("200 OK", TEXT, "ready\n".into())
+            } else {
+                ("503 Service Unavailable", TEXT, "not ready\n".into())
+            }
+        }
+        _ => (
+            "404 Not Found",
+            TEXT,
+            "routes: /metrics /health /ready\n".into(),
+        ),
+    }
+}

@@ -1,0 +1,310 @@
+//! Which interfaces carry the program: exact names and globs from
+//! `--iface`, kept in step with the links the kernel reports (a pod's veth
+//! appears, another goes away), and handed over between agents through
+//! pinned links (`--keep-attached`).
+
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::SystemTime,
+};
+
+use anyhow::{bail, Context, Result};
+use aya::programs::{xdp::XdpLinkId, XdpMode};
+use log::{info, warn};
+use nix::sys::socket::{
+    bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+};
+
+use super::Agent;
+use crate::{bpf::Dataplane, load::Mode};
+
+/// Where pinned links live under the pin directory, one per interface.
+pub const LINKS_DIR: &str = "links";
+
+/// `RTMGRP_LINK`: the multicast group that announces links coming and going.
+const RTMGRP_LINK: u32 = 1;
+
+/// One `--iface` value: a name, or a glob with `*` and `?`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IfaceSpec(pub String);
+
+impl IfaceSpec {
+    pub fn is_glob(&self) -> bool {
+        self.0.contains(['*', '?'])
+    }
+
+    pub fn matches(&self, name: &str) -> bool {
+        wildcard(self.0.as_bytes(), name.as_bytes())
+    }
+}
+
+/// `*` any run of bytes, `?` one byte, everything else itself.
+fn wildcard(p: &[u8], s: &[u8]) -> bool {
+    // Iterative with one backtrack point: linear enough for interface names.
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, si));
+                pi += 1;
+            }
+            Some(&c) if c == b'?' || c == s[si] => {
+                pi += 1;
+                si += 1;
+            }
+            _ => match star {
+                Some((sp, ss)) => {
+                    pi = sp + 1;
+                    si = ss + 1;
+                    star = Some((sp, ss + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// An interface the program is on.
+#[derive(Debug)]
+pub struct Attached {
+    pub ifindex: u32,
+    /// `None` for a link adopted from a previous agent (its mode is
+    /// whatever that agent chose).
+    pub mode: Option<XdpMode>,
+    pub since: SystemTime,
+    pub link: XdpLinkId,
+}
+
+/// The wanted set and what is attached.
+pub struct Ifaces {
+    pub specs: Vec<IfaceSpec>,
+    pub mode: Mode,
+    pub attached: BTreeMap<String, Attached>,
+    /// Detached on request: not attached again though a glob matches.
+    pub excluded: std::collections::BTreeSet<String>,
+}
+
+impl Ifaces {
+    /// Checks the flags: each exact name must exist now; a glob may match
+    /// nothing yet (pods come later).
+    pub fn new(values: &[String], mode: Mode) -> Result<Self> {
+        let mut specs: Vec<IfaceSpec> = Vec::new();
+        for v in values {
+            let s = IfaceSpec(v.clone());
+            if v.is_empty() || v.len() > 15 && !s.is_glob() {
+                bail!("--iface '{v}': not an interface name (1 to 15 bytes) or a glob");
+            }
+            if !s.is_glob() {
+                super::super::load::ifindex(v)?;
+            }
+            if !specs.contains(&s) {
+                specs.push(s);
+            }
+        }
+        Ok(Self {
+            specs,
+            mode,
+            attached: BTreeMap::new(),
+            excluded: Default::default(),
+        })
+    }
+
+    pub fn wanted(&self, name: &str) -> bool {
+        !self.excluded.contains(name) && self.specs.iter().any(|s| s.matches(name))
+    }
+}
+
+/// The interfaces of this network namespace: name → ifindex.
+fn present() -> Result<BTreeMap<String, u32>> {
+    let list = nix::net::if_::if_nameindex().context("listing interfaces")?;
+    Ok(list
+        .iter()
+        .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
+        .collect())
+}
+
+/// Attaches to every wanted interface that lacks the program, and forgets
+/// attachments whose interface went away (or came back as a new one).
+/// One interface failing does not stop the others; it is logged and tried
+/// again at the next change.
+pub fn sync(dp: &mut Dataplane, ifs: &mut Ifaces) -> Result<()> {
+    let now = present()?;
+    let gone: Vec<String> = ifs
+        .attached
+        .iter()
+        .filter(|(name, a)| now.get(*name) != Some(&a.ifindex))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in gone {
+        if let Some(a) = ifs.attached.remove(&name) {
+            // The kernel has already detached a vanished device's link;
+            // this closes our end of it.
+            let _ = dp.detach(a.link);
+            info!("{name}: gone; forgotten");
+        }
+    }
+    for (name, index) in &now {
+        if ifs.attached.contains_key(name) || !ifs.wanted(name) {
+            continue;
+        }
+        let mode = crate::load::xdp_mode(ifs.mode, name);
+        match dp.attach(name, mode) {
+            Ok(link) => {
+                info!("attached to {name} in {mode:?} mode");
+                ifs.attached.insert(
+                    name.clone(),
+                    Attached {
+                        ifindex: *index,
+                        mode: Some(mode),
+                        since: SystemTime::now(),
+                        link,
+                    },
+                );
+            }
+            Err(e) => warn!("{e:#}"),
+        }
+    }
+    Ok(())
+}
+
+/// Detaches one interface on request (`dnsfast unload --iface`).
+pub fn detach(dp: &mut Dataplane, ifs: &mut Ifaces, name: &str) -> Result<()> {
+    let Some(a) = ifs.attached.remove(name) else {
+        bail!("{name}: not attached");
+    };
+    dp.detach(a.link)?;
+    // Not attached again when a glob matches it: the operator asked.
+    ifs.excluded.insert(name.to_string());
+    info!("{name}: detached on request");
+    Ok(())
+}
+
+fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(LINKS_DIR)
+}
+
+/// Links a previous agent left pinned with `--keep-attached`.
+pub fn kept_links(pin_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let dir = links_dir(pin_dir);
+    if !dir.exists() {
+        return Ok(vec![]);
+    }
+    let mut out = vec![];
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        out.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Takes over the links a previous agent pinned: on each interface still
+/// wanted, the new program replaces the old in one step; the others are
+/// let go (removing the pin detaches them). The pins are removed either
+/// way: from here on this agent owns the links.
+pub fn adopt_kept(dp: &mut Dataplane, ifs: &mut Ifaces, pin_dir: &Path) -> Result<usize> {
+    let now = present()?;
+    let mut adopted = 0;
+    for (name, path) in kept_links(pin_dir)? {
+        match now.get(&name) {
+            Some(index) if ifs.wanted(&name) => {
+                let link = dp.adopt(&path)?;
+                ifs.attached.insert(
+                    name.clone(),
+                    Attached {
+                        ifindex: *index,
+                        mode: None,
+                        since: SystemTime::now(),
+                        link,
+                    },
+                );
+                info!("{name}: adopted the previous agent's link (program replaced in place)");
+                adopted += 1;
+            }
+            _ => info!("{name}: kept by the previous agent, not wanted now; detaching"),
+        }
+        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+    }
+    let _ = std::fs::remove_dir(links_dir(pin_dir));
+    Ok(adopted)
+}
+
+/// Pins every link so the program stays attached after this process ends
+/// (`--keep-attached`).
+pub fn keep_all(dp: &mut Dataplane, ifs: &mut Ifaces, pin_dir: &Path) -> Result<()> {
+    let dir = links_dir(pin_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, a) in std::mem::take(&mut ifs.attached) {
+        dp.pin_link(a.link, &dir.join(&name))?;
+        info!("{name}: left attached (link pinned in {})", dir.display());
+    }
+    Ok(())
+}
+
+/// Re-syncs the interfaces whenever the kernel announces a link change
+/// (RTM_NEWLINK/RTM_DELLINK on an rtnetlink socket): a new pod's veth is
+/// attached as soon as it exists, with no polling. The messages are only a
+/// wake-up; `sync` reads the current list itself. Runs on a thread of its
+/// own, blocked in recv(2).
+pub fn watch(agent: Arc<Agent>) -> Result<()> {
+    let fd: OwnedFd = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )
+    .context("opening an rtnetlink socket")?;
+    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, RTMGRP_LINK))
+        .context("subscribing to link changes")?;
+    std::thread::Builder::new()
+        .name("link-watch".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                    // The kernel dropped messages: a full sync covers them.
+                    Ok(_) | Err(nix::errno::Errno::ENOBUFS) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        warn!("link watch stopped: {e}; new interfaces are no longer attached");
+                        return;
+                    }
+                }
+                // Drain what else is queued, then sync once.
+                while recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).is_ok() {}
+                if let Err(e) = agent.sync_ifaces() {
+                    warn!("interface sync: {e:#}");
+                }
+            }
+        })
+        .context("starting the link watch thread")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_like_a_shell() {
+        let m = |p: &str, s: &str| IfaceSpec(p.into()).matches(s);
+        assert!(m("veth*", "veth1a2b"));
+        assert!(m("veth*", "veth"));
+        assert!(!m("veth*", "eth0"));
+        assert!(m("cali*", "cali12345678901"));
+        assert!(m("tst?", "tst1"));
+        assert!(!m("tst?", "tst12"));
+        assert!(m("*x*", "abxcd"));
+        assert!(m("eth0", "eth0"));
+        assert!(!m("eth0", "eth01"));
+        assert!(m("a*b*c", "a1b2b3c"));
+        assert!(!m("a*b*c", "a1b2b3"));
+        assert!(IfaceSpec("lxc*".into()).is_glob());
+        assert!(!IfaceSpec("eth0".into()).is_glob());
+    }
+}

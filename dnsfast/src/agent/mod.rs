@@ -1,0 +1,438 @@
+//! The running agent (`dnsfast load`): the loaded program and its maps, the
+//! interfaces it is on, the forwarder, and the ways to change them live:
+//! the control socket (`control`), config reloads (`reload`), interface
+//! changes (`ifaces`), and the metrics endpoint (`http`), all reporting
+//! through `report`.
+
+pub mod control;
+pub mod http;
+pub mod ifaces;
+pub mod reload;
+pub mod report;
+pub mod watch;
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{atomic::AtomicBool, Arc, Mutex},
+    time::SystemTime,
+};
+
+use anyhow::{anyhow, bail, Context, Result};
+use log::{info, warn};
+use serde_json::{json, Value};
+
+use crate::{
+    bpf::{require_root, Dataplane, LoadOptions},
+    config::Config,
+    forward::{kernel::KernelCache, resolver::Resolver, Forwarder},
+    load::{self, ForwardArgs, LoadArgs, PinDir},
+};
+use ifaces::Ifaces;
+
+/// What the config is rebuilt from at a reload: the file and the flags.
+pub struct Inputs {
+    pub config: Option<PathBuf>,
+    pub addresses: Vec<String>,
+    pub forward: ForwardArgs,
+}
+
+/// The config in force, and how reloads went.
+pub struct Applied {
+    pub cfg: Config,
+    /// The file's bytes when it was applied, to tell a real change from
+    /// a touch.
+    pub file: Option<Vec<u8>>,
+    pub reloads: u64,
+    pub refused: u64,
+    pub last_error: Option<String>,
+    pub last_reload: Option<SystemTime>,
+}
+
+impl Applied {
+    pub fn json(&self) -> Value {
+        json!({
+            "reloads": self.reloads,
+            "refused": self.refused,
+            "last_error": self.last_error,
+            "last_reload": self.last_reload.map(report::unix_secs),
+        })
+    }
+}
+
+pub struct Agent {
+    pub pid: u32,
+    pub started: SystemTime,
+    pub pin_dir: PathBuf,
+    pub keep_attached: bool,
+    pub inputs: Inputs,
+    /// Lock order: `dp`, then `ifaces`, then `applied`.
+    pub dp: Mutex<Dataplane>,
+    pub ifaces: Mutex<Ifaces>,
+    pub applied: Mutex<Applied>,
+    pub forwarder: Option<Arc<Resolver>>,
+    pub listeners: Vec<SocketAddr>,
+    pub program_id: u32,
+    /// Query events for `dnsfast watch` (none if the ring is unavailable).
+    pub watch: Option<watch::Watch>,
+    /// Attached, pinned and serving.
+    pub ready: AtomicBool,
+    /// `dnsfast unload` asked: detach even with `--keep-attached`.
+    unloading: AtomicBool,
+    stop: tokio::sync::Notify,
+}
+
+fn poisoned<T>(_: T) -> anyhow::Error {
+    anyhow!("an agent lock is poisoned (a thread panicked)")
+}
+
+impl Agent {
+    /// Attaches to new matching interfaces, forgets vanished ones.
+    pub fn sync_ifaces(&self) -> Result<()> {
+        let mut dp = self.dp.lock().map_err(poisoned)?;
+        let mut ifs = self.ifaces.lock().map_err(poisoned)?;
+        ifaces::sync(&mut dp, &mut ifs)
+    }
+
+    pub fn detach_iface(&self, name: &str) -> Result<()> {
+        let mut dp = self.dp.lock().map_err(poisoned)?;
+        let mut ifs = self.ifaces.lock().map_err(poisoned)?;
+        ifaces::detach(&mut dp, &mut ifs, name)
+    }
+
+    /// After `dnsfast block|allow` changed the kernel trie: the forwarder
+    /// takes the same table. Returns the number of rules.
+    pub fn resync_rules(&self) -> Result<usize> {
+        let rules = self.dp.lock().map_err(poisoned)?.rules()?;
+        if let Some(r) = &self.forwarder {
+            r.set_rules(&rules);
+        }
+        info!("pattern table changed from the CLI: {} rules", rules.len());
+        Ok(rules.len())
+    }
+
+    /// Rebuilds the config from the file and flags and applies the
+    /// difference. A config that does not validate changes nothing, and the
+    /// old one keeps serving.
+    pub fn reload(&self, why: &str) -> Result<String> {
+        let t = std::time::Instant::now();
+        let result = self
+            .try_reload()
+            .map(|s| format!("{s}; applied in {} ms", t.elapsed().as_millis()));
+        let mut a = self.applied.lock().map_err(poisoned)?;
+        a.last_reload = Some(SystemTime::now());
+        match &result {
+            Ok(summary) => {
+                a.reloads += 1;
+                a.last_error = None;
+                info!("config reloaded ({why}): {summary}");
+            }
+            Err(e) => {
+                a.refused += 1;
+                a.last_error = Some(format!("{e:#}"));
+                warn!("config reload ({why}) refused, the previous config keeps serving: {e:#}");
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<String> {
+        let i = &self.inputs;
+        let file = match &i.config {
+            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+            None => None,
+        };
+        let cfg = load::build_config(i.config.as_deref(), &i.addresses, &i.forward)?;
+        let mut notes = vec![];
+        {
+            let a = self.applied.lock().map_err(poisoned)?;
+            let old = &a.cfg;
+            if cfg.forward.listen != old.forward.listen {
+                notes.push("forward.listen changes take a restart".to_string());
+            }
+            if cfg.forward.cache.size != old.forward.cache.size {
+                notes.push("cache.size changes take a restart".to_string());
+            }
+            if cfg.forward.max_inflight != old.forward.max_inflight {
+                notes.push("forward.max-inflight changes take a restart".to_string());
+            }
+            if cfg.xdp.max_patterns != old.xdp.max_patterns {
+                notes.push("xdp.max-patterns changes take a restart".to_string());
+            }
+        }
+        let rules = crate::maps::rules_of(&cfg.patterns);
+        let tlds = load::tlds_of(&cfg);
+        // Everything that can fail without touching anything comes first.
+        let next = match &self.forwarder {
+            Some(_) => Some(crate::forward::live(
+                &cfg.forward,
+                &rules,
+                cfg.derived.as_ref(),
+            )?),
+            None => None,
+        };
+        let mut dp = self.dp.lock().map_err(poisoned)?;
+        let old_rules = dp.rules()?;
+        let capacity = self.applied.lock().map_err(poisoned)?.cfg.xdp.max_patterns as usize;
+        let union = old_rules.len() + rules.keys().filter(|k| !old_rules.contains_key(*k)).count();
+        if union > capacity {
+            bail!(
+                "the old and new pattern tables hold {union} patterns together, more than the \
+                 loaded map's {capacity}: add-then-delete could not keep the old ones in place. \
+                 Raise xdp.max-patterns and restart"
+            );
+        }
+        let old_cfg = self.applied.lock().map_err(poisoned)?.cfg.clone();
+        let (rd, td) = match dp
+            .reconcile(&rules, &tlds)
+            .and_then(|d| load::apply_xdp(&mut dp, &cfg).map(|_| d))
+        {
+            Ok(d) => d,
+            Err(e) => {
+                // Put back what was there, so nothing is half-applied.
+                if let Err(e2) = load::apply(&mut dp, &old_cfg).and_then(|_| {
+                    dp.reconcile(&old_rules, &load::tlds_of(&old_cfg))
+                        .map(|_| ())
+                }) {
+                    warn!("restoring the previous maps failed too: {e2:#}");
+                }
+                return Err(e);
+            }
+        };
+        drop(dp);
+        if let (Some(r), Some(n)) = (&self.forwarder, next) {
+            r.reload(n);
+        }
+        let mut a = self.applied.lock().map_err(poisoned)?;
+        a.cfg = cfg;
+        a.file = file;
+        let mut s = format!("patterns {rd}; TLDs {td}");
+        for n in notes {
+            s.push_str("; note: ");
+            s.push_str(&n);
+        }
+        Ok(s)
+    }
+
+    /// `dnsfast unload`: detach everything, remove the pins, exit.
+    pub fn request_stop(&self) {
+        self.unloading
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.notify_one();
+    }
+}
+
+/// `dnsfast load`: validate, load, fill, attach (or adopt), pin, serve
+/// until told to stop, then detach (or leave attached) and clean up.
+pub fn run(args: LoadArgs) -> Result<()> {
+    // Everything that can be checked without touching the kernel is checked
+    // first, so a bad input never leaves a half-applied state behind.
+    let cfg = load::build_config(args.config.as_deref(), &args.addresses, &args.forward)?;
+    let mut ifs = Ifaces::new(&args.ifaces, args.mode)?;
+    require_root("dnsfast load")?;
+    crate::kernel::check_running_kernel()?;
+    if let Some(v) = control::ask(&args.pin_dir, "status").unwrap_or(None) {
+        bail!(
+            "another dnsfast agent (pid {}) runs with the pins in {}; stop it first, or use \
+             another --pin-dir",
+            v["pid"],
+            args.pin_dir.display()
+        );
+    }
+    let rt = load::runtime(if args.no_forward {
+        1
+    } else {
+        cfg.forward.worker_count()
+    })?;
+    let (mut shutdown, hup) = {
+        let _guard = rt.enter();
+        (load::Shutdown::install()?, reload::hangup()?)
+    };
+    // Listeners are bound before the kernel is touched, so a taken port
+    // fails the command with nothing loaded.
+    let mut forwarder = if args.no_forward {
+        None
+    } else {
+        let _guard = rt.enter();
+        Some(Forwarder::bind(
+            &cfg.forward,
+            &crate::maps::rules_of(&cfg.patterns),
+            cfg.derived.as_ref(),
+        )?)
+    };
+    let mut socket = control::Socket::bind(&args.pin_dir)?;
+    load::raise_memlock();
+    load::ensure_bpffs(&args.pin_dir)?;
+    let kept = ifaces::kept_links(&args.pin_dir)?;
+    let mut pins = PinDir::prepare(&args.pin_dir, !kept.is_empty())?;
+
+    // The kernel answer cache mirrors the forwarder's: same capacity, and
+    // nothing without a forwarder to fill it.
+    let answer_cache = match &forwarder {
+        Some(_) => u32::try_from(cfg.forward.cache.size).unwrap_or(u32::MAX),
+        None => 0,
+    };
+    let opts = LoadOptions {
+        bench_mode: false,
+        max_patterns: cfg.xdp.max_patterns,
+        answer_cache,
+    };
+    // Loading parses the kernel's BTF (megabytes of small allocations) and
+    // frees it again. On a thread of its own that work lands in a separate
+    // malloc arena, which glibc hands back to the kernel when the thread
+    // ends; on the main thread it would stay in the agent's RSS for good.
+    let mut dp = std::thread::scope(|s| {
+        s.spawn(|| Dataplane::load(&opts))
+            .join()
+            .map_err(|_| anyhow!("the loader thread panicked"))
+    })??;
+    load::apply(&mut dp, &cfg)?;
+    if let Some(f) = &forwarder {
+        if answer_cache > 0 {
+            for a in &cfg.forward.listen {
+                dp.add_listen_addr(*a)?;
+            }
+            let map = dp.take_answer_map()?;
+            let _ = f.resolver.kernel_cache.set(KernelCache::new(map));
+        }
+    }
+    if !kept.is_empty() {
+        let n = ifaces::adopt_kept(&mut dp, &mut ifs, &args.pin_dir)?;
+        info!("took over {n} interface(s) from the previous agent without detaching");
+        pins.remove_old();
+    }
+    ifaces::sync(&mut dp, &mut ifs)?;
+    for s in &ifs.specs {
+        if !s.is_glob() && !ifs.attached.contains_key(&s.0) {
+            bail!("{}: could not attach (see the log above)", s.0);
+        }
+    }
+    dp.pin_maps(&pins.dir)?;
+    dp.pin_program(&pins.dir)?;
+    let program_id = dp.program_id()?;
+    let watch = match dp.take_events() {
+        Ok(ring) => Some(watch::Watch::start(ring)?),
+        Err(e) => {
+            warn!("dnsfast watch will be unavailable: {e:#}");
+            None
+        }
+    };
+    if let Some(f) = &mut forwarder {
+        let _guard = rt.enter();
+        f.start();
+    }
+    let agent = Arc::new(Agent {
+        pid: std::process::id(),
+        started: SystemTime::now(),
+        pin_dir: args.pin_dir.clone(),
+        keep_attached: args.keep_attached,
+        inputs: Inputs {
+            config: args.config.clone(),
+            addresses: args.addresses.clone(),
+            forward: args.forward.clone(),
+        },
+        dp: Mutex::new(dp),
+        ifaces: Mutex::new(ifs),
+        applied: Mutex::new(Applied {
+            file: match &args.config {
+                Some(p) => std::fs::read(p).ok(),
+                None => None,
+            },
+            cfg,
+            reloads: 0,
+            refused: 0,
+            last_error: None,
+            last_reload: None,
+        }),
+        forwarder: forwarder.as_ref().map(|f| f.resolver.clone()),
+        listeners: forwarder
+            .as_ref()
+            .map(|f| f.listen_addrs())
+            .unwrap_or_default(),
+        program_id,
+        watch,
+        ready: AtomicBool::new(false),
+        unloading: AtomicBool::new(false),
+        stop: tokio::sync::Notify::new(),
+    });
+
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let _guard = rt.enter();
+        if let Some(l) = socket.take_listener()? {
+            tasks.spawn(control::serve(l, agent.clone()));
+        }
+        tasks.spawn(reload::watch(agent.clone(), hup));
+        if let Some(addr) = args.metrics {
+            let l = rt
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+            info!("metrics on http://{addr}/metrics (and /health, /ready)");
+            tasks.spawn(http::serve(l, agent.clone()));
+        }
+    }
+    ifaces::watch(agent.clone())?;
+    // Links that appeared between the first sync and the netlink
+    // subscription.
+    agent.sync_ifaces()?;
+    agent
+        .ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    info!(
+        "serving: program {program_id} on [{}], maps pinned in {}, control socket {}",
+        agent
+            .ifaces
+            .lock()
+            .map(|i| i.attached.keys().cloned().collect::<Vec<_>>().join(", "))
+            .unwrap_or_default(),
+        pins.dir.display(),
+        control::socket_path(&args.pin_dir).display()
+    );
+
+    #[cfg(feature = "ebpf-log")]
+    if let Some(logger) = agent.dp.lock().ok().and_then(|mut d| d.logger.take()) {
+        load::forward_ebpf_logs(logger);
+    }
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = load::serve_until_signal(&mut shutdown, forwarder.as_mut()) => r,
+            _ = agent.stop.notified() => Ok(()),
+            Some(r) = tasks.join_next() => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(anyhow!("an agent task: {e}")),
+            },
+        }
+    });
+    agent
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    if let Some(f) = &forwarder {
+        info!("{}", f.summary());
+    }
+    drop(tasks);
+    drop(rt); // stops the forwarder's tasks and closes its sockets
+    drop(socket);
+    let unloading = agent.unloading.load(std::sync::atomic::Ordering::Relaxed);
+    let mut dp = agent.dp.lock().map_err(poisoned)?;
+    let mut ifs = agent.ifaces.lock().map_err(poisoned)?;
+    if args.keep_attached && result.is_ok() && !unloading {
+        ifaces::keep_all(&mut dp, &mut ifs, &pins.dir)?;
+        pins.keep();
+        info!(
+            "left attached with maps pinned in {}: the next `dnsfast load` adopts them; \
+             `dnsfast unload` detaches",
+            pins.dir.display()
+        );
+    } else {
+        info!("detaching and removing pins");
+    }
+    // Detaches every link still owned and closes the program.
+    for (_, a) in std::mem::take(&mut ifs.attached) {
+        let _ = dp.detach(a.link);
+    }
+    drop(ifs);
+    drop(dp);
+    drop(pins);
+    result
+}
