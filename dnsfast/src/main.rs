@@ -28,7 +28,13 @@ enum Command {
     /// --address=/suffix/ flags; the kernel answers them with NXDOMAIN, and
     /// the forwarder does too for what reaches it (TCP). Everything else the
     /// forwarder sends to its zone's upstreams. On exit the program is
-    /// detached and the pins removed, so DNS falls back to the normal path.
+    /// detached and the pins removed, so DNS falls back to the normal path
+    /// (--keep-attached leaves it for the next agent to adopt).
+    ///
+    /// The config is reloaded on SIGHUP and when the file changes (a
+    /// ConfigMap update too), by diff and without a gap; a bad one is
+    /// refused and the old one keeps serving. `dnsfast block|allow|stats|
+    /// status|watch|unload` work on the running agent.
     ///
     /// Example, as kube-dns ran dnsmasq:
     ///   dnsfast load --iface eth0 --listen 169.254.20.10 \

@@ -180,3 +180,47 @@ fn load_without_root_says_so() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("dnsfast load needs root"), "{err}");
 }
+
+/// The control commands with nothing loaded say so in one line (or, for
+/// `status`, as their answer), and bad input fails before anything.
+#[test]
+fn control_commands_without_an_agent() {
+    let dir = format!("/sys/fs/bpf/dnsfast-cli-none-{}", std::process::id());
+    let pd = ["--pin-dir", dir.as_str()];
+    let with = |args: &[&'static str]| -> Vec<String> {
+        args.iter()
+            .map(|s| s.to_string())
+            .chain(pd.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    for args in [
+        with(&["block", "list"]),
+        with(&["allow", "add", "x.example"]),
+        with(&["stats"]),
+    ] {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_one_line_error(&a, "nothing loaded: no dnsfast maps pinned in");
+    }
+    let a = with(&["watch"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    assert_one_line_error(&a, "`dnsfast watch` needs a running `dnsfast load`");
+    let a = with(&["status"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, out, _) = run(&a);
+    assert_eq!(code, 0);
+    assert!(out.contains("nothing loaded"), "{out}");
+    let a = with(&["stats", "--watch", "--interval", "0"]);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    assert_one_line_error(&a, "--interval 0: give 0.1 seconds or more");
+    assert_one_line_error(
+        &["load", "--iface", "tst*", "--iface", NO_IF],
+        &format!("no such interface: {NO_IF}"),
+    );
+    // Flag syntax is clap's: exit code 2 and its usage line.
+    let (code, _, err) = run(&["load", "--iface", "tst*", "--metrics", "not-an-addr"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("invalid value 'not-an-addr' for '--metrics <ADDR>'"),
+        "{err}"
+    );
+}
