@@ -8,6 +8,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
+mod image;
 mod kernels;
 
 /// Where `setup` installs bpf-linker: outside the clone, so it survives
@@ -15,6 +16,12 @@ mod kernels;
 const TOOLS_ROOT: &str = "/opt/dnsfast-tools";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Python packages (from PyPI, pinned) for the tests, installed under
+/// TOOLS_ROOT/python for Debian's python3 (PYTHONPATH), apart from any
+/// other Python on the machine.
+pub const PY_PACKAGES: &[&str] = &["kubernetes-validate==1.31.0"];
+pub const PY_DIR: &str = "/opt/dnsfast-tools/python";
 
 /// Debian packages and what they are for.
 const APT_PACKAGES: &[(&str, &str)] = &[
@@ -45,6 +52,19 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "musl-gcc: the musl stub resolver of the auto-mode tests",
     ),
     ("golang-go", "Go's pure resolver in the auto-mode tests"),
+    (
+        "buildah",
+        "builds the container image (cargo xtask image, the image test)",
+    ),
+    (
+        "podman",
+        "runs the image in a lab namespace in the image test",
+    ),
+    ("runc", "the OCI runtime podman uses here"),
+    (
+        "python3-pip",
+        "installs kubernetes-validate for the manifest test",
+    ),
     (
         "python3-prometheus-client",
         "the Prometheus text parser that checks /metrics in the live-ops tests",
@@ -80,6 +100,9 @@ enum Task {
     },
     /// Run a small lab: a pod's lookups with and without dnsfast.
     Demo,
+    /// Build the container image (FROM scratch, one static binary) with
+    /// buildah, as localhost/dnsfast:VERSION.
+    Image,
     /// Regenerate dnsfast/data/tlds.txt (the built-in TLD list) from a
     /// Public Suffix List file (default: Debian's, package publicsuffix).
     UpdateTlds {
@@ -97,6 +120,7 @@ fn main() {
         Task::TestKernels => kernels::test_kernels(&root()),
         Task::Bench { args } => bench(&args),
         Task::Demo => demo(),
+        Task::Image => setup().and_then(|_| image::image(&root())),
         Task::UpdateTlds { psl } => update_tlds(&psl),
     };
     if let Err(e) = r {
@@ -173,11 +197,25 @@ fn bpf_linker_ok() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER_VERSION))
 }
 
+/// Whether Debian's python3 imports the pinned Python packages.
+fn py_ok() -> bool {
+    Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import kubernetes_validate, importlib.metadata as m; \
+             assert m.version('kubernetes-validate') == '1.31.0'",
+        ])
+        .env("PYTHONPATH", PY_DIR)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
 /// Installs what is missing, or says exactly what to install and stops.
 fn setup() -> Result<()> {
     let missing = apt_missing();
     let linker = bpf_linker_ok();
-    if missing.is_empty() && linker {
+    let py = py_ok();
+    if missing.is_empty() && linker && py {
         println!("setup: everything is installed");
         return Ok(());
     }
@@ -197,6 +235,12 @@ fn setup() -> Result<()> {
             msg.push_str(&format!(
                 "  LLVM_PREFIX={LLVM_PREFIX} cargo install bpf-linker@{BPF_LINKER_VERSION} --locked \
                  --no-default-features --features llvm-22 --root {TOOLS_ROOT}\n"
+            ));
+        }
+        if !py {
+            msg.push_str(&format!(
+                "  /usr/bin/python3 -m pip install --target {PY_DIR} {}\n",
+                PY_PACKAGES.join(" ")
             ));
         }
         bail!("{msg}");
@@ -227,6 +271,12 @@ fn setup() -> Result<()> {
                 TOOLS_ROOT,
             ])
             .env("LLVM_PREFIX", LLVM_PREFIX))?;
+    }
+    if !py_ok() {
+        println!("setup: installing {} into {PY_DIR}", PY_PACKAGES.join(" "));
+        run(Command::new("/usr/bin/python3")
+            .args(["-m", "pip", "install", "--quiet", "--target", PY_DIR])
+            .args(PY_PACKAGES))?;
     }
     println!("setup: done");
     Ok(())
@@ -263,7 +313,12 @@ fn test() -> Result<()> {
     ]))?;
     run(cargo().args(["build", "-p", "dnsfast"]))?;
     let bin = root().join("target/debug/dnsfast");
-    run(cargo().arg("test").env("DNSFAST_BIN", &bin))?;
+    // The image test builds the image itself, from this context.
+    let image_ctx = image::context(&root())?;
+    run(cargo()
+        .arg("test")
+        .env("DNSFAST_BIN", &bin)
+        .env("DNSFAST_IMAGE_CONTEXT", &image_ctx))?;
     if is_root() {
         kernels::test_kernels(&root())?;
     }
