@@ -330,14 +330,7 @@ pub fn status(a: StatusArgs, pins: &PinArgs) -> Result<()> {
             ""
         }
     );
-    let specs: Vec<String> = v["iface_specs"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let specs = strings(&v["iface_specs"]);
     println!("interfaces (wanted: {})", specs.join(" "));
     for i in v["ifaces"].as_array().into_iter().flatten() {
         println!(
@@ -354,14 +347,7 @@ pub fn status(a: StatusArgs, pins: &PinArgs) -> Result<()> {
         "patterns: {} block, {} allow, {} search suffixes; {} TLD labels",
         p["block"], p["allow"], p["suffix"], v["tlds"]
     );
-    let l: Vec<String> = v["listeners"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| s.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
+    let l = strings(&v["listeners"]);
     println!(
         "forwarder: {}",
         if l.is_empty() {
@@ -388,6 +374,17 @@ pub fn status(a: StatusArgs, pins: &PinArgs) -> Result<()> {
             .unwrap_or_default()
     );
     Ok(())
+}
+
+/// The strings of a JSON array (none if it is not one).
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[derive(Args, Debug)]

@@ -181,12 +181,7 @@ impl Lab {
 
     /// Sends SIGKILL to a process this lab started and waits for it.
     pub fn kill(&mut self, pid: u32) -> Result<std::process::ExitStatus> {
-        let i = self
-            .children
-            .iter()
-            .position(|(_, c)| c.id() == pid)
-            .context("not a child of this lab")?;
-        let (_, mut child) = self.children.remove(i);
+        let mut child = self.take_child(pid)?;
         unregister(None, Some(pid));
         child.kill()?;
         Ok(child.wait()?)
@@ -194,13 +189,44 @@ impl Lab {
 
     /// Sends SIGTERM to a process this lab started and waits for it.
     pub fn stop(&mut self, pid: u32) -> Result<std::process::ExitStatus> {
+        let mut child = self.take_child(pid)?;
+        terminate(&mut child)
+    }
+
+    fn take_child(&mut self, pid: u32) -> Result<Child> {
         let i = self
             .children
             .iter()
             .position(|(_, c)| c.id() == pid)
             .context("not a child of this lab")?;
-        let (_, mut child) = self.children.remove(i);
-        terminate(&mut child)
+        Ok(self.children.remove(i).1)
+    }
+
+    /// dnsmasq on 127.0.0.1:`port` in `ns`, answering every name with
+    /// `addr` (so an NXDOMAIN a client sees comes from dnsfast).
+    pub fn dnsmasq_answering_all(
+        &mut self,
+        ns: &str,
+        port: u16,
+        addr: &str,
+        log: &str,
+    ) -> Result<u32> {
+        self.spawn(
+            ns,
+            "dnsmasq",
+            &[
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                &format!("--port={port}"),
+                "--user=root",
+                "--pid-file=",
+                &format!("--address=/#/{addr}"),
+            ],
+            log,
+        )
     }
 }
 

@@ -277,20 +277,10 @@ fn the_image_serves_a_pod_namespace_and_detaches_on_sigterm() {
     let (_, node_if) = lab
         .veth(&pod, &["10.81.0.2/24"], &node, &["10.81.0.1/24"])
         .unwrap();
-    lab.spawn(
+    lab.dnsmasq_answering_all(
         &node,
-        "dnsmasq",
-        &[
-            "--keep-in-foreground",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--port=5300",
-            "--user=root",
-            "--pid-file=",
-            "--address=/#/192.0.2.99",
-        ],
+        5300,
+        "192.0.2.99",
         tmp.join("dnsmasq.log").to_str().unwrap(),
     )
     .unwrap();

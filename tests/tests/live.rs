@@ -51,23 +51,8 @@ impl Setup {
         let tmp = std::env::temp_dir().join(format!("dnsfast-{srv}"));
         std::fs::create_dir_all(&tmp).unwrap();
         let dlog = tmp.join("dnsmasq.log");
-        lab.spawn(
-            &srv,
-            "dnsmasq",
-            &[
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--port=5300",
-                "--user=root",
-                "--pid-file=",
-                "--address=/#/192.0.2.99",
-            ],
-            dlog.to_str().unwrap(),
-        )
-        .unwrap();
+        lab.dnsmasq_answering_all(&srv, 5300, "192.0.2.99", dlog.to_str().unwrap())
+            .unwrap();
         let pins = PathBuf::from(format!("/sys/fs/bpf/dnsfast-test-{srv}"));
         let log = tmp.join("agent.log");
         Setup {
@@ -270,22 +255,7 @@ fn live_changes_under_traffic() {
     let srv = s.srv.clone();
     let dlog = s.tmp.join("dnsmasq2.log");
     s.lab
-        .spawn(
-            &srv,
-            "dnsmasq",
-            &[
-                "--keep-in-foreground",
-                "--no-resolv",
-                "--no-hosts",
-                "--bind-interfaces",
-                "--listen-address=127.0.0.1",
-                "--port=5301",
-                "--user=root",
-                "--pid-file=",
-                "--address=/#/192.0.2.77",
-            ],
-            dlog.to_str().unwrap(),
-        )
+        .dnsmasq_answering_all(&srv, 5301, "192.0.2.77", dlog.to_str().unwrap())
         .unwrap();
     let agent = s.load(&[
         "--iface",
