@@ -94,6 +94,18 @@ fn xdp(args: &Args) -> Result<()> {
     }
     let memlock = auto_memlock(&auto_dp)?;
     dps.push(auto_dp);
+    // The 10-pattern table with someone watching (`dnsfast watch`): what
+    // the tail call to the event program costs, past the rate limit.
+    let mut watched = Dataplane::load(&LoadOptions {
+        bench_mode: true,
+        max_patterns: 131_072,
+        answer_cache: 0,
+    })?;
+    for p in search_patterns(10) {
+        watched.insert_pattern(&p, Action::Block)?;
+    }
+    watched.set_watch(true)?;
+    dps.push(watched);
     let mut arp = symmetric(&Wrap::v4(), &[0u8; 20]);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     let udp = Wrap {
@@ -137,6 +149,14 @@ fn xdp(args: &Args) -> Result<()> {
             symmetric(&dns_wrap(), &nomatch),
         ),
     ];
+    cases.push(case(
+        3,
+        false,
+        "DNS, no match -> PASS, watched",
+        "10",
+        "15",
+        symmetric(&dns_wrap(), &nomatch),
+    ));
     let allowed = Q::new(&format!("a.{ALLOWED}"), RecordType::A).bytes();
     cases.push(case(
         0,
