@@ -25,7 +25,7 @@ use crate::{
 #[derive(Args, Debug, Clone)]
 pub struct PinArgs {
     /// Where `dnsfast load` pinned its maps (and names its control socket,
-    /// /run/dnsfast/<last component>.sock).
+    /// /run/dnsfast/<DIR below /sys/fs/bpf, / as -->.sock).
     #[arg(long, value_name = "DIR", default_value = PIN_DIR, global = true)]
     pub pin_dir: PathBuf,
 }

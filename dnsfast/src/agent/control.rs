@@ -27,13 +27,24 @@ use super::{report, Agent};
 /// Where control sockets live.
 pub const RUN_DIR: &str = "/run/dnsfast";
 
-/// The control socket of the agent pinning in `pin_dir`:
-/// `/run/dnsfast/<last component of pin_dir>.sock`.
+/// The control socket of the agent pinning in `pin_dir`: the pin dir's
+/// path below /sys/fs/bpf (or its whole path elsewhere), `/` written as
+/// `--`: `/sys/fs/bpf/dnsfast` → `/run/dnsfast/dnsfast.sock`. Two agents
+/// with different pin dirs never share a socket.
 pub fn socket_path(pin_dir: &Path) -> PathBuf {
-    let name = pin_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "dnsfast".into());
+    let rel = pin_dir.strip_prefix("/sys/fs/bpf").unwrap_or(pin_dir);
+    let name: Vec<String> = rel
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    let name = if name.is_empty() {
+        "dnsfast".to_string()
+    } else {
+        name.join("--")
+    };
     Path::new(RUN_DIR).join(format!("{name}.sock"))
 }
 
@@ -203,6 +214,14 @@ mod tests {
         assert_eq!(
             socket_path(Path::new("/sys/fs/bpf/dnsfast-test-1/")),
             Path::new("/run/dnsfast/dnsfast-test-1.sock")
+        );
+        assert_eq!(
+            socket_path(Path::new("/sys/fs/bpf/a/dnsfast")),
+            Path::new("/run/dnsfast/a--dnsfast.sock")
+        );
+        assert_eq!(
+            socket_path(Path::new("/mnt/bpf/dnsfast")),
+            Path::new("/run/dnsfast/mnt--bpf--dnsfast.sock")
         );
     }
 
