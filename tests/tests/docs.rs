@@ -85,6 +85,9 @@ enum Plan {
     Stream(Vec<String>),
     /// Detaches: run last.
     Unload(Vec<String>),
+    /// Runs and must succeed, unless it fails with this message (a kernel
+    /// without the driver it needs), which is reported.
+    Optional(Vec<String>, &'static str),
     Elsewhere(&'static str),
 }
 
@@ -126,6 +129,14 @@ fn adapt(cmd: &str, lab: &Ctx) -> Plan {
         ("podman", "save") | ("ctr", _) => {
             Plan::Elsewhere("moves the image onto a cluster node; no cluster here")
         }
+        ("kubectl", "apply") => {
+            Plan::Elsewhere("needs a cluster; deploy.rs renders the kustomization and validates it")
+        }
+        // The node-local address, made in the lab namespace.
+        ("ip", "link") => Plan::Optional(
+            vec!["sh".into(), "-c".into(), cmd.to_string()],
+            "Unknown device type",
+        ),
         ("bpftool", _) => Plan::Run(words),
         ("dnsfast", sub) => {
             let mut w = words.clone();
@@ -326,6 +337,19 @@ fn every_documented_command_runs() {
                 report.push(format!("served     {cmd}"));
             }
             Plan::Unload(w) => unloads.push((file, cmd, w)),
+            Plan::Optional(w, unsupported) => {
+                let o = run_in(&ctx, &w);
+                let err = String::from_utf8_lossy(&o.stderr);
+                if o.status.success() {
+                    report.push(format!("ran        {cmd}"));
+                } else if err.contains(unsupported) {
+                    report.push(format!(
+                        "NOT RUN    {cmd}: this kernel says {unsupported:?}"
+                    ));
+                } else {
+                    panic!("{file}: `{cmd}` failed: {err}");
+                }
+            }
             Plan::Elsewhere(why) => report.push(format!("elsewhere  {cmd}: {why}")),
         }
     }
