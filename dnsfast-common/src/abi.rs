@@ -72,6 +72,14 @@ pub const ACTION_ALLOW: u32 = 2;
 /// `TLDS` set (Q already looks fully qualified, so Q.S is a search-path
 /// artifact); otherwise it passes.
 pub const ACTION_SUFFIX: u32 = 3;
+/// Kernel only: a search suffix P whose namespace suffixes `<L>.P` were
+/// folded into the `NAMESPACES` set (one trie entry instead of one per
+/// namespace; see the agent's `maps::fold_namespaces`). A name under P
+/// whose next label is in the set is judged against `<L>.P`.
+pub const ACTION_SUFFIX_NS: u32 = 4;
+pub const MAP_NAMESPACES: &str = "NAMESPACES";
+/// Capacity of the namespace set.
+pub const MAX_NAMESPACES: u32 = 16_384;
 
 /// Value of the pattern trie.
 #[repr(C)]

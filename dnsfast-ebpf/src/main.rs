@@ -22,10 +22,10 @@ use aya_ebpf::{
 use dnsfast_common::{
     answer::{cq, AnswerKey, CachedAnswer, ListenKey},
     encode_copied, opaque, park, tld_key_after, AddrKey, Config, Counters, Rule, Scratch, TldKey,
-    WatchEvent, WatchState, ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, DEFAULT_MAX_PATTERNS,
-    EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
-    MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, MAX_TLDS, TLD_OFF, VERDICT_ALLOWED, VERDICT_CACHE,
-    VERDICT_NXDOMAIN, VERDICT_PASS, WIRE_CAP, WIRE_OFF,
+    WatchEvent, WatchState, ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS,
+    DEFAULT_MAX_PATTERNS, EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, JUMP_CACHE, JUMP_WATCH,
+    KEY_DATA_LEN, MAX_LISTEN_ADDRS, MAX_NAMESPACES, MAX_SERVER_ADDRS, MAX_TLDS, SCRATCH_MASK,
+    TLD_OFF, VERDICT_ALLOWED, VERDICT_CACHE, VERDICT_NXDOMAIN, VERDICT_PASS, WIRE_CAP, WIRE_OFF,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
@@ -51,6 +51,12 @@ static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// search suffixes.
 #[btf_map]
 static TLDS: HashMap<TldKey, u32, { MAX_TLDS as usize }> = HashMap::new();
+
+/// The namespaces folded out of the trie: a name under an
+/// `ACTION_SUFFIX_NS` rule P whose next label is here is judged against
+/// `<label>.P`, the namespace's own search suffix.
+#[btf_map]
+static NAMESPACES: HashMap<TldKey, u32, { MAX_NAMESPACES as usize }> = HashMap::new();
 
 /// The answer cache, filled by the forwarder; the agent sizes it to the
 /// forwarder's cache at load time.
@@ -296,9 +302,14 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
         Some(rule) if rule.action == ACTION_BLOCK => None,
         Some(rule) if rule.action == ACTION_ALLOW => Some(Pass::Allowed),
         // The longest match is a search suffix: a search-path artifact if
-        // the label before it is a TLD (a second, exact lookup).
-        Some(rule) if rule.action == ACTION_SUFFIX => {
-            if is_artifact(scratch, len, rule.key_len as usize) {
+        // the label before it is a TLD (a second, exact lookup). Under a
+        // folded parent, a namespace label first makes the suffix longer.
+        Some(rule) if rule.action == ACTION_SUFFIX || rule.action == ACTION_SUFFIX_NS => {
+            let mut suffix = rule.key_len as usize;
+            if rule.action == ACTION_SUFFIX_NS {
+                suffix = namespace_suffix(scratch, len, suffix);
+            }
+            if is_artifact(scratch, len, suffix) {
                 None
             } else {
                 Some(Pass::NoMatch)
@@ -326,6 +337,33 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     aya_log_ebpf::debug!(ctx, "NXDOMAIN in place: name of {} bytes", len);
     let opt = (opt_word != 0).then_some((opt_word & 0x80) as u8);
     reply::nxdomain(ctx, scratch, &hdrs, qend - dns, opt)
+}
+
+/// The length of `<L>.P` when the label L after suffix P (of `suffix_len`
+/// key bytes) is a namespace, else `suffix_len`. With fewer than two
+/// labels after P the answer cannot matter (nothing before either suffix
+/// could look qualified), so it is not looked up.
+#[inline(always)]
+fn namespace_suffix(scratch: &mut Scratch, len: usize, suffix_len: usize) -> usize {
+    if !tld_key_after(scratch, len, suffix_len) {
+        return suffix_len;
+    }
+    // SAFETY: as in `is_artifact`.
+    let hit = unsafe {
+        let key = &*(scratch.buf.as_ptr().add(TLD_OFF) as *const TldKey);
+        NAMESPACES.get(key).is_some()
+    };
+    if !hit {
+        return suffix_len;
+    }
+    let label = scratch.buf[TLD_OFF & SCRATCH_MASK] as usize & 0x3f;
+    let longer = suffix_len + 1 + label;
+    // For `dnsfast watch`: the rule that decided is the namespace's.
+    park(
+        &mut scratch.cq[cq::RULE],
+        (longer & 0xffff) | ((ACTION_SUFFIX as usize) << 16),
+    );
+    longer
 }
 
 #[inline(always)]

@@ -15,14 +15,17 @@ use aya::{
 };
 use std::collections::BTreeSet;
 
-use crate::maps::{add_tlds, read_rules, reconcile_rules, remove_other_tlds, Diff, RuleSet};
+use crate::maps::{
+    add_tlds, fold_namespaces, read_labels, read_rules, reconcile_rules, remove_other_tlds,
+    unfold_namespaces, Diff, RuleSet, TableDiff,
+};
 use dnsfast_common::{
     answer::{AnswerKey, CachedAnswer, ListenKey},
     pattern::{rule_for, Action, Pattern},
     AddrKey, Config, Counters, Rule, TldKey, WatchState, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS,
     FAMILY_V4, FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
-    MAP_ANSWERS, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_PATTERNS,
-    MAP_SERVER_ADDRS, MAP_TLDS, MAP_WATCH_STATE, PROG_NAME, WATCH_PROG_NAME,
+    MAP_ANSWERS, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_NAMESPACES,
+    MAP_PATTERNS, MAP_SERVER_ADDRS, MAP_TLDS, MAP_WATCH_STATE, PROG_NAME, WATCH_PROG_NAME,
 };
 
 /// The XDP object, built by `build.rs` and embedded so that one binary is
@@ -33,12 +36,13 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DNSFAST_BPF_OBJ"));
 pub const PINNED_PROG: &str = "prog";
 
 /// Maps pinned by `dnsfast load`; the scratch map is private to the program.
-pub const PINNED_MAPS: [&str; 5] = [
+pub const PINNED_MAPS: [&str; 6] = [
     MAP_PATTERNS,
     MAP_COUNTERS,
     MAP_CONFIG,
     MAP_SERVER_ADDRS,
     MAP_TLDS,
+    MAP_NAMESPACES,
 ];
 
 #[derive(Clone, Debug)]
@@ -362,28 +366,46 @@ impl Dataplane {
         Ok(HashMap::try_from(self.map_mut(MAP_TLDS)?)?)
     }
 
-    /// What the pattern trie holds now (config plus run-time changes).
+    fn namespaces(&mut self) -> Result<crate::maps::Tlds<&mut MapData>> {
+        Ok(HashMap::try_from(self.map_mut(MAP_NAMESPACES)?)?)
+    }
+
+    /// What the tables hold now (config plus run-time changes), with the
+    /// namespace suffixes unfolded: the rules as the forwarder uses them.
     pub fn rules(&mut self) -> Result<RuleSet> {
-        read_rules(&self.patterns()?)
+        let folded = read_rules(&self.patterns()?)?;
+        let ns = read_labels(&self.namespaces()?)?;
+        Ok(unfold_namespaces(&folded, &ns))
     }
 
     pub fn tld_count(&mut self) -> Result<usize> {
         Ok(self.tlds()?.keys().filter(|k| k.is_ok()).count())
     }
 
-    /// Makes the trie and the TLD set hold exactly `rules` and `tlds`. New
-    /// TLDs go in before the rules change and old ones leave after, so no
-    /// suffix rule ever sees a set smaller than both configs agree on.
-    pub fn reconcile(&mut self, rules: &RuleSet, tlds: &BTreeSet<String>) -> Result<(Diff, Diff)> {
-        let added = add_tlds(&mut self.tlds()?, tlds)?;
-        let rule_diff = reconcile_rules(&mut self.patterns()?, rules)?;
-        let removed = remove_other_tlds(&mut self.tlds()?, tlds)?;
-        let tld_diff = Diff {
-            added,
-            changed: 0,
-            removed,
-        };
-        Ok((rule_diff, tld_diff))
+    /// Makes the kernel tables stand for exactly `rules` (folded, see
+    /// `maps::fold_namespaces`) and `tlds`. Labels join the namespace and
+    /// TLD sets before the trie changes and leave after, so a name whose
+    /// verdict is the same in both configs keeps it throughout.
+    pub fn reconcile(&mut self, rules: &RuleSet, tlds: &BTreeSet<String>) -> Result<TableDiff> {
+        let (folded, ns) = fold_namespaces(rules);
+        let ns_added = add_tlds(&mut self.namespaces()?, &ns)?;
+        let tlds_added = add_tlds(&mut self.tlds()?, tlds)?;
+        let trie = reconcile_rules(&mut self.patterns()?, &folded)?;
+        let ns_removed = remove_other_tlds(&mut self.namespaces()?, &ns)?;
+        let tlds_removed = remove_other_tlds(&mut self.tlds()?, tlds)?;
+        Ok(TableDiff {
+            trie,
+            namespaces: Diff {
+                added: ns_added,
+                changed: 0,
+                removed: ns_removed,
+            },
+            tlds: Diff {
+                added: tlds_added,
+                changed: 0,
+                removed: tlds_removed,
+            },
+        })
     }
 
     /// Kernel counters summed over CPUs.

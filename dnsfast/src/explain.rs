@@ -14,7 +14,8 @@ use clap::Args;
 use dnsfast_common::{
     pattern::{key_labels, key_name, to_wire, Action, Pattern},
     suffix::name_key,
-    Config, Rule, TldKey, KEY_DATA_LEN, MAP_CONFIG, MAP_PATTERNS, MAP_TLDS, PIN_DIR,
+    Config, Rule, TldKey, ACTION_SUFFIX_NS, KEY_DATA_LEN, MAP_CONFIG, MAP_NAMESPACES, MAP_PATTERNS,
+    MAP_TLDS, PIN_DIR,
 };
 use hickory_proto::{
     op::{Message, Query},
@@ -110,10 +111,26 @@ pub fn run(a: ExplainArgs) -> Result<()> {
             return Ok(());
         }
     };
-    let at = rule.key_len as usize;
+    let mut at = rule.key_len as usize;
+    let mut action = rule.action;
+    if action == ACTION_SUFFIX_NS {
+        // Namespace suffixes live in a set under this one: the next
+        // label, if it is a namespace, makes the suffix one label longer.
+        let next = key_labels(&key[at..]).into_iter().next();
+        let ns: HashMap<MapData, TldKey, u32> =
+            HashMap::try_from(pinned(&a.pin_dir, MAP_NAMESPACES)?)?;
+        if let Some(label) = next {
+            let is_ns = TldKey::new(label.as_bytes()).is_some_and(|k| ns.get(&k, 0).is_ok());
+            if is_ns && key.len() > at + 1 + label.len() {
+                println!("namespace: '{label}' is in the namespace set");
+                at += 1 + label.len();
+            }
+        }
+        action = dnsfast_common::ACTION_SUFFIX;
+    }
     let matched = key_name(&key[..at]);
     let before = key_labels(&key[at..]);
-    match Action::from_code(rule.action) {
+    match Action::from_code(action) {
         Some(Action::Suffix) => {
             println!(
                 "rule: search suffix {matched} (the longest one {} ends with)",
@@ -145,7 +162,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
             }
         }
         Some(action) => println!("rule: {action} pattern {matched}"),
-        None => println!("rule: unknown action {} at {matched}", rule.action),
+        None => println!("rule: unknown action {action} at {matched}"),
     }
     Ok(())
 }

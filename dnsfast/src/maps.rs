@@ -13,7 +13,8 @@ use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use dnsfast_common::{
     pattern::{key_name, rule_for, Action},
     suffix::SuffixMap,
-    Counters, Rule, TldKey, KEY_DATA_LEN, MAP_COUNTERS, MAP_PATTERNS, MAP_TLDS,
+    Counters, Rule, TldKey, ACTION_SUFFIX, ACTION_SUFFIX_NS, KEY_DATA_LEN, MAP_COUNTERS,
+    MAP_NAMESPACES, MAP_PATTERNS, MAP_TLDS,
 };
 
 use crate::config::PatternTable;
@@ -42,6 +43,35 @@ impl std::fmt::Display for Diff {
     }
 }
 
+/// What a reconcile changed in each kernel table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableDiff {
+    pub trie: Diff,
+    pub namespaces: Diff,
+    pub tlds: Diff,
+}
+
+impl std::fmt::Display for TableDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "patterns {}; namespaces {}; TLDs {}",
+            self.trie, self.namespaces, self.tlds
+        )
+    }
+}
+
+/// The labels of a label set (`TLDS`, `NAMESPACES`).
+pub fn read_labels<T: Borrow<MapData>>(m: &Tlds<T>) -> Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    for k in m.keys() {
+        let k = k.context("reading a label set")?;
+        let n = (k.label[0] as usize).min(63);
+        out.insert(String::from_utf8_lossy(&k.label[1..1 + n]).into_owned());
+    }
+    Ok(out)
+}
+
 /// The rules a pattern table puts in the trie.
 pub fn rules_of(patterns: &PatternTable) -> RuleSet {
     patterns
@@ -62,6 +92,94 @@ pub fn suffix_map(rules: &RuleSet) -> SuffixMap<Action> {
         }
     }
     m
+}
+
+/// The kernel form of a rule set: the search suffixes one label below a
+/// common parent P (auto mode's `<ns>.svc.<cluster domain>`, one per
+/// namespace) leave the trie; P is marked `ACTION_SUFFIX_NS` and their first
+/// labels go into the namespace set. A thousand namespaces then cost one
+/// short trie entry and a hash lookup instead of a deep trie walk.
+///
+/// Exact: a name the trie sends to P has no rule longer than P covering
+/// it, so its longest suffix rule is `<L>.P` when its next label L is in
+/// the set, else P, as before. Only plain suffix children fold (a block or
+/// allow at `<L>.P` stays in the trie and, being longer, wins there), only
+/// under the parent with the most of them, and only from two children up.
+pub fn fold_namespaces(rules: &RuleSet) -> (RuleSet, BTreeSet<String>) {
+    let is_suffix = |r: &Rule| r.action == ACTION_SUFFIX;
+    // parent key -> labels of its one-label-longer suffix children
+    let mut children: BTreeMap<&[u8], Vec<&[u8]>> = BTreeMap::new();
+    for (k, r) in rules {
+        if !is_suffix(r) {
+            continue;
+        }
+        // The last label of the key is the first label of the name.
+        let labels = label_starts(k);
+        if let Some(&last) = labels.last() {
+            let parent = &k[..last];
+            if !parent.is_empty() && rules.get(parent).is_some_and(is_suffix) {
+                children.entry(parent).or_default().push(&k[last..]);
+            }
+        }
+    }
+    let Some((parent, kids)) = children
+        .into_iter()
+        .filter(|(_, v)| v.len() >= 2)
+        .max_by_key(|(p, v)| (v.len(), std::cmp::Reverse(p.len())))
+    else {
+        return (rules.clone(), BTreeSet::new());
+    };
+    let mut folded = rules.clone();
+    let mut names = BTreeSet::new();
+    for label in kids {
+        let mut k = parent.to_vec();
+        k.extend_from_slice(label);
+        folded.remove(&k);
+        names.insert(String::from_utf8_lossy(&label[1..]).into_owned());
+    }
+    if let Some(r) = folded.get_mut(parent) {
+        r.action = ACTION_SUFFIX_NS;
+    }
+    (folded, names)
+}
+
+/// The rule set a folded trie and namespace set stand for (what the
+/// forwarder and `status` use).
+pub fn unfold_namespaces(folded: &RuleSet, namespaces: &BTreeSet<String>) -> RuleSet {
+    let mut out = folded.clone();
+    for (k, r) in folded {
+        if r.action != ACTION_SUFFIX_NS {
+            continue;
+        }
+        out.insert(
+            k.clone(),
+            Rule {
+                action: ACTION_SUFFIX,
+                key_len: r.key_len,
+            },
+        );
+        for ns in namespaces {
+            let mut key = k.clone();
+            key.push(ns.len() as u8);
+            key.extend_from_slice(ns.as_bytes());
+            out.entry(key).or_insert(Rule {
+                action: ACTION_SUFFIX,
+                key_len: (k.len() + 1 + ns.len()) as u32,
+            });
+        }
+    }
+    out
+}
+
+/// Where each label starts in a label-reversed key.
+fn label_starts(key: &[u8]) -> Vec<usize> {
+    let mut out = vec![];
+    let mut i = 0;
+    while i < key.len() {
+        out.push(i);
+        i += 1 + key[i] as usize;
+    }
+    out
 }
 
 pub fn trie_key(bytes: &[u8]) -> Key<[u8; KEY_DATA_LEN]> {
@@ -115,8 +233,9 @@ pub fn add_tlds<T: BorrowMut<MapData>>(m: &mut Tlds<T>, want: &BTreeSet<String>)
     for label in want {
         let k = tld_key(label)?;
         if m.get(&k, 0).is_err() {
-            m.insert(k, 1, 0)
-                .with_context(|| format!("writing '{label}' to the TLDS map"))?;
+            m.insert(k, 1, 0).with_context(|| {
+                format!("writing '{label}' to a label set (TLDS or NAMESPACES)")
+            })?;
             added += 1;
         }
     }
@@ -137,7 +256,7 @@ pub fn remove_other_tlds<T: BorrowMut<MapData>>(
         }
     }
     for k in &gone {
-        m.remove(k).context("removing a label from the TLDS map")?;
+        m.remove(k).context("removing a label from a label set")?;
     }
     Ok(gone.len())
 }
@@ -182,6 +301,10 @@ impl Pins {
         Ok(HashMap::try_from(self.map(MAP_TLDS)?)?)
     }
 
+    pub fn namespaces(&self) -> Result<Tlds<MapData>> {
+        Ok(HashMap::try_from(self.map(MAP_NAMESPACES)?)?)
+    }
+
     /// Kernel counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
         let a: PerCpuArray<MapData, Counters> = PerCpuArray::try_from(self.map(MAP_COUNTERS)?)?;
@@ -194,6 +317,48 @@ impl Pins {
 mod tests {
     use super::*;
     use crate::config::Origin;
+
+    fn table(rules: &[(&str, Action)]) -> RuleSet {
+        let mut t = PatternTable::default();
+        for (p, a) in rules {
+            t.add(p, *a, Origin::Flag("t".into())).unwrap();
+        }
+        rules_of(&t)
+    }
+
+    #[test]
+    fn namespace_suffixes_fold_into_a_set_and_back() {
+        let full = table(&[
+            ("default.svc.cluster.local", Action::Suffix),
+            ("dev.svc.cluster.local", Action::Suffix),
+            ("kube-system.svc.cluster.local", Action::Suffix),
+            ("svc.cluster.local", Action::Suffix),
+            ("cluster.local", Action::Suffix),
+            ("compute.internal", Action::Suffix),
+            ("us-west-2.compute.internal", Action::Suffix),
+            // A hand rule at a namespace's place stays in the trie.
+            ("prod.svc.cluster.local", Action::Block),
+        ]);
+        let (folded, ns) = fold_namespaces(&full);
+        assert_eq!(
+            ns.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["default", "dev", "kube-system"]
+        );
+        let names: BTreeMap<String, u32> = folded
+            .iter()
+            .map(|(k, r)| (key_name(k), r.action))
+            .collect();
+        assert_eq!(names["svc.cluster.local"], ACTION_SUFFIX_NS);
+        assert_eq!(names["cluster.local"], ACTION_SUFFIX);
+        assert_eq!(names["prod.svc.cluster.local"], Action::Block.code());
+        assert_eq!(names["us-west-2.compute.internal"], ACTION_SUFFIX);
+        assert!(!names.contains_key("dev.svc.cluster.local"));
+        assert_eq!(folded.len(), full.len() - 3);
+        assert_eq!(unfold_namespaces(&folded, &ns), full);
+        // Nothing to fold: unchanged.
+        let few = table(&[("a.example", Action::Suffix), ("example", Action::Suffix)]);
+        assert_eq!(fold_namespaces(&few), (few.clone(), BTreeSet::new()));
+    }
 
     #[test]
     fn rules_round_trip_through_the_suffix_map() {

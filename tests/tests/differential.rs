@@ -2,7 +2,7 @@
 //! matcher on 100k+ random and mutated names and packets.
 
 use dnsfast::bpf::{Dataplane, LoadOptions};
-use dnsfast_common::pattern::{to_wire, Action, Pattern, ReferenceMatcher};
+use dnsfast_common::pattern::{rule_for, to_wire, Action, Pattern, ReferenceMatcher};
 use dnsfast_tests::{
     pkt::{frame, parse, raw_query, Ip, Wrap},
     require_root,
@@ -93,19 +93,50 @@ fn kernel_matches_reference_on_100k_names_and_mutations() {
 
     let mut dp = Dataplane::load(&LoadOptions::default()).unwrap();
     let mut reference = ReferenceMatcher::new();
-    for (p, a) in random_patterns(&mut rng, 400) {
+    let mut table = std::collections::BTreeMap::new();
+    // Random rules, then a namespace-shaped family the agent folds into
+    // the kernel's namespace set: `svc.local` and `<label>.svc.local`.
+    let family = std::iter::once("svc.local".to_string())
+        .chain(LABELS.iter().map(|l| format!("{l}.svc.local")))
+        .map(|n| (Pattern::parse(&n).unwrap(), Action::Suffix));
+    for (p, a) in random_patterns(&mut rng, 400).into_iter().chain(family) {
         // Later duplicates overwrite earlier ones on both sides alike.
-        dp.insert_pattern(&p, a).unwrap();
         reference.insert(&p, a);
+        table.insert(p, a);
     }
-    for tld in ["com", "io", "local", "internal", "_t"] {
-        dp.insert_tld(tld).unwrap();
+    let rules: dnsfast::maps::RuleSet = table
+        .iter()
+        .map(|(p, a)| {
+            let (data, len) = p.key();
+            (data[..len].to_vec(), rule_for(p, *a))
+        })
+        .collect();
+    let tlds: std::collections::BTreeSet<String> = ["com", "io", "local", "internal", "_t"]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    for tld in &tlds {
         reference.insert_tld(tld);
     }
+    // The kernel tables as the agent writes them (namespace suffixes folded).
+    let d = dp.reconcile(&rules, &tlds).unwrap();
+    eprintln!("kernel tables: {d}");
+    assert!(d.namespaces.added >= LABELS.len(), "nothing folded: {d}");
 
     let (mut tx, mut names, mut mutated) = (0u64, 0u64, 0u64);
     for i in 0..120_000u32 {
-        let wire = if i % 7 == 0 {
+        let wire = if i % 7 == 3 {
+            // A name under a folded namespace suffix.
+            let mut w = random_wire(&mut rng);
+            w.pop();
+            let ns = LABELS[rng.gen_range(0..LABELS.len())];
+            let suffix = to_wire(&format!("{ns}.svc.local"));
+            w.extend(random_case(
+                &mut rng,
+                std::str::from_utf8(&suffix).unwrap_or(""),
+            ));
+            w
+        } else if i % 7 == 0 {
             // A name built on a pattern, so block and allow hits are common.
             let (p, _) = &random_patterns(&mut rng, 1)[0];
             let mut w = random_wire(&mut rng);

@@ -379,6 +379,7 @@ fn reason_count(c: &Counters, reason: &str) -> u64 {
 fn search_suffixes_answer_only_artifacts() {
     require_root!();
     let mut dp = dataplane();
+    let mut rules = dp.rules().unwrap();
     for (p, a) in [
         ("svc.cluster.local", Action::Suffix),
         ("dev.svc.cluster.local", Action::Suffix),
@@ -387,11 +388,21 @@ fn search_suffixes_answer_only_artifacts() {
         ("us-west-2.compute.internal", Action::Suffix),
         ("github.com.cluster.local", Action::Allow),
     ] {
-        dp.insert_pattern(&Pattern::parse(p).unwrap(), a).unwrap();
+        let p = Pattern::parse(p).unwrap();
+        let (data, len) = p.key();
+        rules.insert(
+            data[..len].to_vec(),
+            dnsfast_common::pattern::rule_for(&p, a),
+        );
     }
-    for t in ["com", "dev", "io", "local", "internal"] {
-        dp.insert_tld(t).unwrap();
-    }
+    let tlds = ["com", "dev", "io", "local", "internal"]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    // As the agent writes them: the two namespace suffixes are folded into
+    // the namespace set under `svc.cluster.local`.
+    let d = dp.reconcile(&rules, &tlds).unwrap();
+    assert_eq!(d.namespaces.added, 2, "{d}");
     for w in wraps() {
         for name in [
             "api.github.com.default.svc.cluster.local",

@@ -5,29 +5,26 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::{cargo, run};
+use crate::{cached_target, cargo, run};
 
 /// The release build for the image: outside the clone, so that CI's fresh
-/// clones rebuild only dnsfast's own crates.
-const TARGET_DIR: &str = "/var/cache/dnsfast-image/target";
+/// clones rebuild only dnsfast's own crates (see `cached_target`).
+const CACHE: &str = "/var/cache/dnsfast-image";
 /// The image's name; the tag is the crate version.
 pub const NAME: &str = "localhost/dnsfast";
 
 /// Builds the static, stripped release binary and lays out the build
 /// context (`target/image`: the binary and the Containerfile).
 pub fn context(root: &Path) -> Result<PathBuf> {
+    let target = cached_target(CACHE, "target");
     run(cargo()
         .args(["build", "--release", "-p", "dnsfast"])
-        .args([
-            "--target",
-            "x86_64-unknown-linux-gnu",
-            "--target-dir",
-            TARGET_DIR,
-        ])
+        .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
+        .arg(&target)
         // glibc linked in: the image has no libc to load.
         .env("RUSTFLAGS", "-C target-feature=+crt-static")
         .env("CARGO_PROFILE_RELEASE_STRIP", "true"))?;
-    let bin = Path::new(TARGET_DIR).join("x86_64-unknown-linux-gnu/release/dnsfast");
+    let bin = target.join("x86_64-unknown-linux-gnu/release/dnsfast");
     let dir = root.join("target/image");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     std::fs::copy(&bin, dir.join("dnsfast"))

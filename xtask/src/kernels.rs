@@ -124,7 +124,7 @@ pub struct Static {
 /// The packet-table and answer-cache tests and the agent as static
 /// executables, runnable in a bare initramfs.
 fn build_static(root: &Path) -> Result<Static> {
-    let target_dir = Path::new(CACHE).join("target-static");
+    let target_dir = crate::cached_target(CACHE, "target-static");
     let out = cargo()
         .args([
             "test",

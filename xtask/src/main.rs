@@ -158,6 +158,21 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// A target directory outside the clone, under `cache`, for builds CI's
+/// fresh clones should not redo from scratch. One per checkout: the build
+/// script that embeds the XDP object watches its own checkout's sources,
+/// and a target directory shared with another checkout would keep
+/// embedding that one's object.
+pub(crate) fn cached_target(cache: &str, name: &str) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    root()
+        .canonicalize()
+        .unwrap_or_else(|_| root())
+        .hash(&mut h);
+    Path::new(cache).join(format!("{name}-{:012x}", h.finish() & 0xffff_ffff_ffff))
+}
+
 pub(crate) fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());

@@ -174,7 +174,15 @@ impl Agent {
         let mut dp = self.dp.lock().map_err(poisoned)?;
         let old_rules = dp.rules()?;
         let capacity = self.applied.lock().map_err(poisoned)?.cfg.xdp.max_patterns as usize;
-        let union = old_rules.len() + rules.keys().filter(|k| !old_rules.contains_key(*k)).count();
+        // The trie holds both tables' entries for a moment (namespace
+        // suffixes folded).
+        let (new_trie, _) = crate::maps::fold_namespaces(&rules);
+        let (old_trie, _) = crate::maps::fold_namespaces(&old_rules);
+        let union = old_trie.len()
+            + new_trie
+                .keys()
+                .filter(|k| !old_trie.contains_key(*k))
+                .count();
         if union > capacity {
             bail!(
                 "the old and new pattern tables hold {union} patterns together, more than the \
@@ -183,7 +191,7 @@ impl Agent {
             );
         }
         let old_cfg = self.applied.lock().map_err(poisoned)?.cfg.clone();
-        let (rd, td) = match dp
+        let d = match dp
             .reconcile(&rules, &tlds)
             .and_then(|d| load::apply_xdp(&mut dp, &cfg).map(|_| d))
         {
@@ -206,7 +214,7 @@ impl Agent {
         let mut a = self.applied.lock().map_err(poisoned)?;
         a.cfg = cfg;
         a.file = file;
-        let mut s = format!("patterns {rd}; TLDs {td}");
+        let mut s = d.to_string();
         for n in notes {
             s.push_str("; note: ");
             s.push_str(&n);

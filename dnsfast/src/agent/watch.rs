@@ -103,7 +103,13 @@ pub fn describe(e: &WatchEvent) -> Value {
     let (pattern, action) = match name_key(wire) {
         Ok((key, _)) if e.rule_len > 0 && (e.rule_len as usize) <= key.len() => (
             Some(key_name(&key[..e.rule_len as usize])),
-            Action::from_code(e.rule_action).map(|a| a.to_string()),
+            // A folded namespace parent is a search suffix like any other.
+            Action::from_code(if e.rule_action == dnsfast_common::ACTION_SUFFIX_NS {
+                dnsfast_common::ACTION_SUFFIX
+            } else {
+                e.rule_action
+            })
+            .map(|a| a.to_string()),
         ),
         _ => (None, None),
     };

@@ -86,12 +86,12 @@ fn xdp(args: &Args) -> Result<()> {
         answer_cache: 0,
     })?;
     let derived = auto_rules(1000)?;
-    for (p, _) in &derived.suffixes {
-        auto_dp.insert_pattern(p, Action::Suffix)?;
-    }
-    for t in &derived.tlds {
-        auto_dp.insert_tld(t)?;
-    }
+    let mut table = dnsfast::config::PatternTable::default();
+    derived.add_to(&mut table)?;
+    // As the agent writes them: the namespace suffixes folded into the
+    // namespace set.
+    let tables = auto_dp.reconcile(&dnsfast::maps::rules_of(&table), &derived.tlds)?;
+    eprintln!("auto tables: {tables}");
     let memlock = auto_memlock(&auto_dp)?;
     dps.push(auto_dp);
     // The 10-pattern table with someone watching (`dnsfast watch`): what
@@ -285,7 +285,7 @@ fn auto_memlock(dp: &Dataplane) -> Result<String> {
     dp.pin_maps(&dir)?;
     let mut parts = Vec::new();
     let mut total = 0u64;
-    for name in ["patterns", "tlds"] {
+    for name in ["patterns", "tlds", "namespaces"] {
         let out = dnsfast_tests::netns::run_ok(
             "bpftool",
             &[
