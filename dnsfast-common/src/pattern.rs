@@ -279,12 +279,15 @@ fn split_wire(wire: &[u8]) -> Option<Vec<Vec<u8>>> {
     Some(labels)
 }
 
-/// A rule as stored in the kernel trie for `p`.
-pub fn rule_for(p: &Pattern, action: Action) -> Rule {
-    Rule {
+/// The trie entry for `p`: its key bytes and the rule stored under them
+/// (one encoding of the name for both).
+pub fn rule_entry(p: &Pattern, action: Action) -> (Vec<u8>, Rule) {
+    let (data, len) = p.key();
+    let rule = Rule {
         action: action.code(),
-        key_len: p.key().1 as u32,
-    }
+        key_len: len as u32,
+    };
+    (data[..len].to_vec(), rule)
 }
 
 #[cfg(test)]

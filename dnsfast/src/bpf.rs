@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::ProgramArray;
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
@@ -16,14 +16,14 @@ use aya::{
 use std::collections::BTreeSet;
 
 use crate::maps::{
-    add_tlds, fold_namespaces, read_labels, read_rules, reconcile_rules, remove_other_tlds,
-    unfold_namespaces, Diff, RuleSet, TableDiff,
+    add_labels, fold_namespaces, read_labels, read_rules, reconcile_rules, remove_other_labels,
+    trie_key, unfold_namespaces, Diff, RuleSet, TableDiff,
 };
 use dnsfast_common::{
     answer::{AnswerKey, CachedAnswer, ListenKey},
-    pattern::{rule_for, Action, Pattern},
-    AddrKey, Config, Counters, Rule, TldKey, WatchState, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS,
-    FAMILY_V4, FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
+    pattern::{rule_entry, Action, Pattern},
+    AddrKey, Config, Counters, Rule, WatchState, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FAMILY_V4,
+    FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
     MAP_ANSWERS, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_NAMESPACES,
     MAP_PATTERNS, MAP_SERVER_ADDRS, MAP_TLDS, MAP_WATCH_STATE, PROG_NAME, WATCH_PROG_NAME,
 };
@@ -336,25 +336,17 @@ impl Dataplane {
             .with_context(|| format!("writing {addr} to the LISTEN_ADDRS map"))
     }
 
-    /// Adds a label to the set that makes a name before a search suffix
-    /// look fully qualified.
-    pub fn insert_tld(&mut self, label: &str) -> Result<()> {
-        let key = TldKey::new(label.as_bytes())
-            .ok_or_else(|| anyhow!("TLD label '{label}' is empty or over 63 bytes"))?;
-        let mut m: HashMap<&mut MapData, TldKey, u32> = HashMap::try_from(self.map_mut(MAP_TLDS)?)?;
-        m.insert(key, 1, 0)
-            .with_context(|| format!("writing '{label}' to the TLDS map"))
-    }
-
     pub fn insert_pattern(&mut self, p: &Pattern, action: Action) -> Result<()> {
+        let (key, rule) = rule_entry(p, action);
         let mut t = self.patterns()?;
-        t.insert(&trie_key(p), rule_for(p, action), 0)
+        t.insert(&trie_key(&key), rule, 0)
             .with_context(|| format!("inserting pattern {p} ({action})"))
     }
 
     pub fn remove_pattern(&mut self, p: &Pattern) -> Result<()> {
+        let (key, _) = rule_entry(p, Action::Block);
         let mut t = self.patterns()?;
-        t.remove(&trie_key(p))
+        t.remove(&trie_key(&key))
             .with_context(|| format!("removing pattern {p}"))
     }
 
@@ -362,11 +354,11 @@ impl Dataplane {
         Ok(LpmTrie::try_from(self.map_mut(MAP_PATTERNS)?)?)
     }
 
-    fn tlds(&mut self) -> Result<crate::maps::Tlds<&mut MapData>> {
+    fn tlds(&mut self) -> Result<crate::maps::LabelSet<&mut MapData>> {
         Ok(HashMap::try_from(self.map_mut(MAP_TLDS)?)?)
     }
 
-    fn namespaces(&mut self) -> Result<crate::maps::Tlds<&mut MapData>> {
+    fn namespaces(&mut self) -> Result<crate::maps::LabelSet<&mut MapData>> {
         Ok(HashMap::try_from(self.map_mut(MAP_NAMESPACES)?)?)
     }
 
@@ -388,11 +380,11 @@ impl Dataplane {
     /// verdict is the same in both configs keeps it throughout.
     pub fn reconcile(&mut self, rules: &RuleSet, tlds: &BTreeSet<String>) -> Result<TableDiff> {
         let (folded, ns) = fold_namespaces(rules);
-        let ns_added = add_tlds(&mut self.namespaces()?, &ns)?;
-        let tlds_added = add_tlds(&mut self.tlds()?, tlds)?;
+        let ns_added = add_labels(&mut self.namespaces()?, &ns)?;
+        let tlds_added = add_labels(&mut self.tlds()?, tlds)?;
         let trie = reconcile_rules(&mut self.patterns()?, &folded)?;
-        let ns_removed = remove_other_tlds(&mut self.namespaces()?, &ns)?;
-        let tlds_removed = remove_other_tlds(&mut self.tlds()?, tlds)?;
+        let ns_removed = remove_other_labels(&mut self.namespaces()?, &ns)?;
+        let tlds_removed = remove_other_labels(&mut self.tlds()?, tlds)?;
         Ok(TableDiff {
             trie,
             namespaces: Diff {
@@ -414,9 +406,7 @@ impl Dataplane {
             .ebpf
             .map(MAP_COUNTERS)
             .ok_or_else(|| anyhow!("map {MAP_COUNTERS} missing"))?;
-        let a: PerCpuArray<&MapData, Counters> = PerCpuArray::try_from(m)?;
-        let v = a.get(&0, 0).context("reading the COUNTERS map")?;
-        Ok(Counters::sum(v.iter()))
+        crate::maps::sum_counters(&PerCpuArray::try_from(m)?)
     }
 
     /// Pins the main program under `dir`, so `dnsfast explain` can run it.
@@ -488,11 +478,6 @@ impl Dataplane {
             .map_mut(name)
             .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
     }
-}
-
-pub fn trie_key(p: &Pattern) -> Key<[u8; KEY_DATA_LEN]> {
-    let (data, len) = p.key();
-    Key::new((len * 8) as u32, data)
 }
 
 /// Turns a program load failure into one message; a verifier rejection

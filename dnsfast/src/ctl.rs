@@ -12,7 +12,7 @@ use anyhow::{anyhow, bail, Result};
 use aya::maps::MapData;
 use clap::{Args, Subcommand};
 use dnsfast_common::{
-    pattern::{key_name, rule_for, Action, Pattern},
+    pattern::{key_name, rule_entry, Action, Pattern},
     Rule, PIN_DIR,
 };
 use serde_json::{json, Value};
@@ -90,11 +90,10 @@ pub fn patterns(action: Action, cmd: PatternCmd, pins: &PinArgs) -> Result<()> {
                 }
             }
             for pat in &parsed {
-                let (data, len) = pat.key();
-                trie.insert(&trie_key(&data[..len]), rule_for(pat, action), 0)
-                    .map_err(|e| {
-                        anyhow!("adding {pat}: {e} (is the trie full? see xdp.max-patterns)")
-                    })?;
+                let (key, rule) = rule_entry(pat, action);
+                trie.insert(&trie_key(&key), rule, 0).map_err(|e| {
+                    anyhow!("adding {pat}: {e} (is the trie full? see xdp.max-patterns)")
+                })?;
             }
             println!("{action}: added {} pattern(s)", parsed.len());
         }
@@ -108,8 +107,8 @@ pub fn patterns(action: Action, cmd: PatternCmd, pins: &PinArgs) -> Result<()> {
                 }
             }
             for pat in &parsed {
-                let (data, len) = pat.key();
-                trie.remove(&trie_key(&data[..len]))
+                let (key, _) = rule_entry(pat, action);
+                trie.remove(&trie_key(&key))
                     .map_err(|e| anyhow!("removing {pat}: {e}"))?;
             }
             println!("{action}: removed {} pattern(s)", parsed.len());
@@ -128,10 +127,10 @@ pub fn patterns(action: Action, cmd: PatternCmd, pins: &PinArgs) -> Result<()> {
 /// The rule stored for exactly `pat`. A trie lookup returns the longest
 /// covering rule, so its length tells whether it is `pat`'s own.
 fn exact(trie: &Trie<MapData>, pat: &Pattern) -> Option<Rule> {
-    let (data, len) = pat.key();
-    trie.get(&trie_key(&data[..len]), 0)
+    let (key, _) = rule_entry(pat, Action::Block);
+    trie.get(&trie_key(&key), 0)
         .ok()
-        .filter(|r| r.key_len as usize == len)
+        .filter(|r| r.key_len as usize == key.len())
 }
 
 fn parse_all(texts: &[String]) -> Result<Vec<Pattern>> {

@@ -2,11 +2,11 @@
 //! for NAME, from the kernel itself (BPF_PROG_TEST_RUN on the pinned
 //! program), and which rule and labels decided it (from the pinned maps).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, Map, MapData},
+    maps::{Array, MapData},
     programs::{TestRun, TestRunOptions, Xdp},
 };
 use aya_obj::programs::XdpAttachType;
@@ -14,15 +14,17 @@ use clap::Args;
 use dnsfast_common::{
     pattern::{key_labels, key_name, to_wire, Action, Pattern},
     suffix::name_key,
-    Config, Rule, TldKey, ACTION_SUFFIX_NS, KEY_DATA_LEN, MAP_CONFIG, MAP_NAMESPACES, MAP_PATTERNS,
-    MAP_TLDS, PIN_DIR,
+    Config, TldKey, ACTION_SUFFIX_NS, MAP_CONFIG, PIN_DIR,
 };
 use hickory_proto::{
     op::{Message, Query},
     rr::{Name, RecordType},
 };
 
-use crate::bpf::PINNED_PROG;
+use crate::{
+    bpf::PINNED_PROG,
+    maps::{trie_key, Pins},
+};
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
@@ -58,8 +60,9 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         );
     }
     crate::bpf::require_root("dnsfast explain")?;
+    let pins = Pins::open(&a.pin_dir)?;
     let port = {
-        let m = pinned(&a.pin_dir, MAP_CONFIG)?;
+        let m = pins.map(MAP_CONFIG)?;
         let cfg: Array<MapData, Config> = Array::try_from(m)?;
         cfg.get(&0, 0)
             .context("reading the pinned CONFIG map")?
@@ -97,11 +100,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
 
     // Which rule decided, from the pinned trie and TLD set.
     let (key, _) = name_key(&to_wire(&pattern.name)).map_err(|e| anyhow!("{e:?}"))?;
-    let trie: LpmTrie<MapData, [u8; KEY_DATA_LEN], Rule> =
-        LpmTrie::try_from(pinned(&a.pin_dir, MAP_PATTERNS)?)?;
-    let mut data = [0u8; KEY_DATA_LEN];
-    data[..key.len()].copy_from_slice(&key);
-    let rule = match trie.get(&Key::new(key.len() as u32 * 8, data), 0) {
+    let rule = match pins.trie()?.get(&trie_key(&key), 0) {
         Ok(r) => r,
         Err(_) => {
             println!(
@@ -117,8 +116,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         // Namespace suffixes live in a set under this one: the next
         // label, if it is a namespace, makes the suffix one label longer.
         let next = key_labels(&key[at..]).into_iter().next();
-        let ns: HashMap<MapData, TldKey, u32> =
-            HashMap::try_from(pinned(&a.pin_dir, MAP_NAMESPACES)?)?;
+        let ns = pins.namespaces()?;
         if let Some(label) = next {
             let is_ns = TldKey::new(label.as_bytes()).is_some_and(|k| ns.get(&k, 0).is_ok());
             if is_ns && key.len() > at + 1 + label.len() {
@@ -140,8 +138,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
                 println!("  nothing stands before it: not an artifact");
                 return Ok(());
             };
-            let tlds: HashMap<MapData, TldKey, u32> =
-                HashMap::try_from(pinned(&a.pin_dir, MAP_TLDS)?)?;
+            let tlds = pins.tlds()?;
             let is_tld = TldKey::new(last.as_bytes())
                 .map(|k| tlds.get(&k, 0).is_ok())
                 .unwrap_or(false);
@@ -165,13 +162,6 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         None => println!("rule: unknown action {action} at {matched}"),
     }
     Ok(())
-}
-
-pub fn pinned(dir: &Path, name: &str) -> Result<Map> {
-    let p = dir.join(name.to_ascii_lowercase());
-    let data =
-        MapData::from_pin(&p).with_context(|| format!("opening the pinned map {}", p.display()))?;
-    Ok(Map::from_map_data(data)?)
 }
 
 /// Ethernet + IPv4 (checksummed) + UDP (checksum 0) around `dns`.

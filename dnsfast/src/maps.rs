@@ -11,7 +11,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData, PerCpuArray};
 use dnsfast_common::{
-    pattern::{key_name, rule_for, Action},
+    pattern::{key_name, rule_entry, Action},
     suffix::SuffixMap,
     Counters, Rule, TldKey, ACTION_SUFFIX, ACTION_SUFFIX_NS, KEY_DATA_LEN, MAP_COUNTERS,
     MAP_NAMESPACES, MAP_PATTERNS, MAP_TLDS,
@@ -23,7 +23,9 @@ use crate::config::PatternTable;
 pub type RuleSet = BTreeMap<Vec<u8>, Rule>;
 
 pub type Trie<T> = LpmTrie<T, [u8; KEY_DATA_LEN], Rule>;
-pub type Tlds<T> = HashMap<T, TldKey, u32>;
+/// A set of labels (`TLDS`, `NAMESPACES`), keyed like a label in the
+/// encoded name.
+pub type LabelSet<T> = HashMap<T, TldKey, u32>;
 
 /// What a reconcile changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -62,7 +64,7 @@ impl std::fmt::Display for TableDiff {
 }
 
 /// The labels of a label set (`TLDS`, `NAMESPACES`).
-pub fn read_labels<T: Borrow<MapData>>(m: &Tlds<T>) -> Result<BTreeSet<String>> {
+pub fn read_labels<T: Borrow<MapData>>(m: &LabelSet<T>) -> Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     for k in m.keys() {
         let k = k.context("reading a label set")?;
@@ -74,13 +76,7 @@ pub fn read_labels<T: Borrow<MapData>>(m: &Tlds<T>) -> Result<BTreeSet<String>> 
 
 /// The rules a pattern table puts in the trie.
 pub fn rules_of(patterns: &PatternTable) -> RuleSet {
-    patterns
-        .iter()
-        .map(|(p, a)| {
-            let (data, len) = p.key();
-            (data[..len].to_vec(), rule_for(p, a))
-        })
-        .collect()
+    patterns.iter().map(|(p, a)| rule_entry(p, a)).collect()
 }
 
 /// The forwarder's view of the same rules.
@@ -227,8 +223,11 @@ fn tld_key(label: &str) -> Result<TldKey> {
         .ok_or_else(|| anyhow!("TLD label '{label}' is empty or over 63 bytes"))
 }
 
-/// Adds the labels of `want` the TLD set lacks; returns how many.
-pub fn add_tlds<T: BorrowMut<MapData>>(m: &mut Tlds<T>, want: &BTreeSet<String>) -> Result<usize> {
+/// Adds the labels of `want` the set lacks; returns how many.
+pub fn add_labels<T: BorrowMut<MapData>>(
+    m: &mut LabelSet<T>,
+    want: &BTreeSet<String>,
+) -> Result<usize> {
     let mut added = 0;
     for label in want {
         let k = tld_key(label)?;
@@ -243,8 +242,8 @@ pub fn add_tlds<T: BorrowMut<MapData>>(m: &mut Tlds<T>, want: &BTreeSet<String>)
 }
 
 /// Removes the labels not in `want`; returns how many.
-pub fn remove_other_tlds<T: BorrowMut<MapData>>(
-    m: &mut Tlds<T>,
+pub fn remove_other_labels<T: BorrowMut<MapData>>(
+    m: &mut LabelSet<T>,
     want: &BTreeSet<String>,
 ) -> Result<usize> {
     let keep: HashSet<TldKey> = want.iter().map(|l| tld_key(l)).collect::<Result<_>>()?;
@@ -259,6 +258,12 @@ pub fn remove_other_tlds<T: BorrowMut<MapData>>(
         m.remove(k).context("removing a label from a label set")?;
     }
     Ok(gone.len())
+}
+
+/// The `COUNTERS` map summed over CPUs.
+pub fn sum_counters<T: Borrow<MapData>>(a: &PerCpuArray<T, Counters>) -> Result<Counters> {
+    let v = a.get(&0, 0).context("reading the COUNTERS map")?;
+    Ok(Counters::sum(v.iter()))
 }
 
 /// The maps `dnsfast load` pinned, opened by the control CLI.
@@ -297,19 +302,17 @@ impl Pins {
         Ok(LpmTrie::try_from(self.map(MAP_PATTERNS)?)?)
     }
 
-    pub fn tlds(&self) -> Result<Tlds<MapData>> {
+    pub fn tlds(&self) -> Result<LabelSet<MapData>> {
         Ok(HashMap::try_from(self.map(MAP_TLDS)?)?)
     }
 
-    pub fn namespaces(&self) -> Result<Tlds<MapData>> {
+    pub fn namespaces(&self) -> Result<LabelSet<MapData>> {
         Ok(HashMap::try_from(self.map(MAP_NAMESPACES)?)?)
     }
 
     /// Kernel counters summed over CPUs.
     pub fn counters(&self) -> Result<Counters> {
-        let a: PerCpuArray<MapData, Counters> = PerCpuArray::try_from(self.map(MAP_COUNTERS)?)?;
-        let v = a.get(&0, 0).context("reading the COUNTERS map")?;
-        Ok(Counters::sum(v.iter()))
+        sum_counters(&PerCpuArray::try_from(self.map(MAP_COUNTERS)?)?)
     }
 }
 

@@ -2,7 +2,7 @@
 //! matcher on 100k+ random and mutated names and packets.
 
 use dnsfast::bpf::{Dataplane, LoadOptions};
-use dnsfast_common::pattern::{rule_for, to_wire, Action, Pattern, ReferenceMatcher};
+use dnsfast_common::pattern::{rule_entry, to_wire, Action, Pattern, ReferenceMatcher};
 use dnsfast_tests::{
     pkt::{frame, parse, raw_query, Ip, Wrap},
     require_root,
@@ -104,13 +104,7 @@ fn kernel_matches_reference_on_100k_names_and_mutations() {
         reference.insert(&p, a);
         table.insert(p, a);
     }
-    let rules: dnsfast::maps::RuleSet = table
-        .iter()
-        .map(|(p, a)| {
-            let (data, len) = p.key();
-            (data[..len].to_vec(), rule_for(p, *a))
-        })
-        .collect();
+    let rules: dnsfast::maps::RuleSet = table.iter().map(|(p, a)| rule_entry(p, *a)).collect();
     let tlds: std::collections::BTreeSet<String> = ["com", "io", "local", "internal", "_t"]
         .iter()
         .map(|t| t.to_string())

@@ -388,12 +388,8 @@ fn search_suffixes_answer_only_artifacts() {
         ("us-west-2.compute.internal", Action::Suffix),
         ("github.com.cluster.local", Action::Allow),
     ] {
-        let p = Pattern::parse(p).unwrap();
-        let (data, len) = p.key();
-        rules.insert(
-            data[..len].to_vec(),
-            dnsfast_common::pattern::rule_for(&p, a),
-        );
+        let (key, rule) = dnsfast_common::pattern::rule_entry(&Pattern::parse(p).unwrap(), a);
+        rules.insert(key, rule);
     }
     let tlds = ["com", "dev", "io", "local", "internal"]
         .iter()

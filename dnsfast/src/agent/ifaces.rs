@@ -100,7 +100,7 @@ impl Ifaces {
                 bail!("--iface '{v}': not an interface name (1 to 15 bytes) or a glob");
             }
             if !s.is_glob() {
-                super::super::load::ifindex(v)?;
+                crate::load::ifindex(v)?;
             }
             if !specs.contains(&s) {
                 specs.push(s);

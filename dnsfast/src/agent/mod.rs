@@ -143,23 +143,30 @@ impl Agent {
             None => None,
         };
         let cfg = load::build_config(i.config.as_deref(), &i.addresses, &i.forward)?;
-        let mut notes = vec![];
-        {
-            let a = self.applied.lock().map_err(poisoned)?;
-            let old = &a.cfg;
-            if cfg.forward.listen != old.forward.listen {
-                notes.push("forward.listen changes take a restart".to_string());
-            }
-            if cfg.forward.cache.size != old.forward.cache.size {
-                notes.push("cache.size changes take a restart".to_string());
-            }
-            if cfg.forward.max_inflight != old.forward.max_inflight {
-                notes.push("forward.max-inflight changes take a restart".to_string());
-            }
-            if cfg.xdp.max_patterns != old.xdp.max_patterns {
-                notes.push("xdp.max-patterns changes take a restart".to_string());
-            }
-        }
+        // What is in force now: the baseline for the notes, the capacity
+        // check and the way back.
+        let old_cfg = self.applied.lock().map_err(poisoned)?.cfg.clone();
+        let notes: Vec<&str> = [
+            (
+                cfg.forward.listen != old_cfg.forward.listen,
+                "forward.listen changes take a restart",
+            ),
+            (
+                cfg.forward.cache.size != old_cfg.forward.cache.size,
+                "cache.size changes take a restart",
+            ),
+            (
+                cfg.forward.max_inflight != old_cfg.forward.max_inflight,
+                "forward.max-inflight changes take a restart",
+            ),
+            (
+                cfg.xdp.max_patterns != old_cfg.xdp.max_patterns,
+                "xdp.max-patterns changes take a restart",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(changed, note)| changed.then_some(note))
+        .collect();
         let rules = crate::maps::rules_of(&cfg.patterns);
         let tlds = load::tlds_of(&cfg);
         // Everything that can fail without touching anything comes first.
@@ -173,7 +180,7 @@ impl Agent {
         };
         let mut dp = self.dp.lock().map_err(poisoned)?;
         let old_rules = dp.rules()?;
-        let capacity = self.applied.lock().map_err(poisoned)?.cfg.xdp.max_patterns as usize;
+        let capacity = old_cfg.xdp.max_patterns as usize;
         // The trie holds both tables' entries for a moment (namespace
         // suffixes folded).
         let (new_trie, _) = crate::maps::fold_namespaces(&rules);
@@ -190,7 +197,6 @@ impl Agent {
                  Raise xdp.max-patterns and restart"
             );
         }
-        let old_cfg = self.applied.lock().map_err(poisoned)?.cfg.clone();
         let d = match dp
             .reconcile(&rules, &tlds)
             .and_then(|d| load::apply_xdp(&mut dp, &cfg).map(|_| d))
@@ -198,10 +204,12 @@ impl Agent {
             Ok(d) => d,
             Err(e) => {
                 // Put back what was there, so nothing is half-applied.
-                if let Err(e2) = load::apply(&mut dp, &old_cfg).and_then(|_| {
-                    dp.reconcile(&old_rules, &load::tlds_of(&old_cfg))
-                        .map(|_| ())
-                }) {
+                // (The old rules, not the old config's: they hold the
+                // run-time changes made since.)
+                if let Err(e2) = dp
+                    .reconcile(&old_rules, &load::tlds_of(&old_cfg))
+                    .and_then(|_| load::apply_xdp(&mut dp, &old_cfg))
+                {
                     warn!("restoring the previous maps failed too: {e2:#}");
                 }
                 return Err(e);
@@ -217,7 +225,7 @@ impl Agent {
         let mut s = d.to_string();
         for n in notes {
             s.push_str("; note: ");
-            s.push_str(&n);
+            s.push_str(n);
         }
         Ok(s)
     }

@@ -128,8 +128,9 @@ pub fn stats(a: &Agent) -> Value {
 /// Who runs, where the program is, what it holds.
 pub fn status(a: &Agent) -> Value {
     let now = SystemTime::now();
-    let (ifaces, patterns, tlds) = match (a.dp.lock(), a.ifaces.lock()) {
+    let (specs, ifaces, patterns, tlds) = match (a.dp.lock(), a.ifaces.lock()) {
         (Ok(mut dp), Ok(ifs)) => {
+            let specs: Vec<String> = ifs.specs.iter().map(|s| s.0.clone()).collect();
             let ifaces: Vec<Value> = ifs
                 .attached
                 .iter()
@@ -151,6 +152,7 @@ pub fn status(a: &Agent) -> Value {
             }
             let tlds = dp.tld_count().unwrap_or(0);
             (
+                specs,
                 ifaces,
                 json!({
                     "block": counts[Action::Block.code() as usize],
@@ -161,13 +163,8 @@ pub fn status(a: &Agent) -> Value {
                 tlds,
             )
         }
-        _ => (vec![], json!(null), 0),
+        _ => (vec![], vec![], json!(null), 0),
     };
-    let specs: Vec<String> = a
-        .ifaces
-        .lock()
-        .map(|i| i.specs.iter().map(|s| s.0.clone()).collect())
-        .unwrap_or_default();
     let reload = a.applied.lock().map(|r| r.json()).unwrap_or(Value::Null);
     let upstreams: Vec<Value> = a
         .forwarder

@@ -168,7 +168,8 @@ pub async fn serve_watcher(agent: Arc<Agent>, stream: UnixStream) -> Result<()> 
     let mut rx = w.tx.subscribe();
     set_watchers(&agent, 1)?;
     let (mut rd, mut wr) = stream.into_split();
-    let result = async {
+    // Ends when the watcher goes away; a write error just means it did.
+    let _gone: std::io::Result<()> = async {
         wr.write_all(b"{\"ok\":true}\n").await?;
         let mut buf = [0u8; 64];
         loop {
@@ -187,16 +188,14 @@ pub async fn serve_watcher(agent: Arc<Agent>, stream: UnixStream) -> Result<()> 
                 // The watcher closing its end (or sending anything) ends it.
                 n = rd.read(&mut buf) => {
                     if n.unwrap_or(0) == 0 {
-                        return Ok::<(), std::io::Error>(());
+                        return Ok(());
                     }
                 }
             }
         }
     }
     .await;
-    set_watchers(&agent, -1)?;
-    let _ = result;
-    Ok(())
+    set_watchers(&agent, -1)
 }
 
 /// Counts watchers; the first one puts the watch program in the jump

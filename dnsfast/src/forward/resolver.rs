@@ -79,6 +79,7 @@ pub struct Client {
     pub transport: Transport,
     /// Bytes the answer may take before it goes out truncated.
     pub limit: usize,
+    /// When the query arrived; `Some` only with `--log-queries` on.
     pub start: Option<Instant>,
 }
 
@@ -193,8 +194,9 @@ impl Resolver {
     pub fn finish(&self, q: &ClientQuery, o: &Outcome, c: &Client, out: &mut Vec<u8>) {
         let tc = o.answer.render(q, o.age, c.limit, out);
         self.metrics.answered(o.answer.rcode, tc);
-        if self.log_queries() {
-            log_query(q, o, c, tc);
+        // Set at arrival exactly when the query log was on.
+        if let Some(start) = c.start {
+            log_query(q, o, c, start, tc);
         }
     }
 
@@ -220,8 +222,8 @@ impl Resolver {
     }
 }
 
-fn log_query(q: &ClientQuery, o: &Outcome, c: &Client, tc: bool) {
-    let (client, transport, start) = (c.addr, c.transport, c.start);
+fn log_query(q: &ClientQuery, o: &Outcome, c: &Client, start: Instant, tc: bool) {
+    let (client, transport) = (c.addr, c.transport);
     let source = match o.source {
         Source::Blocked => "blocked",
         Source::Cache => "hit",
@@ -241,6 +243,6 @@ fn log_query(q: &ClientQuery, o: &Outcome, c: &Client, tc: bool) {
         o.upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
         rcode_name(o.answer.rcode),
         if tc { " tc=1" } else { "" },
-        start.map(|s| s.elapsed().as_micros()).unwrap_or(0),
+        start.elapsed().as_micros(),
     );
 }
