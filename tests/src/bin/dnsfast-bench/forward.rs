@@ -10,7 +10,11 @@
 //!
 //! - cache hits: 1000 names asked over and over after a warm-up, in
 //!   interleaved rounds;
-//! - p99 latency of cache hits at 80 % of that server's peak (dnsperf -Q -v);
+//! - p50/p99 latency of cache hits at 80 % of that server's peak, two ways:
+//!   every query of a paced dnsperf run (-Q -v), and a probe that asks one
+//!   cached name every millisecond, one query at a time, while dnsperf
+//!   supplies the rest of the load (without -v: writing a line per query,
+//!   ~90k lines/s on the same two cores, disturbs the very tail it reports);
 //! - forwarded misses: every name new, against the fast local upstream;
 //! - resident memory of the server after the miss run (a full cache).
 
@@ -39,6 +43,9 @@ struct Row {
     hit_qps: f64,
     p99_ms: f64,
     p50_ms: f64,
+    probe_p50_ms: f64,
+    probe_p99_ms: f64,
+    probe_lost: u64,
     lost_at_80: f64,
     miss_qps: f64,
     rss_mb: f64,
@@ -177,11 +184,16 @@ pub fn run(bin: &str, seconds: u32, rounds: usize) -> Result<()> {
             .dnsperf_verbose(&LATENCY_LOAD, &hits, &["-l", &secs, "-Q", &rate])
             .and_then(|o| latency(&o))
             .and_then(|(p50_ms, p99_ms, lost_at_80)| {
+                let (probe_p50_ms, probe_p99_ms, probe_lost) =
+                    r.probed(&hits, hit_qps * 0.8, seconds)?;
                 let miss_qps = qps_of(&r.perf(&misses, &["-l", &secs])?)?;
                 Ok(Row {
                     hit_qps,
                     p50_ms,
                     p99_ms,
+                    probe_p50_ms,
+                    probe_p99_ms,
+                    probe_lost,
                     lost_at_80,
                     miss_qps,
                     rss_mb: rss_kb(r.pid)? as f64 / 1024.0,
@@ -206,14 +218,37 @@ pub fn run(bin: &str, seconds: u32, rounds: usize) -> Result<()> {
         LATENCY_LOAD.join(" ")
     );
     println!(
-        "{:<27} {:>10} {:>10} {:>22} {:>11} {:>8}",
-        "server", "hit qps", "miss qps", "hit p50/p99 @80% (ms)", "lost @80%", "RSS MB"
+        "   probe: one cached name every ms, one at a time, while dnsperf (no -v) sends 80 % of \
+         the peak minus the probe's 1,000 qps"
+    );
+    println!(
+        "{:<27} {:>10} {:>10} {:>22} {:>11} {:>22} {:>8}",
+        "server",
+        "hit qps",
+        "miss qps",
+        "all p50/p99 @80% (ms)",
+        "lost @80%",
+        "probe p50/p99 (ms)",
+        "RSS MB"
     );
     for (p, r) in peers.iter().zip(&rows) {
         match r {
             Some(r) => println!(
-                "{:<27} {:>10.0} {:>10.0} {:>14.3} / {:<6.3} {:>10.2}% {:>8.1}",
-                p.name, r.hit_qps, r.miss_qps, r.p50_ms, r.p99_ms, r.lost_at_80, r.rss_mb
+                "{:<27} {:>10.0} {:>10.0} {:>14.3} / {:<6.3} {:>10.2}% {:>12.3} / {:<6.3}{} {:>8.1}",
+                p.name,
+                r.hit_qps,
+                r.miss_qps,
+                r.p50_ms,
+                r.p99_ms,
+                r.lost_at_80,
+                r.probe_p50_ms,
+                r.probe_p99_ms,
+                if r.probe_lost > 0 {
+                    format!(" ({} lost)", r.probe_lost)
+                } else {
+                    String::new()
+                },
+                r.rss_mb
             ),
             None => println!("{:<27} failed", p.name),
         }
@@ -279,6 +314,108 @@ impl Running {
         let _ = std::fs::remove_file(&out);
         Ok(text)
     }
+}
+
+impl Running {
+    /// Background load from dnsperf (paced, no -v) at `rate` qps minus the
+    /// probe's, and the probe in the same client namespace: (p50 ms, p99
+    /// ms, probes lost).
+    fn probed(&self, file: &Path, rate: f64, seconds: u32) -> Result<(f64, f64, u64)> {
+        let secs = seconds.to_string();
+        let background = format!("{:.0}", (rate - PROBE_QPS as f64).max(1.0));
+        let me = std::env::current_exe().context("the bench's own path")?;
+        let me = me.to_str().context("the bench's path is not UTF-8")?;
+        let (load, probe) = std::thread::scope(|sc| {
+            let load =
+                sc.spawn(|| self.dnsperf(&LATENCY_LOAD, file, &["-l", &secs, "-Q", &background]));
+            let probe = self
+                .lab
+                .exec_ok(&self.cli, me, &["--probe", SERVER, "--seconds", &secs]);
+            (load.join(), probe)
+        });
+        load.map_err(|_| anyhow::anyhow!("the dnsperf thread panicked"))??;
+        let out = probe?;
+        let field = |k: &str| -> Result<f64> {
+            out.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .and_then(|v| v.parse().ok())
+                .with_context(|| format!("no {k} in the probe's output: {out}"))
+        };
+        Ok((field("p50_ms=")?, field("p99_ms=")?, field("lost=")? as u64))
+    }
+}
+
+/// Queries per second of the latency probe.
+const PROBE_QPS: u32 = 1000;
+
+/// The latency probe (`dnsfast-bench --probe ADDR`, run inside the client
+/// namespace): one query for a cached name every millisecond, one at a
+/// time, for `seconds - 1` seconds after a half-second delay (so it runs
+/// inside the load). A query without an answer in 1 s counts as lost (and
+/// as slower than any answer).
+pub fn probe(server: &str, seconds: u32) -> Result<()> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    use std::str::FromStr;
+    use std::time::Instant;
+
+    let mut m = Message::query();
+    m.add_query(Query::query(
+        Name::from_str(&format!("h0.{ZONE}."))?,
+        RecordType::A,
+    ));
+    m.metadata.recursion_desired = true;
+    let mut q = m.to_vec()?;
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    sock.connect((server, 53))
+        .with_context(|| format!("connecting to {server}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+    std::thread::sleep(Duration::from_millis(500));
+    let period = Duration::from_micros(1_000_000 / PROBE_QPS as u64);
+    let end = Instant::now() + Duration::from_secs(seconds.saturating_sub(1).max(1) as u64);
+    let mut next = Instant::now();
+    let (mut rtts, mut lost) = (Vec::new(), 0u64);
+    let mut buf = [0u8; 1500];
+    let mut id: u16 = 0;
+    while Instant::now() < end {
+        id = id.wrapping_add(1);
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        let t0 = Instant::now();
+        sock.send(&q)?;
+        loop {
+            match sock.recv(&mut buf) {
+                Ok(n) if n >= 2 && buf[..2] == id.to_be_bytes() => {
+                    rtts.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+                Ok(_) => continue, // a late answer to an earlier probe
+                Err(_) => {
+                    lost += 1;
+                    break;
+                }
+            }
+        }
+        next += period;
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        } else {
+            next = now;
+        }
+    }
+    if rtts.is_empty() {
+        bail!("no probe was answered");
+    }
+    let n = rtts.len();
+    rtts.extend(std::iter::repeat_n(f64::INFINITY, lost as usize));
+    rtts.sort_by(f64::total_cmp);
+    let pct = |p: f64| rtts[((rtts.len() as f64 * p) as usize).min(rtts.len() - 1)];
+    println!(
+        "answered={n} lost={lost} p50_ms={:.3} p99_ms={:.3}",
+        pct(0.50),
+        pct(0.99)
+    );
+    Ok(())
 }
 
 fn start(p: &Peer, upstream_conf: &Path, hits: &Path) -> Result<Running> {

@@ -35,6 +35,10 @@ struct Args {
     /// Only the forwarder part.
     #[arg(long)]
     forward_only: bool,
+    /// Internal: run the latency probe against this server (the forwarder
+    /// part starts it inside the client namespace) and print its summary.
+    #[arg(long, hide = true, value_name = "ADDR")]
+    probe: Option<String>,
 }
 
 const SUFFIX: &str = "svc.cluster.local";
@@ -53,6 +57,9 @@ struct Case {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if let Some(server) = &args.probe {
+        return forward::probe(server, args.seconds);
+    }
     if !args.forward_only {
         xdp(&args)?;
     }
