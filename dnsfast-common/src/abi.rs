@@ -299,6 +299,7 @@ mod pod {
     unsafe impl aya::Pod for crate::name::TldKey {}
     unsafe impl aya::Pod for crate::answer::CachedAnswer {}
     unsafe impl aya::Pod for super::WatchState {}
+    unsafe impl aya::Pod for crate::labels::LabelBucket {}
 }
 
 #[cfg(all(test, feature = "user"))]

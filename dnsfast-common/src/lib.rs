@@ -8,6 +8,7 @@
 
 pub mod abi;
 pub mod answer;
+pub mod labels;
 pub mod name;
 #[cfg(feature = "user")]
 pub mod pattern;

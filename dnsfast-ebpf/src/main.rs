@@ -7,6 +7,7 @@
 #![no_main]
 
 mod cache;
+mod labels;
 mod packet;
 mod reply;
 mod watch;
@@ -21,11 +22,11 @@ use aya_ebpf::{
 };
 use dnsfast_common::{
     answer::{cq, AnswerKey, CachedAnswer, ListenKey},
-    encode_copied, opaque, park, tld_key_after, AddrKey, Config, Counters, Rule, Scratch, TldKey,
-    WatchEvent, WatchState, ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS,
-    DEFAULT_MAX_PATTERNS, EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, JUMP_CACHE, JUMP_WATCH,
-    KEY_DATA_LEN, MAX_LISTEN_ADDRS, MAX_NAMESPACES, MAX_SERVER_ADDRS, MAX_TLDS, SCRATCH_MASK,
-    TLD_OFF, VERDICT_ALLOWED, VERDICT_CACHE, VERDICT_NXDOMAIN, VERDICT_PASS, WIRE_CAP, WIRE_OFF,
+    encode_copied, park, tld_key_after, AddrKey, Config, Counters, Rule, Scratch, WatchEvent,
+    WatchState, ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS, DEFAULT_MAX_PATTERNS,
+    EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
+    MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, SCRATCH_MASK, TLD_OFF, VERDICT_ALLOWED, VERDICT_CACHE,
+    VERDICT_NXDOMAIN, VERDICT_PASS, WIRE_CAP,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
@@ -44,19 +45,7 @@ static CONFIG: Array<Config, 1> = Array::new();
 static SERVER_ADDRS: HashMap<AddrKey, u32, { MAX_SERVER_ADDRS as usize }> = HashMap::new();
 
 #[btf_map]
-static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
-
-/// Labels that make what stands before a search suffix look fully
-/// qualified: the TLDs, and the last labels of the cluster domain and the
-/// search suffixes.
-#[btf_map]
-static TLDS: HashMap<TldKey, u32, { MAX_TLDS as usize }> = HashMap::new();
-
-/// The namespaces folded out of the trie: a name under an
-/// `ACTION_SUFFIX_NS` rule P whose next label is here is judged against
-/// `<label>.P`, the namespace's own search suffix.
-#[btf_map]
-static NAMESPACES: HashMap<TldKey, u32, { MAX_NAMESPACES as usize }> = HashMap::new();
+pub(crate) static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 /// The answer cache, filled by the forwarder; the agent sizes it to the
 /// forwarder's cache at load time.
@@ -348,12 +337,7 @@ fn namespace_suffix(scratch: &mut Scratch, len: usize, suffix_len: usize) -> usi
     if !tld_key_after(scratch, len, suffix_len) {
         return suffix_len;
     }
-    // SAFETY: as in `is_artifact`.
-    let hit = unsafe {
-        let key = &*(scratch.buf.as_ptr().add(TLD_OFF) as *const TldKey);
-        NAMESPACES.get(key).is_some()
-    };
-    if !hit {
+    if labels::dnsfast_label_in(labels::SET_NAMESPACES) == 0 {
         return suffix_len;
     }
     let label = scratch.buf[TLD_OFF & SCRATCH_MASK] as usize & 0x3f;
@@ -371,13 +355,7 @@ fn is_artifact(scratch: &mut Scratch, len: usize, suffix_len: usize) -> bool {
     if !tld_key_after(scratch, len, suffix_len) {
         return false;
     }
-    // SAFETY: TLD_OFF + 64 lies inside the buffer (checked in
-    // dnsfast_common::name); TldKey is a byte array, so any address is
-    // aligned. Lookup only.
-    unsafe {
-        let key = &*(scratch.buf.as_ptr().add(TLD_OFF) as *const TldKey);
-        TLDS.get(key).is_some()
-    }
+    labels::dnsfast_label_in(labels::SET_TLDS) != 0
 }
 
 #[inline(always)]

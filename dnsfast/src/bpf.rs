@@ -355,11 +355,15 @@ impl Dataplane {
     }
 
     fn tlds(&mut self) -> Result<crate::maps::LabelSet<&mut MapData>> {
-        Ok(HashMap::try_from(self.map_mut(MAP_TLDS)?)?)
+        Ok(crate::labels::LabelTable(Array::try_from(
+            self.map_mut(MAP_TLDS)?,
+        )?))
     }
 
     fn namespaces(&mut self) -> Result<crate::maps::LabelSet<&mut MapData>> {
-        Ok(HashMap::try_from(self.map_mut(MAP_NAMESPACES)?)?)
+        Ok(crate::labels::LabelTable(Array::try_from(
+            self.map_mut(MAP_NAMESPACES)?,
+        )?))
     }
 
     /// What the tables hold now (config plus run-time changes), with the
@@ -371,7 +375,7 @@ impl Dataplane {
     }
 
     pub fn tld_count(&mut self) -> Result<usize> {
-        Ok(self.tlds()?.keys().filter(|k| k.is_ok()).count())
+        Ok(self.tlds()?.labels()?.len())
     }
 
     /// Makes the kernel tables stand for exactly `rules` (folded, see

@@ -14,7 +14,7 @@ use clap::Args;
 use dnsfast_common::{
     pattern::{key_labels, key_name, to_wire, Action, Pattern},
     suffix::name_key,
-    Config, TldKey, ACTION_SUFFIX_NS, MAP_CONFIG, PIN_DIR,
+    Config, ACTION_SUFFIX_NS, MAP_CONFIG, PIN_DIR,
 };
 use hickory_proto::{
     op::{Message, Query},
@@ -118,7 +118,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         let next = key_labels(&key[at..]).into_iter().next();
         let ns = pins.namespaces()?;
         if let Some(label) = next {
-            let is_ns = TldKey::new(label.as_bytes()).is_some_and(|k| ns.get(&k, 0).is_ok());
+            let is_ns = ns.contains(&label).unwrap_or(false);
             if is_ns && key.len() > at + 1 + label.len() {
                 println!("namespace: '{label}' is in the namespace set");
                 at += 1 + label.len();
@@ -139,9 +139,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
                 return Ok(());
             };
             let tlds = pins.tlds()?;
-            let is_tld = TldKey::new(last.as_bytes())
-                .map(|k| tlds.get(&k, 0).is_ok())
-                .unwrap_or(false);
+            let is_tld = tlds.contains(last).unwrap_or(false);
             let q: Vec<&str> = before.iter().rev().map(String::as_str).collect();
             println!(
                 "  before it: {} ({} label{}); its last label '{last}' {} the TLD set",

@@ -9,6 +9,7 @@ pub mod dnsmasq;
 pub mod explain;
 pub mod forward;
 pub mod kernel;
+pub mod labels;
 pub mod load;
 pub mod maps;
 pub mod serve;

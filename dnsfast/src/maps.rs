@@ -4,28 +4,29 @@
 
 use std::{
     borrow::{Borrow, BorrowMut},
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
-use aya::maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData, PerCpuArray};
+use anyhow::{bail, Context, Result};
+use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, PerCpuArray};
 use dnsfast_common::{
+    labels::LabelBucket,
     pattern::{key_name, rule_entry, Action},
     suffix::SuffixMap,
-    Counters, Rule, TldKey, ACTION_SUFFIX, ACTION_SUFFIX_NS, KEY_DATA_LEN, MAP_COUNTERS,
-    MAP_NAMESPACES, MAP_PATTERNS, MAP_TLDS,
+    Counters, Rule, ACTION_SUFFIX, ACTION_SUFFIX_NS, KEY_DATA_LEN, MAP_COUNTERS, MAP_NAMESPACES,
+    MAP_PATTERNS, MAP_TLDS,
 };
 
 use crate::config::PatternTable;
+use crate::labels::LabelTable;
 
 /// Trie contents: label-reversed key bytes → rule.
 pub type RuleSet = BTreeMap<Vec<u8>, Rule>;
 
 pub type Trie<T> = LpmTrie<T, [u8; KEY_DATA_LEN], Rule>;
-/// A set of labels (`TLDS`, `NAMESPACES`), keyed like a label in the
-/// encoded name.
-pub type LabelSet<T> = HashMap<T, TldKey, u32>;
+/// A set of labels (`TLDS`, `NAMESPACES`): buckets of label keys.
+pub type LabelSet<T> = crate::labels::LabelTable<Array<T, LabelBucket>>;
 
 /// What a reconcile changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,14 +65,8 @@ impl std::fmt::Display for TableDiff {
 }
 
 /// The labels of a label set (`TLDS`, `NAMESPACES`).
-pub fn read_labels<T: Borrow<MapData>>(m: &LabelSet<T>) -> Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
-    for k in m.keys() {
-        let k = k.context("reading a label set")?;
-        let n = (k.label[0] as usize).min(63);
-        out.insert(String::from_utf8_lossy(&k.label[1..1 + n]).into_owned());
-    }
-    Ok(out)
+pub fn read_labels<T: BorrowMut<MapData>>(m: &LabelSet<T>) -> Result<BTreeSet<String>> {
+    m.labels()
 }
 
 /// The rules a pattern table puts in the trie.
@@ -94,7 +89,7 @@ pub fn suffix_map(rules: &RuleSet) -> SuffixMap<Action> {
 /// common parent P (auto mode's `<ns>.svc.<cluster domain>`, one per
 /// namespace) leave the trie; P is marked `ACTION_SUFFIX_NS` and their first
 /// labels go into the namespace set. A thousand namespaces then cost one
-/// short trie entry and a hash lookup instead of a deep trie walk.
+/// short trie entry and a label-set lookup instead of a deep trie walk.
 ///
 /// Exact: a name the trie sends to P has no rule longer than P covering
 /// it, so its longest suffix rule is `<L>.P` when its next label L is in
@@ -218,11 +213,6 @@ pub fn reconcile_rules<T: BorrowMut<MapData>>(t: &mut Trie<T>, want: &RuleSet) -
     Ok(d)
 }
 
-fn tld_key(label: &str) -> Result<TldKey> {
-    TldKey::new(label.as_bytes())
-        .ok_or_else(|| anyhow!("TLD label '{label}' is empty or over 63 bytes"))
-}
-
 /// Adds the labels of `want` the set lacks; returns how many.
 pub fn add_labels<T: BorrowMut<MapData>>(
     m: &mut LabelSet<T>,
@@ -230,11 +220,9 @@ pub fn add_labels<T: BorrowMut<MapData>>(
 ) -> Result<usize> {
     let mut added = 0;
     for label in want {
-        let k = tld_key(label)?;
-        if m.get(&k, 0).is_err() {
-            m.insert(k, 1, 0).with_context(|| {
-                format!("writing '{label}' to a label set (TLDS or NAMESPACES)")
-            })?;
+        if m.insert(label)
+            .with_context(|| format!("writing '{label}' to a label set (TLDS or NAMESPACES)"))?
+        {
             added += 1;
         }
     }
@@ -246,16 +234,14 @@ pub fn remove_other_labels<T: BorrowMut<MapData>>(
     m: &mut LabelSet<T>,
     want: &BTreeSet<String>,
 ) -> Result<usize> {
-    let keep: HashSet<TldKey> = want.iter().map(|l| tld_key(l)).collect::<Result<_>>()?;
-    let mut gone = vec![];
-    for k in m.keys() {
-        let k = k.context("reading the TLDS map")?;
-        if !keep.contains(&k) {
-            gone.push(k);
-        }
-    }
-    for k in &gone {
-        m.remove(k).context("removing a label from a label set")?;
+    let gone: Vec<String> = m
+        .labels()?
+        .into_iter()
+        .filter(|l| !want.contains(l))
+        .collect();
+    for l in &gone {
+        m.remove(l)
+            .with_context(|| format!("removing '{l}' from a label set"))?;
     }
     Ok(gone.len())
 }
@@ -303,11 +289,11 @@ impl Pins {
     }
 
     pub fn tlds(&self) -> Result<LabelSet<MapData>> {
-        Ok(HashMap::try_from(self.map(MAP_TLDS)?)?)
+        Ok(LabelTable(Array::try_from(self.map(MAP_TLDS)?)?))
     }
 
     pub fn namespaces(&self) -> Result<LabelSet<MapData>> {
-        Ok(HashMap::try_from(self.map(MAP_NAMESPACES)?)?)
+        Ok(LabelTable(Array::try_from(self.map(MAP_NAMESPACES)?)?))
     }
 
     /// Kernel counters summed over CPUs.

@@ -1,0 +1,219 @@
+//! Auto mode's label sets (`TLDS`, `NAMESPACES`) as the agent writes them:
+//! bucket arrays laid out as `dnsfast_common::labels` describes. Generic
+//! over where the buckets live, so the logic is unit-tested in memory and
+//! runs on the loaded maps and on their pins alike.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{Array, MapData};
+use dnsfast_common::{
+    labels::{label_buckets, label_fp, LabelBucket, LABEL_SLOTS},
+    TldKey,
+};
+
+/// Where a set's buckets live.
+pub trait Buckets {
+    /// Bucket count minus one.
+    fn mask(&self) -> u32;
+    fn bucket(&self, i: u32) -> Result<LabelBucket>;
+    fn set_bucket(&mut self, i: u32, b: &LabelBucket) -> Result<()>;
+}
+
+impl<T: std::borrow::BorrowMut<MapData>> Buckets for Array<T, LabelBucket> {
+    fn mask(&self) -> u32 {
+        self.len().saturating_sub(1)
+    }
+    fn bucket(&self, i: u32) -> Result<LabelBucket> {
+        self.get(&i, 0)
+            .with_context(|| format!("reading bucket {i} of a label set"))
+    }
+    fn set_bucket(&mut self, i: u32, b: &LabelBucket) -> Result<()> {
+        self.set(i, b, 0)
+            .with_context(|| format!("writing bucket {i} of a label set"))
+    }
+}
+
+/// Displacements tried before an insert gives up. With half the slots
+/// free, one is rarely needed.
+const MAX_PATH: usize = 5;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Place {
+    bucket: u32,
+    slot: usize,
+}
+
+/// A label set.
+pub struct LabelTable<B>(pub B);
+
+fn key_of(label: &str) -> Result<TldKey> {
+    TldKey::new(label.as_bytes())
+        .ok_or_else(|| anyhow!("label '{label}' is empty or over 63 bytes"))
+}
+
+impl<B: Buckets> LabelTable<B> {
+    fn find(&self, k: &TldKey) -> Result<Option<Place>> {
+        let fp = label_fp(k);
+        let (b1, b2) = label_buckets(fp, self.0.mask());
+        for b in [b1, b2] {
+            let bucket = self.0.bucket(b)?;
+            for slot in 0..LABEL_SLOTS {
+                if bucket.fp[slot] == fp && bucket.label[slot] == *k {
+                    return Ok(Some(Place { bucket: b, slot }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    pub fn contains(&self, label: &str) -> Result<bool> {
+        Ok(self.find(&key_of(label)?)?.is_some())
+    }
+
+    /// Adds `label`; false if it was there.
+    pub fn insert(&mut self, label: &str) -> Result<bool> {
+        let k = key_of(label)?;
+        if self.find(&k)?.is_some() {
+            return Ok(false);
+        }
+        let fp = label_fp(&k);
+        let mask = self.0.mask();
+        let (b1, b2) = label_buckets(fp, mask);
+        let mut seen: HashMap<u32, LabelBucket> = HashMap::new();
+        // Breadth first over displacement paths, each ending in a bucket
+        // to look for a free slot in.
+        let mut queue: VecDeque<(Vec<Place>, u32)> = VecDeque::from([(vec![], b1), (vec![], b2)]);
+        while let Some((path, b)) = queue.pop_front() {
+            let bucket = match seen.get(&b) {
+                Some(x) => *x,
+                None => {
+                    let x = self.0.bucket(b)?;
+                    seen.insert(b, x);
+                    x
+                }
+            };
+            if let Some(slot) = (0..LABEL_SLOTS).find(|&s| bucket.fp[s] == 0) {
+                self.apply(fp, &k, &path, Place { bucket: b, slot })?;
+                return Ok(true);
+            }
+            if path.len() >= MAX_PATH {
+                continue;
+            }
+            for slot in 0..LABEL_SLOTS {
+                let here = Place { bucket: b, slot };
+                if path.contains(&here) {
+                    continue;
+                }
+                let (x, y) = label_buckets(bucket.fp[slot], mask);
+                let mut p = path.clone();
+                p.push(here);
+                queue.push_back((p, if x == b { y } else { x }));
+            }
+        }
+        bail!(
+            "label set full around '{label}' ({} buckets of {LABEL_SLOTS})",
+            mask as u64 + 1
+        )
+    }
+
+    /// Moves each label on `path` to the next place (the last to `free`),
+    /// the new place written before the old is overwritten, then puts the
+    /// new label where the first was.
+    fn apply(&mut self, fp: u64, k: &TldKey, path: &[Place], free: Place) -> Result<()> {
+        let mut to = free;
+        for from in path.iter().rev() {
+            let src = self.0.bucket(from.bucket)?;
+            let mut dst = self.0.bucket(to.bucket)?;
+            dst.fp[to.slot] = src.fp[from.slot];
+            dst.label[to.slot] = src.label[from.slot];
+            self.0.set_bucket(to.bucket, &dst)?;
+            to = *from;
+        }
+        let mut dst = self.0.bucket(to.bucket)?;
+        dst.fp[to.slot] = fp;
+        dst.label[to.slot] = *k;
+        self.0.set_bucket(to.bucket, &dst)
+    }
+
+    /// Removes `label`; false if it was not there.
+    pub fn remove(&mut self, label: &str) -> Result<bool> {
+        let k = key_of(label)?;
+        let Some(at) = self.find(&k)? else {
+            return Ok(false);
+        };
+        let mut b = self.0.bucket(at.bucket)?;
+        b.fp[at.slot] = 0;
+        b.label[at.slot] = LabelBucket::EMPTY.label[0];
+        self.0.set_bucket(at.bucket, &b)?;
+        Ok(true)
+    }
+
+    /// Every label in the set.
+    pub fn labels(&self) -> Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        for b in 0..=self.0.mask() {
+            let bucket = self.0.bucket(b)?;
+            for slot in 0..LABEL_SLOTS {
+                if bucket.fp[slot] != 0 {
+                    let l = &bucket.label[slot].label;
+                    let n = (l[0] as usize).min(63);
+                    out.insert(String::from_utf8_lossy(&l[1..1 + n]).into_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+impl Buckets for Vec<LabelBucket> {
+    fn mask(&self) -> u32 {
+        self.len() as u32 - 1
+    }
+    fn bucket(&self, i: u32) -> Result<LabelBucket> {
+        Ok(self[i as usize])
+    }
+    fn set_bucket(&mut self, i: u32, b: &LabelBucket) -> Result<()> {
+        self[i as usize] = *b;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_contains_remove() {
+        let mut t = LabelTable(vec![LabelBucket::EMPTY; 8]);
+        assert!(t.insert("com").unwrap());
+        assert!(!t.insert("COM").unwrap(), "labels are case-insensitive");
+        assert!(t.contains("Com").unwrap());
+        assert!(!t.contains("co").unwrap());
+        assert!(t.remove("com").unwrap());
+        assert!(!t.remove("com").unwrap());
+        assert!(!t.contains("com").unwrap());
+        assert!(t.insert(&"x".repeat(63)).is_ok());
+        assert!(t.insert(&"x".repeat(64)).is_err());
+        assert!(t.insert("").is_err());
+    }
+
+    #[test]
+    fn a_nearly_full_set_moves_labels_and_keeps_them_all() {
+        // 64 buckets of 4: fill 90 % of the slots.
+        let mut t = LabelTable(vec![LabelBucket::EMPTY; 64]);
+        let labels: Vec<String> = (0..230).map(|i| format!("ns{i}")).collect();
+        for l in &labels {
+            assert!(t.insert(l).unwrap());
+        }
+        for l in &labels {
+            assert!(t.contains(l).unwrap(), "{l}");
+        }
+        assert_eq!(t.labels().unwrap().len(), labels.len());
+        // Past what the buckets hold: a clear error, not a lost label.
+        let mut t = LabelTable(vec![LabelBucket::EMPTY; 2]);
+        let err = (0..9).find_map(|i| t.insert(&format!("l{i}")).err());
+        assert!(err.unwrap().to_string().contains("label set full"));
+    }
+}
