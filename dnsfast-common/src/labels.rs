@@ -8,7 +8,12 @@
 //! A label lives in one of two buckets chosen by its fingerprint (cuckoo
 //! layout). The agent, the only writer, moves labels between their two
 //! buckets to make room, writing the new place before clearing the old, so
-//! a reader always finds a label in at least one of them.
+//! a reader always finds a label in at least one of them. A bucket write is
+//! a plain copy, so a lookup racing it may read half of it: then the
+//! fingerprint or the key does not match and the lookup says "no" (the
+//! name is not taken for an artifact and passes up to the forwarder, which
+//! decides it from its own copy of the rules). It never says "yes" for a
+//! label that was not in the set.
 
 use crate::name::TldKey;
 

@@ -118,7 +118,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         let next = key_labels(&key[at..]).into_iter().next();
         let ns = pins.namespaces()?;
         if let Some(label) = next {
-            let is_ns = ns.contains(&label).unwrap_or(false);
+            let is_ns = ns.contains(&label)?;
             if is_ns && key.len() > at + 1 + label.len() {
                 println!("namespace: '{label}' is in the namespace set");
                 at += 1 + label.len();
@@ -139,7 +139,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
                 return Ok(());
             };
             let tlds = pins.tlds()?;
-            let is_tld = tlds.contains(last).unwrap_or(false);
+            let is_tld = tlds.contains(last)?;
             let q: Vec<&str> = before.iter().rev().map(String::as_str).collect();
             println!(
                 "  before it: {} ({} label{}); its last label '{last}' {} the TLD set",
