@@ -330,8 +330,16 @@ fn test() -> Result<()> {
     let bin = root().join("target/debug/dnsfast");
     // The image test builds the image itself, from this context.
     let image_ctx = image::context(&root())?;
+    // The tests' logs, configs and query files go here, not to /tmp: kept
+    // after a run for a look at what failed, replaced by the next run.
+    let tmp = root().join("target/test-tmp");
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("clearing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     run(cargo()
         .arg("test")
+        .env("TMPDIR", &tmp)
         .env("DNSFAST_BIN", &bin)
         .env("DNSFAST_IMAGE_CONTEXT", &image_ctx))?;
     if is_root() {
