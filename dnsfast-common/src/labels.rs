@@ -81,6 +81,19 @@ pub const fn fp_start() -> u64 {
     SEED
 }
 
+/// Chunk `i` of a label of `n` bytes whose 8 bytes at that place are `v`:
+/// the bytes past the label's `n + 1` (length byte and text) zeroed, as
+/// they are in a [`TldKey`].
+#[inline(always)]
+pub const fn label_chunk(v: u64, n: usize, i: usize) -> u64 {
+    let keep = (n + 1).saturating_sub(i * 8);
+    if keep >= 8 {
+        v
+    } else {
+        v & ((1u64 << ((keep & 7) * 8)) - 1)
+    }
+}
+
 /// A label key's fingerprint: its chunks up to the one holding its last
 /// byte (the rest of the key is zeros).
 pub fn label_fp(k: &TldKey) -> u64 {

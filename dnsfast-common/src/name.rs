@@ -197,10 +197,6 @@ pub fn encode_copied(s: &mut Scratch) -> Result<(usize, usize), NameError> {
     Ok((len, start))
 }
 
-/// Where the artifact check builds its TLD key in the scratch buffer.
-pub const TLD_OFF: usize = 1536;
-const _: () = assert!(WIRE_OFF + WIRE_CAP + 64 <= TLD_OFF && TLD_OFF + 64 + 8 <= SCRATCH_LEN);
-
 /// Key of the `TLDS` set: a label's length byte, its bytes lower-cased,
 /// zero padded. The same bytes the label has in the encoded name.
 #[repr(C)]
@@ -224,41 +220,28 @@ impl TldKey {
     }
 }
 
-/// Builds at [`TLD_OFF`] the TLD key of the label that comes right after
-/// the first `suffix_len` bytes of the encoded name (of `len` bytes): the
-/// last label of what stands before the suffix in the name. `false` when
-/// what stands before the suffix is less than two labels: a single label
-/// (`app` in `app.default.svc.cluster.local`) is a service's own name,
-/// never a fully qualified one, whatever TLD it may spell. The name's
-/// lengths are parked in `s` and read back (see [`opaque`]).
+/// Where, in the scratch buffer, the label that comes right after the first
+/// `suffix_len` bytes of the encoded name (of `len` bytes) starts: its
+/// length byte. That is the last label of what stands before the suffix in
+/// the name. 0 (never a label's place) when what stands before the suffix
+/// is less than two labels: a single label (`app` in
+/// `app.default.svc.cluster.local`) is a service's own name, never a fully
+/// qualified one, whatever TLD it may spell. The name's lengths are parked
+/// in `s` and read back (see [`opaque`]).
 #[inline(always)]
-pub fn tld_key_after(s: &mut Scratch, len: usize, suffix_len: usize) -> bool {
+pub fn label_after(s: &mut Scratch, len: usize, suffix_len: usize) -> usize {
     park(&mut s.name_len, len);
     park(&mut s.nlabels, suffix_len);
     let (len, at) = (opaque(&s.name_len) & 0xff, opaque(&s.nlabels) & 0xff);
     if at >= len {
-        return false;
+        return 0;
     }
     let src = (opaque(&s.key_start) & KEY_START_MASK) + 4 + at;
     let n = get(s, src) as usize & MAX_LABEL;
     if at + 1 + n >= len {
-        return false;
+        return 0;
     }
-    let mut c = 0;
-    while c < 8 {
-        let v = load8(s, src + c * 8);
-        // Bytes of this chunk that belong to the label (its length byte
-        // included): all, some, or none.
-        let keep = (n + 1).saturating_sub(c * 8);
-        let v = if keep >= 8 {
-            v
-        } else {
-            v & ((1u64 << ((keep & 7) * 8)) - 1)
-        };
-        store8(s, TLD_OFF + c * 8, v);
-        c += 1;
-    }
-    true
+    src
 }
 
 /// Every key start is below this power of two, so masking a start with
@@ -315,26 +298,27 @@ mod tests {
     }
 
     #[test]
-    fn tld_key_is_the_label_before_the_suffix() {
+    fn label_after_is_the_label_before_the_suffix() {
         let mut s = Box::new(Scratch::zeroed());
-        s.buf[TLD_OFF..TLD_OFF + 72].fill(0xee);
         let wire = b"\x03api\x06GitHub\x03COM\x03svc\x07cluster\x05local\x00";
         let (len, _) = encode_slice(&mut s, wire).unwrap();
+        let key_of = |s: &Scratch, at: usize| {
+            let n = s.buf[at] as usize;
+            TldKey::new(&s.buf[at + 1..at + 1 + n]).unwrap()
+        };
         // "svc.cluster.local" is 18 bytes of the encoded name.
-        assert!(tld_key_after(&mut s, len, 18));
-        let key = TldKey::new(b"com").unwrap();
-        assert_eq!(&s.buf[TLD_OFF..TLD_OFF + 64], &key.label[..]);
-        assert!(tld_key_after(&mut s, len, 22));
+        let at = label_after(&mut s, len, 18);
+        assert_eq!(key_of(&s, at), TldKey::new(b"com").unwrap());
+        let at = label_after(&mut s, len, 22);
+        assert_eq!(key_of(&s, at), TldKey::new(b"github").unwrap());
         assert_eq!(
-            &s.buf[TLD_OFF..TLD_OFF + 64],
-            &TldKey::new(b"github").unwrap().label[..]
-        );
-        assert!(
-            !tld_key_after(&mut s, len, len),
+            label_after(&mut s, len, len),
+            0,
             "nothing before the suffix"
         );
-        assert!(
-            !tld_key_after(&mut s, len, 29),
+        assert_eq!(
+            label_after(&mut s, len, 29),
+            0,
             "one label before the suffix"
         );
         // The longest label.
@@ -342,11 +326,8 @@ mod tests {
         wire.extend(std::iter::repeat_n(b'X', 63));
         wire.extend_from_slice(b"\x03svc\x00");
         let (len, _) = encode_slice(&mut s, &wire).unwrap();
-        assert!(tld_key_after(&mut s, len, 4));
-        assert_eq!(
-            &s.buf[TLD_OFF..TLD_OFF + 64],
-            &TldKey::new(&[b'x'; 63]).unwrap().label[..]
-        );
+        let at = label_after(&mut s, len, 4);
+        assert_eq!(key_of(&s, at), TldKey::new(&[b'x'; 63]).unwrap());
         assert!(TldKey::new(b"").is_none() && TldKey::new(&[b'a'; 64]).is_none());
     }
 

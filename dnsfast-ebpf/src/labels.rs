@@ -3,9 +3,10 @@
 use aya_ebpf::{btf_maps::Array, macros::btf_map};
 use dnsfast_common::{
     labels::{
-        fp_finish, fp_round, fp_start, label_buckets, LabelBucket, NAMESPACE_BUCKETS, TLD_BUCKETS,
+        fp_finish, fp_round, fp_start, label_buckets, label_chunk, LabelBucket, NAMESPACE_BUCKETS,
+        TLD_BUCKETS,
     },
-    load8, TLD_OFF,
+    load8, SCRATCH_MASK,
 };
 
 /// Labels that make what stands before a search suffix look fully
@@ -23,25 +24,25 @@ static NAMESPACES: Array<LabelBucket, { NAMESPACE_BUCKETS as usize }> = Array::n
 pub const SET_TLDS: u64 = 0;
 pub const SET_NAMESPACES: u64 = 1;
 
-/// Whether the label key built at `TLD_OFF` in scratch (`tld_key_after`)
-/// is in set `set`: 1 or 0. A global BPF function: the verifier checks it
-/// once on its own, and its callers see an unknown result rather than one
-/// state per way out of its loops.
+/// Whether the label whose length byte sits at `at` in the scratch buffer
+/// (`label_after`) is in set `set`: 1 or 0. A global BPF function: the
+/// verifier checks it once on its own, and its callers see an unknown
+/// result rather than one state per way out of its loops.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn dnsfast_label_in(set: u64) -> u64 {
+pub extern "C" fn dnsfast_label_in(set: u64, at: u64) -> u64 {
     let Some(s) = crate::SCRATCH.get(0) else {
         return 0;
     };
-    let n = (s.buf[TLD_OFF] & 63) as usize;
+    let at = at as usize & SCRATCH_MASK;
+    let n = (s.buf[at] & 63) as usize;
     let mut h = fp_start();
     let mut c = 0;
     while c < 8 {
         if c * 8 > n {
             break;
         }
-        // Past the label, the key is zeros: no masking.
-        h = fp_round(h, load8(s, TLD_OFF + c * 8));
+        h = fp_round(h, label_chunk(load8(s, at + c * 8), n, c));
         c += 1;
     }
     let fp = fp_finish(h);
@@ -62,7 +63,7 @@ pub extern "C" fn dnsfast_label_in(set: u64) -> u64 {
         };
         let mut i = 0;
         while i < 4 {
-            if bucket.fp[i] == fp && same(s, &bucket.label[i].label, n) {
+            if bucket.fp[i] == fp && same(s, at, n, &bucket.label[i].label) {
                 return 1;
             }
             i += 1;
@@ -71,12 +72,12 @@ pub extern "C" fn dnsfast_label_in(set: u64) -> u64 {
     0
 }
 
-/// Whether the stored label key equals the one at `TLD_OFF`, a label of
-/// `n` bytes. Only the chunks holding its `n + 1` bytes are compared: the
-/// first holds the length byte, and past its length a stored key is zeros,
-/// as the built one is.
+/// Whether the stored label key is the label of `n` bytes at `at`. Only
+/// the chunks holding its `n + 1` bytes are compared: the first holds the
+/// length byte, and past its length a stored key is zeros, as the masked
+/// chunks are.
 #[inline(always)]
-fn same(s: &dnsfast_common::Scratch, stored: &[u8; 64], n: usize) -> bool {
+fn same(s: &dnsfast_common::Scratch, at: usize, n: usize, stored: &[u8; 64]) -> bool {
     let mut c = 0;
     while c < 8 {
         if c * 8 > n {
@@ -84,7 +85,7 @@ fn same(s: &dnsfast_common::Scratch, stored: &[u8; 64], n: usize) -> bool {
         }
         // SAFETY: c < 8: inside the 64-byte key.
         let v = unsafe { core::ptr::read_unaligned(stored.as_ptr().add(c * 8) as *const u64) };
-        if v != load8(s, TLD_OFF + c * 8) {
+        if v != label_chunk(load8(s, at + c * 8), n, c) {
             return false;
         }
         c += 1;

@@ -22,10 +22,10 @@ use aya_ebpf::{
 };
 use dnsfast_common::{
     answer::{cq, AnswerKey, CachedAnswer, ListenKey},
-    encode_copied, park, tld_key_after, AddrKey, Config, Counters, Rule, Scratch, WatchEvent,
+    encode_copied, label_after, park, AddrKey, Config, Counters, Rule, Scratch, WatchEvent,
     WatchState, ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS, DEFAULT_MAX_PATTERNS,
     EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
-    MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, SCRATCH_MASK, TLD_OFF, VERDICT_ALLOWED, VERDICT_CACHE,
+    MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, SCRATCH_MASK, VERDICT_ALLOWED, VERDICT_CACHE,
     VERDICT_NXDOMAIN, VERDICT_PASS, WIRE_CAP,
 };
 
@@ -334,13 +334,11 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
 /// could look qualified), so it is not looked up.
 #[inline(always)]
 fn namespace_suffix(scratch: &mut Scratch, len: usize, suffix_len: usize) -> usize {
-    if !tld_key_after(scratch, len, suffix_len) {
+    let at = label_after(scratch, len, suffix_len);
+    if at == 0 || labels::dnsfast_label_in(labels::SET_NAMESPACES, at as u64) == 0 {
         return suffix_len;
     }
-    if labels::dnsfast_label_in(labels::SET_NAMESPACES) == 0 {
-        return suffix_len;
-    }
-    let label = scratch.buf[TLD_OFF & SCRATCH_MASK] as usize & 0x3f;
+    let label = scratch.buf[at & SCRATCH_MASK] as usize & 0x3f;
     let longer = suffix_len + 1 + label;
     // For `dnsfast watch`: the rule that decided is the namespace's.
     park(
@@ -352,10 +350,8 @@ fn namespace_suffix(scratch: &mut Scratch, len: usize, suffix_len: usize) -> usi
 
 #[inline(always)]
 fn is_artifact(scratch: &mut Scratch, len: usize, suffix_len: usize) -> bool {
-    if !tld_key_after(scratch, len, suffix_len) {
-        return false;
-    }
-    labels::dnsfast_label_in(labels::SET_TLDS) != 0
+    let at = label_after(scratch, len, suffix_len);
+    at != 0 && labels::dnsfast_label_in(labels::SET_TLDS, at as u64) != 0
 }
 
 #[inline(always)]
