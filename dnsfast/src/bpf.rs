@@ -25,7 +25,8 @@ use dnsfast_common::{
     AddrKey, Config, Counters, Rule, WatchState, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FAMILY_V4,
     FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
     MAP_ANSWERS, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_NAMESPACES,
-    MAP_PATTERNS, MAP_SERVER_ADDRS, MAP_TLDS, MAP_WATCH_STATE, PROG_NAME, WATCH_PROG_NAME,
+    MAP_PATTERNS, MAP_SERVER_ADDRS, MAP_TLDS, MAP_WATCH_STATE, MAX_NAMESPACES, MAX_TLDS, PROG_NAME,
+    WATCH_PROG_NAME,
 };
 
 /// The XDP object, built by `build.rs` and embedded so that one binary is
@@ -384,6 +385,15 @@ impl Dataplane {
     /// verdict is the same in both configs keeps it throughout.
     pub fn reconcile(&mut self, rules: &RuleSet, tlds: &BTreeSet<String>) -> Result<TableDiff> {
         let (folded, ns) = fold_namespaces(rules);
+        // Checked before anything is written: nothing half-applied.
+        for (what, n, cap) in [
+            ("namespaces", ns.len(), MAX_NAMESPACES),
+            ("TLD labels", tlds.len(), MAX_TLDS),
+        ] {
+            if n > cap as usize {
+                bail!("{n} {what} do not fit the kernel's set of {cap}");
+            }
+        }
         let ns_added = add_labels(&mut self.namespaces()?, &ns)?;
         let tlds_added = add_labels(&mut self.tlds()?, tlds)?;
         let trie = reconcile_rules(&mut self.patterns()?, &folded)?;

@@ -376,6 +376,30 @@ fn reason_count(c: &Counters, reason: &str) -> u64 {
 }
 
 #[test]
+fn label_sets_past_their_capacity_are_refused_whole() {
+    require_root!();
+    let mut dp = dataplane();
+    let before = dp.rules().unwrap();
+    let mut rules = before.clone();
+    let cap = dnsfast_common::MAX_NAMESPACES as usize;
+    for p in std::iter::once("svc.cluster.local".to_string())
+        .chain((0..=cap).map(|i| format!("ns{i}.svc.cluster.local")))
+    {
+        let (key, rule) =
+            dnsfast_common::pattern::rule_entry(&Pattern::parse(&p).unwrap(), Action::Suffix);
+        rules.insert(key, rule);
+    }
+    let err = dp.reconcile(&rules, &Default::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(&format!("{} namespaces do not fit", cap + 1)),
+        "{err:#}"
+    );
+    // Nothing was written.
+    assert_eq!(dp.rules().unwrap(), before);
+}
+
+#[test]
 fn search_suffixes_answer_only_artifacts() {
     require_root!();
     let mut dp = dataplane();
