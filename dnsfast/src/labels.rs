@@ -53,8 +53,8 @@ fn key_of(label: &str) -> Result<TldKey> {
 }
 
 impl<B: Buckets> LabelTable<B> {
-    fn find(&self, k: &TldKey) -> Result<Option<Place>> {
-        let fp = label_fp(k);
+    /// Where `k`, of fingerprint `fp`, is stored.
+    fn find(&self, k: &TldKey, fp: u64) -> Result<Option<Place>> {
         let (b1, b2) = label_buckets(fp, self.0.mask());
         for b in [b1, b2] {
             let bucket = self.0.bucket(b)?;
@@ -68,16 +68,17 @@ impl<B: Buckets> LabelTable<B> {
     }
 
     pub fn contains(&self, label: &str) -> Result<bool> {
-        Ok(self.find(&key_of(label)?)?.is_some())
+        let k = key_of(label)?;
+        Ok(self.find(&k, label_fp(&k))?.is_some())
     }
 
     /// Adds `label`; false if it was there.
     pub fn insert(&mut self, label: &str) -> Result<bool> {
         let k = key_of(label)?;
-        if self.find(&k)?.is_some() {
+        let fp = label_fp(&k);
+        if self.find(&k, fp)?.is_some() {
             return Ok(false);
         }
-        let fp = label_fp(&k);
         let mask = self.0.mask();
         let (b1, b2) = label_buckets(fp, mask);
         let mut seen: HashMap<u32, LabelBucket> = HashMap::new();
@@ -139,7 +140,7 @@ impl<B: Buckets> LabelTable<B> {
     /// Removes `label`; false if it was not there.
     pub fn remove(&mut self, label: &str) -> Result<bool> {
         let k = key_of(label)?;
-        let Some(at) = self.find(&k)? else {
+        let Some(at) = self.find(&k, label_fp(&k))? else {
             return Ok(false);
         };
         let mut b = self.0.bucket(at.bucket)?;

@@ -314,9 +314,7 @@ impl Running {
         let _ = std::fs::remove_file(&out);
         Ok(text)
     }
-}
 
-impl Running {
     /// Background load from dnsperf (paced, no -v) at `rate` qps minus the
     /// probe's, and the probe in the same client namespace: (p50 ms, p99
     /// ms, probes lost).
@@ -407,15 +405,18 @@ pub fn probe(server: &str, seconds: u32) -> Result<()> {
         bail!("no probe was answered");
     }
     let n = rtts.len();
-    rtts.extend(std::iter::repeat_n(f64::INFINITY, lost as usize));
-    rtts.sort_by(f64::total_cmp);
-    let pct = |p: f64| rtts[((rtts.len() as f64 * p) as usize).min(rtts.len() - 1)];
-    println!(
-        "answered={n} lost={lost} p50_ms={:.3} p99_ms={:.3}",
-        pct(0.50),
-        pct(0.99)
-    );
+    let (p50, p99) = p50_p99(rtts, lost as usize);
+    println!("answered={n} lost={lost} p50_ms={p50:.3} p99_ms={p99:.3}");
     Ok(())
+}
+
+/// p50 and p99 of `answered` times, with `lost` queries counted as slower
+/// than any answer.
+fn p50_p99(mut v: Vec<f64>, lost: usize) -> (f64, f64) {
+    v.extend(std::iter::repeat_n(f64::INFINITY, lost));
+    v.sort_by(f64::total_cmp);
+    let pct = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
+    (pct(0.50), pct(0.99))
 }
 
 fn start(p: &Peer, upstream_conf: &Path, hits: &Path) -> Result<Running> {
@@ -485,7 +486,7 @@ fn qps_of(out: &str) -> Result<f64> {
 /// p50 and p99 from dnsperf -v lines (`> NOERROR name A 0.000216`); a lost
 /// query counts as slower than any answer. Also the share lost, in %.
 fn latency(out: &str) -> Result<(f64, f64, f64)> {
-    let mut v: Vec<f64> = out
+    let v: Vec<f64> = out
         .lines()
         .filter_map(|l| l.strip_prefix("> "))
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
@@ -499,12 +500,10 @@ fn latency(out: &str) -> Result<(f64, f64, f64)> {
         bail!("no latencies in dnsperf -v output");
     }
     let answered = v.len();
-    v.extend(std::iter::repeat_n(f64::INFINITY, lost));
-    v.sort_by(f64::total_cmp);
-    let pct = |p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)] * 1000.0;
+    let (p50, p99) = p50_p99(v, lost);
     Ok((
-        pct(0.50),
-        pct(0.99),
+        p50 * 1000.0,
+        p99 * 1000.0,
         100.0 * lost as f64 / (answered + lost) as f64,
     ))
 }
