@@ -251,15 +251,11 @@ pub struct WatchState {
 #[derive(Clone, Copy)]
 pub struct Scratch {
     pub buf: [u8; crate::name::SCRATCH_LEN + crate::name::SLACK],
-    /// Wire offsets of the labels of the name being encoded.
-    pub labels: [u8; crate::name::MAX_LABELS],
     /// Values parked here and read back volatile so the verifier merges the
     /// many loop exits into one state instead of re-walking per exit.
     pub name_len: u32,
     pub nlabels: u32,
     pub key_start: u32,
-    /// How many wire bytes were copied to the scratch buffer.
-    pub wire_len: u32,
     /// IPv6 UDP checksum: bytes to sum, and the running sum.
     pub csum_len: u32,
     pub csum_acc: u32,
@@ -273,11 +269,9 @@ impl Scratch {
     pub const fn zeroed() -> Self {
         Self {
             buf: [0; crate::name::SCRATCH_LEN + crate::name::SLACK],
-            labels: [0; crate::name::MAX_LABELS],
             name_len: 0,
             nlabels: 0,
             key_start: 0,
-            wire_len: 0,
             csum_len: 0,
             csum_acc: 0,
             hdr: [0; 4],

@@ -10,16 +10,16 @@
 //! `prefix_len = 8 * len` then finds the longest matching pattern in one
 //! lookup.
 //!
-//! The wire name is first copied into the scratch buffer at [`WIRE_OFF`]
-//! (one `bpf_xdp_load_bytes` in the kernel). A first pass walks the length
-//! bytes and records where each label starts. A second pass copies the
-//! labels, last first, in 8-byte chunks lower-cased 8 bytes at a time, to
-//! their place in the key. The key is anchored at its *end* ([`KEY_END`]): a
-//! label whose length byte sits at wire offset `i` with length `n` goes to
-//! `KEY_END - (i + n + 1)`, whatever the name's total length. Writing in
-//! ascending order lets each chunk spill up to 7 bytes into the next label's
-//! place, which is written right after. The lookup key starts `len + 4` bytes
-//! before `KEY_END`, where the `u32` prefix length goes.
+//! The key is anchored at its *end* ([`KEY_END`]): the label whose length
+//! byte sits at wire offset `i`, with length `n`, goes to `KEY_END - (i + n +
+//! 1)`, whatever the name's total length. So one forward walk over the
+//! labels places each label as soon as it is found, with no second pass and
+//! no copy of the name. Each label is moved in 8-byte chunks, lower-cased 8
+//! bytes at a time, aligned to the label's *end*: the lowest chunk reaches
+//! up to 7 bytes before the label, into the place of the next label the walk
+//! writes (or below the key), so nothing written is ever overwritten with
+//! junk, and no read goes past the label's last byte. The lookup key starts
+//! `len + 4` bytes before `KEY_END`, where the `u32` prefix length goes.
 
 use crate::abi::{Scratch, MAX_LABEL, MAX_NAME_WIRE};
 
@@ -32,9 +32,6 @@ pub const SLACK: usize = 8;
 /// `[KEY_END - len - 4, KEY_END - len - 4 + KEY_SIZE)` stays inside the
 /// buffer for every `len` in `0..=254`.
 pub const KEY_END: usize = 512;
-/// Where the wire name is copied to, and how much of it at most.
-pub const WIRE_OFF: usize = 1024;
-pub const WIRE_CAP: usize = 256;
 /// A name of 255 bytes has at most 127 labels.
 pub const MAX_LABELS: usize = 128;
 /// Size of an LPM key: `u32` prefix length plus the data.
@@ -112,82 +109,69 @@ pub fn park(v: &mut u32, x: usize) {
     unsafe { core::ptr::write_volatile(v, x as u32) }
 }
 
-/// Encodes the wire name already copied to `s.buf[WIRE_OFF..]`, of which
-/// `s.wire_len` bytes are real (the rest of the message may be shorter than
-/// a name can be). On success the label-reversed, lower-cased name ends at
-/// [`KEY_END`], its `u32` prefix length sits just before it, and the return
-/// value is `(len, key_start)`: the name's length without the root byte and
-/// where the lookup key starts.
+/// Where [`encode`] reads a wire name from: a packet in the kernel, memory
+/// in user space. Offsets count from the name's first byte.
+pub trait Wire {
+    /// The byte at `at`: `None` past the end of the message.
+    fn byte(&self, at: usize) -> Option<u8>;
+    /// The 8 bytes before offset `end`, in memory order: `None` if any of
+    /// them lies past the end of the message. `end` is at least 1, so up to
+    /// 7 of the bytes come from before the name (its message's header);
+    /// their values do not matter.
+    fn chunk_before(&self, end: usize) -> Option<u64>;
+}
+
+/// Encodes a wire name. On success the label-reversed, lower-cased name
+/// ends at [`KEY_END`], its `u32` prefix length sits just before it, its
+/// key start is parked in `s.key_start`, and the value is `(len, start)`:
+/// the name's length without the root byte and where the lookup key starts.
 ///
-/// Written for the verifier as much as for people: bounded loops, state
-/// parked in `s`, masked indices, no slicing.
+/// Written for the verifier as much as for people: bounded loops, masked
+/// indices, no slicing. In the XDP program it runs inside a BPF global
+/// function, so its loops' many ways out cost the caller nothing.
 #[inline(always)]
-pub fn encode_copied(s: &mut Scratch) -> Result<(usize, usize), NameError> {
-    // Pass 1: where each label starts. Position and count live in `s` (see
-    // `opaque`), so every step looks alike to the verifier.
-    park(&mut s.name_len, 0);
-    park(&mut s.nlabels, 0);
+pub fn encode<W: Wire>(w: &W, s: &mut Scratch) -> Result<(usize, usize), NameError> {
+    // Opaque to LLVM: it knows `pos` stays small and would drop the index
+    // masks below as redundant; the verifier, which does not follow that
+    // reasoning, needs them.
+    let key_end = core::hint::black_box(KEY_END);
+    let mut pos = 0usize;
+    let mut found = false;
     let mut guard = 0;
-    loop {
-        let pos = opaque(&s.name_len);
-        let count = opaque(&s.nlabels);
-        if guard >= MAX_LABELS || count >= MAX_LABELS {
-            return Err(NameError::TooLong);
-        }
+    while guard < MAX_LABELS {
         guard += 1;
-        // Reloaded, not passed in: a known bound on `avail` lets LLVM drop
-        // the index masks below, and Linux 6.1's verifier cannot follow it.
-        if pos >= opaque(&s.wire_len) {
-            return Err(NameError::Truncated);
-        }
-        let n = get(s, WIRE_OFF + pos) as usize;
+        let n = w.byte(pos).ok_or(NameError::Truncated)? as usize;
         if n == 0 {
+            found = true;
             break;
         }
         if n > MAX_LABEL {
             return Err(NameError::BadLabel);
         }
-        s.labels[count & (MAX_LABELS - 1)] = pos as u8;
-        let next = pos + n + 1;
+        let end = pos + n + 1;
         // The root byte must sit at offset 254 at the latest.
-        if next > MAX_NAME_WIRE - 1 {
+        if end > MAX_NAME_WIRE - 1 {
             return Err(NameError::TooLong);
         }
-        park(&mut s.name_len, next);
-        park(&mut s.nlabels, count + 1);
-    }
-    let len = opaque(&s.name_len) & 0xff;
-
-    // Pass 2: labels last to first, in 8-byte chunks. The label counter
-    // lives in `s.nlabels` and is reloaded every step: LLVM then cannot
-    // prove the index mask redundant and drop it, which older verifiers
-    // (Linux 6.1) need to bound the access.
-    let mut guard = 0;
-    while guard < MAX_LABELS {
-        let k = opaque(&s.nlabels);
-        if k == 0 {
-            break;
-        }
-        park(&mut s.nlabels, k - 1);
-        guard += 1;
-        let src = s.labels[(k - 1) & (MAX_LABELS - 1)] as usize;
-        let n = get(s, WIRE_OFF + src) as usize & MAX_LABEL;
-        let dst = KEY_END.wrapping_sub(src + n + 1);
-        // n + 1 <= 64 bytes: at most 8 chunks.
+        // n + 1 <= 64 bytes: at most 8 chunks, the first ending where the
+        // label ends, each placed 8 bytes lower in the key.
         let mut c = 0;
         while c < 8 {
             if c * 8 > n {
                 break;
             }
-            let v = load8(s, WIRE_OFF + src + c * 8);
-            store8(s, dst.wrapping_add(c * 8), lower8(v));
+            let v = w.chunk_before(end - c * 8).ok_or(NameError::Truncated)?;
+            store8(s, key_end.wrapping_sub(pos + (c + 1) * 8), lower8(v));
             c += 1;
         }
+        pos = end;
     }
-
+    if !found {
+        return Err(NameError::TooLong);
+    }
+    let len = pos & 0xff;
     let start = key_start(len);
     park(&mut s.key_start, start);
-    let start = opaque(&s.key_start) & KEY_START_MASK;
     let bits = ((len as u32) * 8).to_ne_bytes();
     let mut b = 0;
     while b < 4 {
@@ -248,7 +232,6 @@ pub fn label_after(s: &mut Scratch, len: usize, suffix_len: usize) -> usize {
 /// `KEY_START_MASK` is a no-op that gives the verifier a bound.
 pub const KEY_START_MASK: usize = 0x1ff;
 const _: () = assert!(KEY_END - 4 <= KEY_START_MASK && KEY_START_MASK + KEY_SIZE <= SCRATCH_LEN);
-const _: () = assert!(WIRE_OFF + WIRE_CAP + 64 <= SCRATCH_LEN && KEY_END + 64 <= WIRE_OFF);
 
 /// Scratch offset where the LPM key for a name of `len` bytes starts.
 #[inline(always)]
@@ -256,12 +239,32 @@ pub const fn key_start(len: usize) -> usize {
     (KEY_END - 4).wrapping_sub(len) & KEY_START_MASK
 }
 
+/// A wire name in memory: the user-space [`Wire`].
+pub struct SliceWire<'a>(pub &'a [u8]);
+
+impl Wire for SliceWire<'_> {
+    fn byte(&self, at: usize) -> Option<u8> {
+        self.0.get(at).copied()
+    }
+
+    fn chunk_before(&self, end: usize) -> Option<u64> {
+        if end > self.0.len() {
+            return None;
+        }
+        // Bytes before the name read as zero.
+        let mut b = [0u8; 8];
+        for (i, v) in b.iter_mut().enumerate() {
+            if let Some(at) = (end + i).checked_sub(8) {
+                *v = self.0[at];
+            }
+        }
+        Some(u64::from_ne_bytes(b))
+    }
+}
+
 /// Encodes a wire name held in memory (user space, tests).
 pub fn encode_slice(s: &mut Scratch, wire: &[u8]) -> Result<(usize, usize), NameError> {
-    let n = wire.len().min(WIRE_CAP);
-    s.buf[WIRE_OFF..WIRE_OFF + n].copy_from_slice(&wire[..n]);
-    s.wire_len = n as u32;
-    encode_copied(s)
+    encode(&SliceWire(wire), s)
 }
 
 #[cfg(test)]

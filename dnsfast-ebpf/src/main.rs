@@ -8,6 +8,7 @@
 
 mod cache;
 mod labels;
+mod name;
 mod packet;
 mod reply;
 mod watch;
@@ -22,11 +23,11 @@ use aya_ebpf::{
 };
 use dnsfast_common::{
     answer::{cq, AnswerKey, CachedAnswer, ListenKey},
-    encode_copied, label_after, park, AddrKey, Config, Counters, Rule, Scratch, WatchEvent,
+    key_start, label_after, opaque, park, AddrKey, Config, Counters, Rule, Scratch, WatchEvent,
     WatchState, ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS, DEFAULT_MAX_PATTERNS,
     EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
     MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, SCRATCH_MASK, VERDICT_ALLOWED, VERDICT_CACHE,
-    VERDICT_NXDOMAIN, VERDICT_PASS, WIRE_CAP,
+    VERDICT_NXDOMAIN, VERDICT_PASS,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
@@ -233,17 +234,12 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     // Question name → label-reversed key in per-CPU scratch.
     let name_off = dns + DNS_HDR_LEN;
     let dns_end = hdrs.dns_end;
-    // Copy what can hold the name (at most 256 bytes) into scratch, then
-    // encode it there; `encode_copied` checks it ends within those bytes.
     let avail = dns_end.saturating_sub(name_off);
-    park(
-        &mut scratch.wire_len,
-        if avail > WIRE_CAP { WIRE_CAP } else { avail },
-    );
-    if !packet::copy_to_scratch(&pkt, name_off, scratch) {
+    if name::dnsfast_encode(ctx.ctx, name_off as u64, avail as u64) == 0 {
         return Err(Pass::Malformed);
     }
-    let (len, start) = encode_copied(scratch).map_err(|_| Pass::Malformed)?;
+    let len = opaque(&scratch.name_len) & 0xff;
+    let start = key_start(len);
 
     // QTYPE/QCLASS.
     let qtail = name_off + len + 1;

@@ -7,9 +7,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use dnsfast_common::{
-    opaque, park, store8, Config, Scratch, MAX_PORTS, SCRATCH_MASK, WIRE_CAP, WIRE_OFF,
-};
+use dnsfast_common::{opaque, park, Config, Scratch, MAX_PORTS};
 
 use crate::Pass;
 
@@ -106,45 +104,6 @@ impl Packet {
         }
         true
     }
-}
-
-/// Copies `s.wire_len` bytes of the packet from `off` to the scratch wire
-/// area, 8 at a time; the frame's last few bytes one at a time. Cheaper
-/// than `bpf_xdp_load_bytes` for the few dozen bytes of a typical question.
-/// The length is read from map memory on every step so that no loop exit
-/// narrows a live register (which would make the verifier walk the rest of
-/// the program once per exit).
-#[inline(always)]
-pub fn copy_to_scratch(pkt: &Packet, off: usize, s: &mut Scratch) -> bool {
-    let mut i = 0;
-    while i < WIRE_CAP / 8 {
-        let at = i * 8;
-        let len = opaque(&s.wire_len);
-        if at >= len {
-            return true;
-        }
-        match pkt.ptr::<u64>(off + at) {
-            // SAFETY: bounds checked by `ptr`; unaligned reads are fine on
-            // the targets dnsfast builds for (see build.rs).
-            Some(p) => store8(s, WIRE_OFF + at, unsafe { core::ptr::read_unaligned(p) }),
-            None => {
-                let mut b = 0;
-                while b < 8 {
-                    if at + b >= len {
-                        break;
-                    }
-                    match pkt.byte(off + at + b) {
-                        Some(v) => s.buf[(WIRE_OFF + at + b) & SCRATCH_MASK] = v,
-                        None => return false,
-                    }
-                    b += 1;
-                }
-                return true;
-            }
-        }
-        i += 1;
-    }
-    true
 }
 
 /// `h` written to and read back from map memory: same values, but opaque to

@@ -8,15 +8,19 @@
 //! own, it adds nothing to the main program's verifier budget. It returns
 //! the action its caller decided, parked in the scratch map.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::{bpf_ktime_get_ns, bpf_xdp_load_bytes},
+    programs::XdpContext,
+};
 use dnsfast_common::{
-    answer::cq, load8, opaque, Scratch, WatchState, FAMILY_V4, FAMILY_V6, VERDICT_CACHE,
-    VERDICT_NXDOMAIN, WATCH_EVENTS_PER_SEC, WIRE_OFF,
+    answer::cq, opaque, Scratch, WatchState, FAMILY_V4, FAMILY_V6, VERDICT_CACHE, VERDICT_NXDOMAIN,
+    WATCH_EVENTS_PER_SEC,
 };
 use network_types::ip::{Ipv4Hdr, Ipv6Hdr};
 
 use crate::{
-    packet::{Packet, OFF_MASK},
+    packet::{Packet, DNS_HDR_LEN, OFF_MASK},
     EVENTS, WATCH_STATE,
 };
 
@@ -86,6 +90,8 @@ pub fn emit(ctx: &XdpContext, s: &Scratch, last: u64) -> u32 {
         addr[3] = a[3];
     }
     let rule = opaque(&s.cq[cq::RULE]) as u32;
+    // The question is where the query had it, answered or not.
+    let name_at = (opaque(&s.hdr[1]) & OFF_MASK) + 8 + DNS_HDR_LEN;
     // SAFETY: `e` points at a reserved, writable WatchEvent; every field
     // is written before submit.
     unsafe {
@@ -96,14 +102,25 @@ pub fn emit(ctx: &XdpContext, s: &Scratch, last: u64) -> u32 {
         (*e).verdict = verdict;
         (*e).rule_len = rule & 0xffff;
         (*e).rule_action = rule >> 16;
-        (*e).name_len = (opaque(&s.cq[cq::NAME_LEN]) as u32 & 0xff) + 1;
         let name = (*e).name.as_mut_ptr();
         let mut i = 0;
         while i < 32 {
-            let v = load8(s, WIRE_OFF + i * 8);
-            core::ptr::write_unaligned(name.add(i * 8) as *mut u64, v);
+            core::ptr::write_unaligned(name.add(i * 8) as *mut u64, 0);
             i += 1;
         }
+        // The helper wants a length the verifier knows is 1..=256: an
+        // opaque load shaped as ((n - 1) & 255) + 1 is exactly that (and n
+        // for every n in it). The question was validated in full, so the
+        // copy fails only if something is badly wrong; the event then
+        // carries no name.
+        let n = (opaque(&s.cq[cq::NAME_LEN]) & 0xff) + 1;
+        let copied = bpf_xdp_load_bytes(
+            ctx.ctx,
+            name_at as u32,
+            name as *mut core::ffi::c_void,
+            n as u32,
+        );
+        (*e).name_len = if copied == 0 { n as u32 } else { 0 };
     }
     entry.submit(0);
     st.sent += 1;

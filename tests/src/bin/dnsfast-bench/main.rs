@@ -35,6 +35,12 @@ struct Args {
     /// Only the forwarder part.
     #[arg(long)]
     forward_only: bool,
+    /// Only the XDP cases whose row (`case patterns name-bytes`, as
+    /// printed) contains this text, and the empty program they are measured
+    /// against: `--case "block hit"`, `--case "100k 25 "`. Handy under
+    /// `perf record` to profile one path.
+    #[arg(long, value_name = "TEXT")]
+    case: Option<String>,
     /// Internal: run the latency probe against this server (the forwarder
     /// part starts it inside the client namespace) and print its summary.
     #[arg(long, hide = true, value_name = "ADDR")]
@@ -216,6 +222,11 @@ fn xdp(args: &Args) -> Result<()> {
         cases.push(case(2, false, what, auto_label, &name.len().to_string(), f));
     }
 
+    if let Some(only) = &args.case {
+        cases.retain(|c| {
+            c.floor || format!("{} {} {} ", c.what, c.patterns, c.name).contains(only.as_str())
+        });
+    }
     // Rounds interleave the cases, so drift in the machine's load hits
     // them all alike; each case reports its median over the rounds.
     let mut samples = vec![Vec::new(); cases.len()];
