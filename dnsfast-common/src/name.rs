@@ -210,13 +210,10 @@ impl TldKey {
 /// the name. 0 (never a label's place) when what stands before the suffix
 /// is less than two labels: a single label (`app` in
 /// `app.default.svc.cluster.local`) is a service's own name, never a fully
-/// qualified one, whatever TLD it may spell. The name's lengths are parked
-/// in `s` and read back (see [`opaque`]).
+/// qualified one, whatever TLD it may spell.
 #[inline(always)]
-pub fn label_after(s: &mut Scratch, len: usize, suffix_len: usize) -> usize {
-    park(&mut s.name_len, len);
-    park(&mut s.nlabels, suffix_len);
-    let (len, at) = (opaque(&s.name_len) & 0xff, opaque(&s.nlabels) & 0xff);
+pub fn label_after(s: &Scratch, len: usize, suffix_len: usize) -> usize {
+    let (len, at) = (len & 0xff, suffix_len & 0xff);
     if at >= len {
         return 0;
     }
@@ -310,26 +307,18 @@ mod tests {
             TldKey::new(&s.buf[at + 1..at + 1 + n]).unwrap()
         };
         // "svc.cluster.local" is 18 bytes of the encoded name.
-        let at = label_after(&mut s, len, 18);
+        let at = label_after(&s, len, 18);
         assert_eq!(key_of(&s, at), TldKey::new(b"com").unwrap());
-        let at = label_after(&mut s, len, 22);
+        let at = label_after(&s, len, 22);
         assert_eq!(key_of(&s, at), TldKey::new(b"github").unwrap());
-        assert_eq!(
-            label_after(&mut s, len, len),
-            0,
-            "nothing before the suffix"
-        );
-        assert_eq!(
-            label_after(&mut s, len, 29),
-            0,
-            "one label before the suffix"
-        );
+        assert_eq!(label_after(&s, len, len), 0, "nothing before the suffix");
+        assert_eq!(label_after(&s, len, 29), 0, "one label before the suffix");
         // The longest label.
         let mut wire = std::vec![1u8, b'a', 63u8];
         wire.extend(std::iter::repeat_n(b'X', 63));
         wire.extend_from_slice(b"\x03svc\x00");
         let (len, _) = encode_slice(&mut s, &wire).unwrap();
-        let at = label_after(&mut s, len, 4);
+        let at = label_after(&s, len, 4);
         assert_eq!(key_of(&s, at), TldKey::new(&[b'x'; 63]).unwrap());
         assert!(TldKey::new(b"").is_none() && TldKey::new(&[b'a'; 64]).is_none());
     }

@@ -2,11 +2,12 @@
 
 use aya_ebpf::{btf_maps::Array, macros::btf_map};
 use dnsfast_common::{
+    label_after,
     labels::{
         fp_finish, fp_round, fp_start, label_buckets, label_chunk, LabelBucket, NAMESPACE_BUCKETS,
         TLD_BUCKETS,
     },
-    load8, SCRATCH_MASK,
+    load8, opaque, SCRATCH_MASK,
 };
 
 /// Labels that make what stands before a search suffix look fully
@@ -24,17 +25,23 @@ static NAMESPACES: Array<LabelBucket, { NAMESPACE_BUCKETS as usize }> = Array::n
 pub const SET_TLDS: u64 = 0;
 pub const SET_NAMESPACES: u64 = 1;
 
-/// Whether the label whose length byte sits at `at` in the scratch buffer
-/// (`label_after`) is in set `set`: 1 or 0. A global BPF function: the
-/// verifier checks it once on its own, and its callers see an unknown
-/// result rather than one state per way out of its loops.
+/// Whether the label that comes right after the first `suffix_len` bytes
+/// of the encoded name (`label_after`) is in set `set`: its size in the
+/// key (length byte and text) if it is, 0 if it is not or there is no such
+/// label. A global BPF function: the verifier checks it once on its own,
+/// and its callers see an unknown result rather than one state per way out
+/// of its loops; so the lengths stay in registers here.
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn dnsfast_label_in(set: u64, at: u64) -> u64 {
+pub extern "C" fn dnsfast_label_in(set: u64, suffix_len: u64) -> u64 {
     let Some(s) = crate::SCRATCH.get(0) else {
         return 0;
     };
-    let at = at as usize & SCRATCH_MASK;
+    let at = label_after(s, opaque(&s.name_len), suffix_len as usize);
+    if at == 0 {
+        return 0;
+    }
+    let at = at & SCRATCH_MASK;
     let n = (s.buf[at] & 63) as usize;
     let mut h = fp_start();
     let mut c = 0;
@@ -64,7 +71,7 @@ pub extern "C" fn dnsfast_label_in(set: u64, at: u64) -> u64 {
         let mut i = 0;
         while i < 4 {
             if bucket.fp[i] == fp && same(s, at, n, &bucket.label[i].label) {
-                return 1;
+                return n as u64 + 1;
             }
             i += 1;
         }

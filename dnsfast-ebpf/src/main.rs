@@ -292,9 +292,9 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
         Some(rule) if rule.action == ACTION_SUFFIX || rule.action == ACTION_SUFFIX_NS => {
             let mut suffix = rule.key_len as usize;
             if rule.action == ACTION_SUFFIX_NS {
-                suffix = namespace_suffix(scratch, len, suffix);
+                suffix = namespace_suffix(scratch, suffix);
             }
-            if is_artifact(scratch, len, suffix) {
+            if is_artifact(suffix) {
                 None
             } else {
                 Some(Pass::NoMatch)
@@ -329,13 +329,12 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
 /// labels after P the answer cannot matter (nothing before either suffix
 /// could look qualified), so it is not looked up.
 #[inline(always)]
-fn namespace_suffix(scratch: &mut Scratch, len: usize, suffix_len: usize) -> usize {
-    let at = label_after(scratch, len, suffix_len);
-    if at == 0 || labels::dnsfast_label_in(labels::SET_NAMESPACES, at as u64) == 0 {
+fn namespace_suffix(scratch: &mut Scratch, suffix_len: usize) -> usize {
+    let label = labels::dnsfast_label_in(labels::SET_NAMESPACES, suffix_len as u64) as usize;
+    if label == 0 {
         return suffix_len;
     }
-    let label = scratch.buf[at & SCRATCH_MASK] as usize & 0x3f;
-    let longer = suffix_len + 1 + label;
+    let longer = suffix_len + (label & 0x7f);
     // For `dnsfast watch`: the rule that decided is the namespace's.
     park(
         &mut scratch.cq[cq::RULE],
@@ -345,9 +344,8 @@ fn namespace_suffix(scratch: &mut Scratch, len: usize, suffix_len: usize) -> usi
 }
 
 #[inline(always)]
-fn is_artifact(scratch: &mut Scratch, len: usize, suffix_len: usize) -> bool {
-    let at = label_after(scratch, len, suffix_len);
-    at != 0 && labels::dnsfast_label_in(labels::SET_TLDS, at as u64) != 0
+fn is_artifact(suffix_len: usize) -> bool {
+    labels::dnsfast_label_in(labels::SET_TLDS, suffix_len as u64) != 0
 }
 
 #[inline(always)]
