@@ -324,6 +324,20 @@ mod tests {
     }
 
     #[test]
+    fn slice_wire_reads_like_a_packet() {
+        let w = SliceWire(b"\x03abc\x00");
+        assert_eq!(w.byte(0), Some(3));
+        assert_eq!(w.byte(5), None, "past the message");
+        // The 8 bytes before offset 4: four before the name read as zero.
+        assert_eq!(
+            w.chunk_before(4),
+            Some(u64::from_ne_bytes([0, 0, 0, 0, 3, b'a', b'b', b'c']))
+        );
+        assert_eq!(w.chunk_before(5).map(|v| v.to_ne_bytes()[7]), Some(0));
+        assert_eq!(w.chunk_before(6), None, "runs past the message");
+    }
+
+    #[test]
     fn lower8_matches_lower_on_every_byte() {
         for b in 0..=255u8 {
             let x = u64::from_le_bytes([b, b'A', 0xc1, b, b'Z', b'[', b'@', b]);
