@@ -254,7 +254,6 @@ pub struct Scratch {
     /// Values parked here and read back volatile so the verifier merges the
     /// many loop exits into one state instead of re-walking per exit.
     pub name_len: u32,
-    pub nlabels: u32,
     pub key_start: u32,
     /// IPv6 UDP checksum: bytes to sum, and the running sum.
     pub csum_len: u32,
@@ -270,7 +269,6 @@ impl Scratch {
         Self {
             buf: [0; crate::name::SCRATCH_LEN + crate::name::SLACK],
             name_len: 0,
-            nlabels: 0,
             key_start: 0,
             csum_len: 0,
             csum_acc: 0,

@@ -136,14 +136,16 @@ pub fn encode<W: Wire>(w: &W, s: &mut Scratch) -> Result<(usize, usize), NameErr
     // reasoning, needs them.
     let key_end = core::hint::black_box(KEY_END);
     let mut pos = 0usize;
-    let mut found = false;
     let mut guard = 0;
-    while guard < MAX_LABELS {
+    // At most 127 labels and the root byte.
+    let len = loop {
+        if guard >= MAX_LABELS {
+            return Err(NameError::TooLong);
+        }
         guard += 1;
         let n = w.byte(pos).ok_or(NameError::Truncated)? as usize;
         if n == 0 {
-            found = true;
-            break;
+            break pos & 0xff;
         }
         if n > MAX_LABEL {
             return Err(NameError::BadLabel);
@@ -165,11 +167,7 @@ pub fn encode<W: Wire>(w: &W, s: &mut Scratch) -> Result<(usize, usize), NameErr
             c += 1;
         }
         pos = end;
-    }
-    if !found {
-        return Err(NameError::TooLong);
-    }
-    let len = pos & 0xff;
+    };
     let start = key_start(len);
     park(&mut s.key_start, start);
     let bits = ((len as u32) * 8).to_ne_bytes();

@@ -23,11 +23,11 @@ use aya_ebpf::{
 };
 use dnsfast_common::{
     answer::{cq, AnswerKey, CachedAnswer, ListenKey},
-    key_start, label_after, opaque, park, AddrKey, Config, Counters, Rule, Scratch, WatchEvent,
-    WatchState, ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS, DEFAULT_MAX_PATTERNS,
+    key_start, opaque, park, AddrKey, Config, Counters, Rule, Scratch, WatchEvent, WatchState,
+    ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS, DEFAULT_MAX_PATTERNS,
     EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
-    MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, SCRATCH_MASK, VERDICT_ALLOWED, VERDICT_CACHE,
-    VERDICT_NXDOMAIN, VERDICT_PASS,
+    MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, VERDICT_ALLOWED, VERDICT_CACHE, VERDICT_NXDOMAIN,
+    VERDICT_PASS,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};

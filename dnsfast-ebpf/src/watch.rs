@@ -108,11 +108,10 @@ pub fn emit(ctx: &XdpContext, s: &Scratch, last: u64) -> u32 {
             core::ptr::write_unaligned(name.add(i * 8) as *mut u64, 0);
             i += 1;
         }
-        // The helper wants a length the verifier knows is 1..=256: an
-        // opaque load shaped as ((n - 1) & 255) + 1 is exactly that (and n
-        // for every n in it). The question was validated in full, so the
-        // copy fails only if something is badly wrong; the event then
-        // carries no name.
+        // The helper wants a length the verifier knows is 1..=256: the
+        // name's length read back opaque, masked, plus its root byte. The
+        // question was validated in full, so the copy fails only if
+        // something is badly wrong; the event then carries no name.
         let n = (opaque(&s.cq[cq::NAME_LEN]) & 0xff) + 1;
         let copied = bpf_xdp_load_bytes(
             ctx.ctx,
