@@ -22,8 +22,7 @@
 //! `len + 4` bytes before `KEY_END`, where the `u32` prefix length goes.
 
 use crate::abi::{Scratch, MAX_LABEL, MAX_NAME_WIRE};
-use crate::labels::fp_round;
-use crate::table::{label_end_chunk, label_hash_start};
+use crate::table::{label_end_chunk, label_hash_start, label_round};
 
 /// Size of the scratch buffer (plus [`SLACK`] so that an 8-byte access at
 /// any masked index stays inside). A power of two so indices can be masked.
@@ -166,7 +165,7 @@ pub fn encode<W: Wire>(w: &W, s: &mut Scratch) -> Result<(usize, usize), NameErr
             }
             let v = lower8(w.chunk_before(end - c * 8).ok_or(NameError::Truncated)?);
             store8(s, key_end.wrapping_sub(pos + (c + 1) * 8), v);
-            h = fp_round(h, label_end_chunk(v, n, c));
+            h = label_round(h, label_end_chunk(v, n, c));
             c += 1;
         }
         // guard - 1 < MAX_LABELS: the label's index.

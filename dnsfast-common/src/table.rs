@@ -19,11 +19,7 @@
 //! room, writing the new place before clearing the old, so a reader always
 //! finds an entry in at least one of them.
 
-use crate::{
-    abi::Rule,
-    labels::{fp_finish, fp_round, label_buckets},
-    name::MAX_LABELS,
-};
+use crate::{abi::Rule, name::MAX_LABELS};
 
 /// Slots per bucket.
 pub const BUCKET_SLOTS: usize = 4;
@@ -67,12 +63,47 @@ pub struct LongKey {
     pub bytes: [u8; crate::abi::KEY_DATA_LEN],
 }
 
-/// Value of `PATTERN_DEPTHS` (one element): how many patterns have each label
-/// count. The lookup skips the counts no pattern has.
+/// Most distinct label counts the patterns may have together (search
+/// suffixes and hand-written patterns have a handful).
+pub const MAX_DEPTHS: usize = 16;
+
+/// Value of `PATTERN_DEPTHS` (one element): the label counts that patterns
+/// have, longest first (`depth[..count]`), so a lookup probes only those;
+/// and how many patterns have each (the agent's bookkeeping).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Depths {
+    pub count: u32,
+    pub depth: [u8; MAX_DEPTHS],
     pub patterns: [u32; MAX_LABELS],
+}
+
+impl Depths {
+    pub const EMPTY: Depths = Depths {
+        count: 0,
+        depth: [0; MAX_DEPTHS],
+        patterns: [0; MAX_LABELS],
+    };
+
+    /// Rebuilds `depth` and `count` from `patterns`; false if more than
+    /// [`MAX_DEPTHS`] label counts are in use.
+    pub fn index(&mut self) -> bool {
+        self.depth = [0; MAX_DEPTHS];
+        let mut n = 0;
+        let mut d = MAX_LABELS;
+        while d > 1 {
+            d -= 1;
+            if self.patterns[d] > 0 {
+                if n == MAX_DEPTHS {
+                    return false;
+                }
+                self.depth[n] = d as u8;
+                n += 1;
+            }
+        }
+        self.count = n as u32;
+        true
+    }
 }
 
 /// Buckets for a table of `max_patterns`: at most half the slots in use,
@@ -91,6 +122,16 @@ pub const fn bucket_count(max_patterns: u32) -> u32 {
 
 const LABEL_SEED: u64 = 0x510e_527f_ade6_82d1;
 const SUFFIX_SEED: u64 = 0x9b05_688c_2b3e_6c1f;
+const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+const MUL2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+
+/// Mixes one masked chunk of a label into its hash: one multiply, so the
+/// encoder's walk stays cheap. Weak on its own; the suffix fold and
+/// [`suffix_fp`] mix further, and a slot is confirmed by its bytes anyway.
+#[inline(always)]
+pub const fn label_round(h: u64, chunk: u64) -> u64 {
+    (h ^ chunk).wrapping_mul(MUL)
+}
 
 /// Start of a label's hash.
 #[inline(always)]
@@ -120,21 +161,29 @@ pub const fn suffix_start() -> u64 {
 }
 
 /// The suffix one label longer: `state` then the label of hash `label`.
+/// One multiply per label on the lookup's serial path.
 #[inline(always)]
 pub const fn suffix_push(state: u64, label: u64) -> u64 {
-    fp_round(state, fp_finish(label))
+    let x = state ^ label;
+    (x ^ (x >> 31)).wrapping_mul(MUL2)
 }
 
 /// The fingerprint of a suffix state.
 #[inline(always)]
 pub const fn suffix_fp(state: u64) -> u64 {
-    fp_finish(state)
+    state ^ (state >> 29)
 }
 
-/// The two buckets of a fingerprint; distinct.
+/// The two buckets of a fingerprint (from its high bits, which the
+/// multiplies mix best); distinct.
 #[inline(always)]
 pub const fn buckets_of(fp: u64, mask: u32) -> (u32, u32) {
-    label_buckets(fp, mask)
+    let b1 = ((fp >> 40) as u32) & mask;
+    let mut b2 = (((fp >> 16) as u32) ^ ((fp >> 52) as u32)) & mask;
+    if b2 == b1 {
+        b2 = b1 ^ 1;
+    }
+    (b1 & mask, b2 & mask)
 }
 
 /// The hash of one label: its `n + 1` bytes (`label`, length byte first,
@@ -151,7 +200,7 @@ pub fn label_hash(label: &[u8]) -> u64 {
                 *v = label[at];
             }
         }
-        h = fp_round(h, label_end_chunk(u64::from_le_bytes(b), n, c));
+        h = label_round(h, label_end_chunk(u64::from_le_bytes(b), n, c));
         c += 1;
     }
     h

@@ -9,7 +9,8 @@ use aya_ebpf::{
 use dnsfast_common::{
     load8, opaque, park,
     table::{
-        buckets_of, suffix_fp, suffix_push, suffix_start, Bucket, Depths, LongKey, SLOT_KEY_LEN,
+        buckets_of, suffix_fp, suffix_push, suffix_start, Bucket, Depths, LongKey, MAX_DEPTHS,
+        SLOT_KEY_LEN,
     },
     Scratch, DEFAULT_MAX_PATTERNS, KEY_DATA_LEN, KEY_START_MASK, MAX_LABELS,
 };
@@ -69,12 +70,14 @@ pub extern "C" fn dnsfast_longest() -> u64 {
     };
     let m = opaque(&s.nlabels) & (MAX_LABELS - 1);
     let len = opaque(&s.name_len) & 0xff;
+    // No suffix longer than the longest pattern can match.
+    let top = (depths.depth[0] as usize).min(m);
 
     // suffix[k]: the state of the name's last k labels.
     let mut state = suffix_start();
     let mut k = 1;
     while k < MAX_LABELS {
-        if k > m {
+        if k > top {
             break;
         }
         state = suffix_push(state, s.label_hash[(m - k) & (MAX_LABELS - 1)]);
@@ -88,16 +91,16 @@ pub extern "C" fn dnsfast_longest() -> u64 {
     // known range, and the verifier would walk the loop below once per
     // range.
     let m = opaque(&s.nlabels) & (MAX_LABELS - 1);
-    let mut k = m;
-    let mut guard = 0;
-    while guard < MAX_LABELS {
-        guard += 1;
-        if k == 0 {
+    let count = depths.count as usize;
+    // The label counts patterns have, longest first.
+    let mut i = 0;
+    while i < MAX_DEPTHS {
+        if i >= count {
             break;
         }
-        let d = k & (MAX_LABELS - 1);
-        k -= 1;
-        if depths.patterns[d] == 0 {
+        let d = depths.depth[i & (MAX_DEPTHS - 1)] as usize & (MAX_LABELS - 1);
+        i += 1;
+        if d > m || d == 0 {
             continue;
         }
         let fp = suffix_fp(s.suffix[d]);

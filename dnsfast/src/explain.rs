@@ -21,10 +21,7 @@ use hickory_proto::{
     rr::{Name, RecordType},
 };
 
-use crate::{
-    bpf::PINNED_PROG,
-    maps::Pins,
-};
+use crate::{bpf::PINNED_PROG, maps::Pins};
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {

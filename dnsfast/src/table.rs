@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use dnsfast_common::{
     pattern::key_name,
     table::{
-        buckets_of, key_fingerprint, key_labels, Bucket, Depths, LongKey, BUCKET_SLOTS,
+        buckets_of, key_fingerprint, key_labels, Bucket, Depths, LongKey, BUCKET_SLOTS, MAX_DEPTHS,
         SLOT_KEY_LEN,
     },
     Rule, KEY_DATA_LEN,
@@ -126,6 +126,8 @@ impl<S: Store> Table<S> {
             return Ok(false);
         }
         self.check_collision(key, fp)?;
+        // Checked before anything is written.
+        let depths = self.depths_with(key, 1)?;
         if key.len() > SLOT_KEY_LEN {
             // The tail first: the kernel must never find a slot whose tail
             // is missing (it would only fail open, but still).
@@ -145,7 +147,10 @@ impl<S: Store> Table<S> {
             }
             return Err(e);
         }
-        self.count_depth(key, 1)?;
+        // A new label count is listed after its slot is written: a lookup
+        // never probes for a pattern that is not there yet, and never skips
+        // one that is.
+        self.0.set_depths(&depths)?;
         Ok(true)
     }
 
@@ -264,18 +269,27 @@ impl<S: Store> Table<S> {
         if key.len() > SLOT_KEY_LEN {
             self.0.set_long(fp, None)?;
         }
-        self.count_depth(key, -1)?;
+        let depths = self.depths_with(key, -1)?;
+        self.0.set_depths(&depths)?;
         Ok(true)
     }
 
-    /// Counts one more (or one fewer) pattern with `key`'s label count.
-    /// A new count is written after its slot, a gone one after the slot
-    /// is cleared: the lookup never skips a label count that has patterns.
-    fn count_depth(&mut self, key: &[u8], delta: i32) -> Result<()> {
+    /// The depth index with one more (or one fewer) pattern of `key`'s
+    /// label count; an error if that makes more label counts than the
+    /// kernel probes.
+    fn depths_with(&self, key: &[u8], delta: i32) -> Result<Depths> {
         let d = key_labels(key);
         let mut depths = self.0.depths()?;
         depths.patterns[d] = depths.patterns[d].saturating_add_signed(delta);
-        self.0.set_depths(&depths)
+        if !depths.index() {
+            bail!(
+                "pattern {} would make {} different label counts; the kernel table probes at \
+                 most {MAX_DEPTHS}",
+                key_name(key),
+                MAX_DEPTHS + 1
+            );
+        }
+        Ok(depths)
     }
 
     /// Every rule in the table.
@@ -325,9 +339,7 @@ impl MemStore {
         Self {
             buckets: vec![Bucket::EMPTY; buckets as usize],
             long: StdHashMap::new(),
-            depths: Depths {
-                patterns: [0; dnsfast_common::MAX_LABELS],
-            },
+            depths: Depths::EMPTY,
         }
     }
 }
