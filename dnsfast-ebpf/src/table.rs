@@ -70,8 +70,20 @@ pub extern "C" fn dnsfast_longest() -> u64 {
     };
     let m = opaque(&s.nlabels) & (MAX_LABELS - 1);
     let len = opaque(&s.name_len) & 0xff;
-    // No suffix longer than the longest pattern can match.
-    let top = (depths.depth[0] as usize).min(m);
+    let count = depths.count as usize;
+    // The longest label count a pattern has that the name has too; with
+    // none, nothing can match and nothing is hashed.
+    let mut first = 0;
+    while first < MAX_DEPTHS {
+        if first >= count || depths.depth[first & (MAX_DEPTHS - 1)] as usize <= m {
+            break;
+        }
+        first += 1;
+    }
+    if first >= count {
+        return 0;
+    }
+    let top = depths.depth[first & (MAX_DEPTHS - 1)] as usize & (MAX_LABELS - 1);
 
     // suffix[k]: the state of the name's last k labels.
     let mut state = suffix_start();
@@ -86,14 +98,16 @@ pub extern "C" fn dnsfast_longest() -> u64 {
     }
 
     park(&mut s.found[F_ACTION], 0);
+    // Where the probes start, parked: the loop above left `first` with a
+    // different range on each way out.
+    park(&mut s.found[F_BUCKET], first);
     let mask = bucket_mask();
     // Read again: each way out of the loop above left `m` with another
     // known range, and the verifier would walk the loop below once per
     // range.
     let m = opaque(&s.nlabels) & (MAX_LABELS - 1);
-    let count = depths.count as usize;
     // The label counts patterns have, longest first.
-    let mut i = 0;
+    let mut i = opaque(&s.found[F_BUCKET]) & (MAX_DEPTHS - 1);
     while i < MAX_DEPTHS {
         if i >= count {
             break;
@@ -111,10 +125,15 @@ pub extern "C" fn dnsfast_longest() -> u64 {
             break;
         }
     }
-    if opaque(&s.found[F_ACTION]) == 0 {
+    let action = opaque(&s.found[F_ACTION]) as u64;
+    if action == 0 {
         return 0;
     }
-    dnsfast_confirm()
+    let key_len = opaque(&s.found[F_LEN]);
+    if !verify(s, key_len) || (key_len > SLOT_KEY_LEN && !verify_long(s, key_len)) {
+        return 0;
+    }
+    (action << 16) | key_len as u64
 }
 
 /// The slot `dnsfast_longest` parked, confirmed byte by byte: its rule as
