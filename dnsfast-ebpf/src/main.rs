@@ -267,8 +267,7 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     park(&mut scratch.cq[cq::PAYLOAD], payload);
 
     // One lookup decides.
-    let found = table::dnsfast_longest();
-    park(&mut scratch.cq[cq::RULE], found as usize);
+    let found = opaque(&scratch.cq[cq::RULE]) as u64;
     let rule = (found != 0).then_some(Rule {
         action: (found >> 16) as u32,
         key_len: (found & 0xffff) as u32,

@@ -65,6 +65,11 @@ pub extern "C" fn dnsfast_longest() -> u64 {
     };
     // SAFETY: this CPU's slot; the caller does not hold it across the call.
     let s = unsafe { &mut *s };
+    longest(s)
+}
+
+#[inline(always)]
+pub fn longest(s: &mut dnsfast_common::Scratch) -> u64 {
     let Some(depths) = PATTERN_DEPTHS.get(0) else {
         return 0;
     };
