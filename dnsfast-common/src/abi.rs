@@ -254,6 +254,7 @@ pub struct Scratch {
     /// Values parked here and read back volatile so the verifier merges the
     /// many loop exits into one state instead of re-walking per exit.
     pub name_len: u32,
+    pub nlabels: u32,
     pub key_start: u32,
     /// IPv6 UDP checksum: bytes to sum, and the running sum.
     pub csum_len: u32,
@@ -262,6 +263,14 @@ pub struct Scratch {
     pub hdr: [u32; 4],
     /// What the cache program needs to know of the query (`answer::cq`).
     pub cq: [u32; 8],
+    /// Per label of the name being encoded, in wire order: its hash
+    /// (`table::label_hash`) and wire offset.
+    pub label_hash: [u64; crate::name::MAX_LABELS],
+    pub label_pos: [u8; crate::name::MAX_LABELS],
+    /// The pattern lookup's suffix states, by label count, and the slot it
+    /// found (action, key length, bucket, slot).
+    pub suffix: [u64; crate::name::MAX_LABELS],
+    pub found: [u32; 4],
 }
 
 impl Scratch {
@@ -269,9 +278,14 @@ impl Scratch {
         Self {
             buf: [0; crate::name::SCRATCH_LEN + crate::name::SLACK],
             name_len: 0,
+            nlabels: 0,
             key_start: 0,
             csum_len: 0,
             csum_acc: 0,
+            label_hash: [0; crate::name::MAX_LABELS],
+            label_pos: [0; crate::name::MAX_LABELS],
+            suffix: [0; crate::name::MAX_LABELS],
+            found: [0; 4],
             hdr: [0; 4],
             cq: [0; 8],
         }
@@ -292,6 +306,9 @@ mod pod {
     unsafe impl aya::Pod for crate::answer::CachedAnswer {}
     unsafe impl aya::Pod for super::WatchState {}
     unsafe impl aya::Pod for crate::labels::LabelBucket {}
+    unsafe impl aya::Pod for crate::table::Bucket {}
+    unsafe impl aya::Pod for crate::table::Depths {}
+    unsafe impl aya::Pod for crate::table::LongKey {}
 }
 
 #[cfg(all(test, feature = "user"))]

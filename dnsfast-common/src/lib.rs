@@ -14,6 +14,7 @@ pub mod name;
 pub mod pattern;
 #[cfg(feature = "user")]
 pub mod suffix;
+pub mod table;
 
 pub use abi::*;
 pub use name::*;

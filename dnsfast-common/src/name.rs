@@ -22,6 +22,7 @@
 //! `len + 4` bytes before `KEY_END`, where the `u32` prefix length goes.
 
 use crate::abi::{Scratch, MAX_LABEL, MAX_NAME_WIRE};
+use crate::table::{label_end_chunk, label_hash_start, label_round};
 
 /// Size of the scratch buffer (plus [`SLACK`] so that an 8-byte access at
 /// any masked index stays inside). A power of two so indices can be masked.
@@ -156,18 +157,26 @@ pub fn encode<W: Wire>(w: &W, s: &mut Scratch) -> Result<(usize, usize), NameErr
             return Err(NameError::TooLong);
         }
         // n + 1 <= 64 bytes: at most 8 chunks, the first ending where the
-        // label ends, each placed 8 bytes lower in the key.
+        // label ends, each placed 8 bytes lower in the key. Each is also
+        // hashed for the pattern table (`crate::table`).
+        let mut h = label_hash_start();
         let mut c = 0;
         while c < 8 {
             if c * 8 > n {
                 break;
             }
-            let v = w.chunk_before(end - c * 8).ok_or(NameError::Truncated)?;
-            store8(s, key_end.wrapping_sub(pos + (c + 1) * 8), lower8(v));
+            let v = lower8(w.chunk_before(end - c * 8).ok_or(NameError::Truncated)?);
+            store8(s, key_end.wrapping_sub(pos + (c + 1) * 8), v);
+            h = label_round(h, label_end_chunk(v, n, c));
             c += 1;
         }
+        // guard - 1 < MAX_LABELS: the label's index.
+        s.label_hash[(guard - 1) & (MAX_LABELS - 1)] = h;
+        s.label_pos[(guard - 1) & (MAX_LABELS - 1)] = pos as u8;
         pos = end;
     };
+    // The loop ran once more than there are labels: for the root byte.
+    park(&mut s.nlabels, guard - 1);
     let start = key_start(len);
     park(&mut s.key_start, start);
     let bits = ((len as u32) * 8).to_ne_bytes();

@@ -11,30 +11,24 @@ mod labels;
 mod name;
 mod packet;
 mod reply;
+mod table;
 mod watch;
 
 use aya_ebpf::{
     bindings::xdp_action,
-    btf_maps::{
-        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
-    },
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray, RingBuf},
     macros::{btf_map, xdp},
     programs::XdpContext,
 };
 use dnsfast_common::{
     answer::{cq, AnswerKey, CachedAnswer, ListenKey},
-    key_start, opaque, park, AddrKey, Config, Counters, Rule, Scratch, WatchEvent, WatchState,
-    ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS, DEFAULT_MAX_PATTERNS,
-    EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
-    MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, VERDICT_ALLOWED, VERDICT_CACHE, VERDICT_NXDOMAIN,
-    VERDICT_PASS,
+    opaque, park, AddrKey, Config, Counters, Rule, Scratch, WatchEvent, WatchState, ACTION_ALLOW,
+    ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS, EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6,
+    JUMP_CACHE, JUMP_WATCH, MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, VERDICT_ALLOWED, VERDICT_CACHE,
+    VERDICT_NXDOMAIN, VERDICT_PASS,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
-
-#[btf_map]
-static PATTERNS: LpmTrie<[u8; KEY_DATA_LEN], Rule, { DEFAULT_MAX_PATTERNS as usize }> =
-    LpmTrie::new();
 
 #[btf_map]
 static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
@@ -239,7 +233,6 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
         return Err(Pass::Malformed);
     }
     let len = opaque(&scratch.name_len) & 0xff;
-    let start = key_start(len);
 
     // QTYPE/QCLASS.
     let qtail = name_off + len + 1;
@@ -274,15 +267,11 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     park(&mut scratch.cq[cq::PAYLOAD], payload);
 
     // One lookup decides.
-    // SAFETY: `start + KEY_SIZE <= SCRATCH_LEN` for every len (see
-    // dnsfast_common::name); Key is packed, so any address is aligned.
-    let key = unsafe { &*(scratch.buf.as_ptr().add(start) as *const Key<[u8; KEY_DATA_LEN]>) };
-    let rule = PATTERNS.get(key);
-    park(
-        &mut scratch.cq[cq::RULE],
-        rule.map(|r| (r.key_len & 0xffff) | (r.action << 16))
-            .unwrap_or(0) as usize,
-    );
+    let found = opaque(&scratch.cq[cq::RULE]) as u64;
+    let rule = (found != 0).then_some(Rule {
+        action: (found >> 16) as u32,
+        key_len: (found & 0xffff) as u32,
+    });
     let pass = match rule {
         Some(rule) if rule.action == ACTION_BLOCK => None,
         Some(rule) if rule.action == ACTION_ALLOW => Some(Pass::Allowed),

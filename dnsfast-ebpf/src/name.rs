@@ -57,6 +57,8 @@ pub extern "C" fn dnsfast_encode(ctx: *mut xdp_md, off: u64, avail: u64) -> u64 
     match encode(&wire, s) {
         Ok((len, _)) => {
             park(&mut s.name_len, len);
+            let r = crate::table::longest(s);
+            park(&mut s.cq[dnsfast_common::answer::cq::RULE], r as usize);
             1
         }
         Err(_) => 0,

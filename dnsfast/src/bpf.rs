@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::ProgramArray;
 use aya::{
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::{XdpLink, XdpLinkId},
@@ -16,16 +16,17 @@ use aya::{
 use std::collections::BTreeSet;
 
 use crate::maps::{
-    add_labels, fold_namespaces, read_labels, read_rules, reconcile_rules, remove_other_labels,
-    trie_key, unfold_namespaces, Diff, RuleSet, TableDiff,
+    add_labels, fold_namespaces, read_labels, reconcile_rules, remove_other_labels,
+    unfold_namespaces, Diff, MapStore, Patterns, RuleSet, TableDiff,
 };
 use dnsfast_common::{
     answer::{AnswerKey, CachedAnswer, ListenKey},
     pattern::{rule_entry, Action, Pattern},
-    AddrKey, Config, Counters, Rule, WatchState, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FAMILY_V4,
-    FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, JUMP_CACHE, JUMP_WATCH, KEY_DATA_LEN,
-    MAP_ANSWERS, MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_NAMESPACES,
-    MAP_PATTERNS, MAP_SERVER_ADDRS, MAP_TLDS, MAP_WATCH_STATE, MAX_NAMESPACES, MAX_TLDS, PROG_NAME,
+    table::{bucket_count, GLOBAL_BUCKET_MASK, MAP_PATTERN_DEPTHS, MAP_PATTERN_TAILS},
+    AddrKey, Config, Counters, WatchState, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FAMILY_V4,
+    FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, JUMP_CACHE, JUMP_WATCH, MAP_ANSWERS, MAP_CONFIG,
+    MAP_COUNTERS, MAP_EVENTS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_NAMESPACES, MAP_PATTERNS,
+    MAP_SERVER_ADDRS, MAP_TLDS, MAP_WATCH_STATE, MAX_NAMESPACES, MAX_TLDS, PROG_NAME,
     WATCH_PROG_NAME,
 };
 
@@ -37,8 +38,10 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DNSFAST_BPF_OBJ"));
 pub const PINNED_PROG: &str = "prog";
 
 /// Maps pinned by `dnsfast load`; the scratch map is private to the program.
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 8] = [
     MAP_PATTERNS,
+    MAP_PATTERN_DEPTHS,
+    MAP_PATTERN_TAILS,
     MAP_COUNTERS,
     MAP_CONFIG,
     MAP_SERVER_ADDRS,
@@ -50,7 +53,7 @@ pub const PINNED_MAPS: [&str; 6] = [
 pub struct LoadOptions {
     /// Treat every DNS message as a query; for `cargo xtask bench` only.
     pub bench_mode: bool,
-    /// Capacity of the pattern trie.
+    /// Capacity of the pattern table.
     pub max_patterns: u32,
     /// Capacity of the kernel answer cache; 0 leaves the cache program out.
     pub answer_cache: u32,
@@ -81,9 +84,13 @@ impl Dataplane {
     /// Loads the object, verifies the program and writes the default config.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
         let bench = u8::from(opts.bench_mode);
+        let buckets = bucket_count(opts.max_patterns);
+        let mask = buckets - 1;
         let mut ebpf = EbpfLoader::new()
             .override_global(GLOBAL_BENCH_MODE, &bench, true)
-            .map_max_entries(MAP_PATTERNS, opts.max_patterns)
+            .override_global(GLOBAL_BUCKET_MASK, &mask, true)
+            .map_max_entries(MAP_PATTERNS, buckets)
+            .map_max_entries(MAP_PATTERN_TAILS, opts.max_patterns.max(1))
             .map_max_entries(MAP_ANSWERS, opts.answer_cache.max(1))
             .load(OBJECT)
             .context("creating the eBPF maps (are you root, with CAP_BPF and CAP_NET_ADMIN?)")?;
@@ -339,20 +346,39 @@ impl Dataplane {
 
     pub fn insert_pattern(&mut self, p: &Pattern, action: Action) -> Result<()> {
         let (key, rule) = rule_entry(p, action);
-        let mut t = self.patterns()?;
-        t.insert(&trie_key(&key), rule, 0)
-            .with_context(|| format!("inserting pattern {p} ({action})"))
+        self.patterns()?
+            .insert(&key, rule)
+            .with_context(|| format!("inserting pattern {p} ({action})"))?;
+        Ok(())
     }
 
     pub fn remove_pattern(&mut self, p: &Pattern) -> Result<()> {
         let (key, _) = rule_entry(p, Action::Block);
-        let mut t = self.patterns()?;
-        t.remove(&trie_key(&key))
-            .with_context(|| format!("removing pattern {p}"))
+        self.patterns()?
+            .remove(&key)
+            .with_context(|| format!("removing pattern {p}"))?;
+        Ok(())
     }
 
-    fn patterns(&mut self) -> Result<LpmTrie<&mut MapData, [u8; KEY_DATA_LEN], Rule>> {
-        Ok(LpmTrie::try_from(self.map_mut(MAP_PATTERNS)?)?)
+    /// The pattern table, on this object's maps. The agent's writes hold
+    /// the pin directory's lock once the maps are pinned (see
+    /// `maps::lock_dir`).
+    fn patterns(&mut self) -> Result<Patterns<&mut MapData>> {
+        let (mut buckets, mut depths, mut tails) = (None, None, None);
+        for (name, m) in self.ebpf.maps_mut() {
+            match name {
+                MAP_PATTERNS => buckets = Some(m),
+                MAP_PATTERN_DEPTHS => depths = Some(m),
+                MAP_PATTERN_TAILS => tails = Some(m),
+                _ => {}
+            }
+        }
+        let missing = |n: &str| anyhow!("map {n} missing from the embedded object");
+        Ok(crate::table::Table(MapStore {
+            buckets: Array::try_from(buckets.ok_or_else(|| missing(MAP_PATTERNS))?)?,
+            depths: Array::try_from(depths.ok_or_else(|| missing(MAP_PATTERN_DEPTHS))?)?,
+            tails: HashMap::try_from(tails.ok_or_else(|| missing(MAP_PATTERN_TAILS))?)?,
+        }))
     }
 
     fn tlds(&mut self) -> Result<crate::maps::LabelSet<&mut MapData>> {
@@ -370,7 +396,7 @@ impl Dataplane {
     /// What the tables hold now (config plus run-time changes), with the
     /// namespace suffixes unfolded: the rules as the forwarder uses them.
     pub fn rules(&mut self) -> Result<RuleSet> {
-        let folded = read_rules(&self.patterns()?)?;
+        let folded = self.patterns()?.rules()?;
         let ns = read_labels(&self.namespaces()?)?;
         Ok(unfold_namespaces(&folded, &ns))
     }
@@ -381,7 +407,7 @@ impl Dataplane {
 
     /// Makes the kernel tables stand for exactly `rules` (folded, see
     /// `maps::fold_namespaces`) and `tlds`. Labels join the namespace and
-    /// TLD sets before the trie changes and leave after, so a name whose
+    /// TLD sets before the patterns change and leave after, so a name whose
     /// verdict is the same in both configs keeps it throughout.
     pub fn reconcile(&mut self, rules: &RuleSet, tlds: &BTreeSet<String>) -> Result<TableDiff> {
         let (folded, ns) = fold_namespaces(rules);
@@ -396,11 +422,11 @@ impl Dataplane {
         }
         let ns_added = add_labels(&mut self.namespaces()?, &ns)?;
         let tlds_added = add_labels(&mut self.tlds()?, tlds)?;
-        let trie = reconcile_rules(&mut self.patterns()?, &folded)?;
+        let patterns = reconcile_rules(&mut self.patterns()?, &folded)?;
         let ns_removed = remove_other_labels(&mut self.namespaces()?, &ns)?;
         let tlds_removed = remove_other_labels(&mut self.tlds()?, tlds)?;
         Ok(TableDiff {
-            trie,
+            patterns,
             namespaces: Diff {
                 added: ns_added,
                 changed: 0,

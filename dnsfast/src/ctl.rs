@@ -1,5 +1,5 @@
 //! The control CLI: `block`, `allow`, `stats`, `status`, `unload`. Pattern
-//! changes go straight into the pinned kernel trie (so they work whether or
+//! changes go straight into the pinned kernel pattern table (so they work whether or
 //! not an agent runs), then the agent is told to give its forwarder the
 //! same table. Everything else asks the agent over its control socket.
 
@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::MapData;
 use clap::{Args, Subcommand};
 use dnsfast_common::{
@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use crate::{
     agent::{control, ifaces::kept_links, report},
-    maps::{read_rules, trie_key, Pins, Trie},
+    maps::{Patterns, Pins},
 };
 
 #[derive(Args, Debug, Clone)]
@@ -53,10 +53,12 @@ pub enum PatternCmd {
 /// `dnsfast block|allow …`.
 pub fn patterns(action: Action, cmd: PatternCmd, pins: &PinArgs) -> Result<()> {
     let p = Pins::open(&pins.pin_dir)?;
-    let mut trie = p.trie()?;
+    // The agent writes the same table on a reload: one writer at a time.
+    let lock = p.lock()?;
+    let mut table = p.patterns()?;
     match cmd {
         PatternCmd::List { json } => {
-            let rules = read_rules(&trie)?;
+            let rules = table.rules()?;
             let mut names: Vec<String> = rules
                 .iter()
                 .filter(|(_, r)| r.action == action.code())
@@ -80,7 +82,7 @@ pub fn patterns(action: Action, cmd: PatternCmd, pins: &PinArgs) -> Result<()> {
             // All are checked before any is written: no half-applied change.
             let parsed = parse_all(&patterns)?;
             for pat in &parsed {
-                if let Some(r) = exact(&trie, pat) {
+                if let Some(r) = exact(&table, pat)? {
                     if r.action != action.code() {
                         let other = Action::from_code(r.action)
                             .map(|a| a.to_string())
@@ -89,18 +91,30 @@ pub fn patterns(action: Action, cmd: PatternCmd, pins: &PinArgs) -> Result<()> {
                     }
                 }
             }
+            let mut added: Vec<Vec<u8>> = vec![];
             for pat in &parsed {
                 let (key, rule) = rule_entry(pat, action);
-                trie.insert(&trie_key(&key), rule, 0).map_err(|e| {
-                    anyhow!("adding {pat}: {e} (is the trie full? see xdp.max-patterns)")
-                })?;
+                match table.insert(&key, rule) {
+                    Ok(new) => {
+                        if new {
+                            added.push(key);
+                        }
+                    }
+                    Err(e) => {
+                        // Take back what this command added: all or nothing.
+                        for k in &added {
+                            table.remove(k).context("undoing a partial add")?;
+                        }
+                        return Err(e.context(format!("adding {pat}; nothing was added")));
+                    }
+                }
             }
             println!("{action}: added {} pattern(s)", parsed.len());
         }
         PatternCmd::Del { patterns } => {
             let parsed = parse_all(&patterns)?;
             for pat in &parsed {
-                match exact(&trie, pat) {
+                match exact(&table, pat)? {
                     Some(r) if r.action == action.code() => {}
                     Some(_) => bail!("{pat} is not a {action} pattern"),
                     None => bail!("{pat}: no such {action} pattern"),
@@ -108,12 +122,14 @@ pub fn patterns(action: Action, cmd: PatternCmd, pins: &PinArgs) -> Result<()> {
             }
             for pat in &parsed {
                 let (key, _) = rule_entry(pat, action);
-                trie.remove(&trie_key(&key))
-                    .map_err(|e| anyhow!("removing {pat}: {e}"))?;
+                table
+                    .remove(&key)
+                    .with_context(|| format!("removing {pat}"))?;
             }
             println!("{action}: removed {} pattern(s)", parsed.len());
         }
     }
+    drop(lock);
     match control::ask(&pins.pin_dir, "resync")? {
         Some(_) => println!("the agent's forwarder follows"),
         None => println!("note: no agent runs; the kernel table changed, nothing else"),
@@ -124,13 +140,10 @@ pub fn patterns(action: Action, cmd: PatternCmd, pins: &PinArgs) -> Result<()> {
     Ok(())
 }
 
-/// The rule stored for exactly `pat`. A trie lookup returns the longest
-/// covering rule, so its length tells whether it is `pat`'s own.
-fn exact(trie: &Trie<MapData>, pat: &Pattern) -> Option<Rule> {
+/// The rule stored for exactly `pat`.
+fn exact(table: &Patterns<MapData>, pat: &Pattern) -> Result<Option<Rule>> {
     let (key, _) = rule_entry(pat, Action::Block);
-    trie.get(&trie_key(&key), 0)
-        .ok()
-        .filter(|r| r.key_len as usize == key.len())
+    table.get(&key)
 }
 
 fn parse_all(texts: &[String]) -> Result<Vec<Pattern>> {

@@ -21,10 +21,7 @@ use hickory_proto::{
     rr::{Name, RecordType},
 };
 
-use crate::{
-    bpf::PINNED_PROG,
-    maps::{trie_key, Pins},
-};
+use crate::{bpf::PINNED_PROG, maps::Pins};
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
@@ -98,11 +95,11 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         v => println!("kernel: verdict {v}"),
     }
 
-    // Which rule decided, from the pinned trie and TLD set.
+    // Which rule decided, from the pinned pattern table and TLD set.
     let (key, _) = name_key(&to_wire(&pattern.name)).map_err(|e| anyhow!("{e:?}"))?;
-    let rule = match pins.trie()?.get(&trie_key(&key), 0) {
-        Ok(r) => r,
-        Err(_) => {
+    let rule = match pins.patterns()?.longest(&key)? {
+        Some((_, r)) => r,
+        None => {
             println!(
                 "rule: no pattern and no search suffix covers {}",
                 pattern.name

@@ -13,3 +13,4 @@ pub mod labels;
 pub mod load;
 pub mod maps;
 pub mod serve;
+pub mod table;

@@ -8,23 +8,79 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context, Result};
-use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, PerCpuArray};
+use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray};
 use dnsfast_common::{
     labels::LabelBucket,
     pattern::{key_name, rule_entry, Action},
     suffix::SuffixMap,
-    Counters, Rule, ACTION_SUFFIX, ACTION_SUFFIX_NS, KEY_DATA_LEN, MAP_COUNTERS, MAP_NAMESPACES,
-    MAP_PATTERNS, MAP_TLDS,
+    table::{Bucket, Depths, LongKey, MAP_PATTERN_DEPTHS, MAP_PATTERN_TAILS},
+    Counters, Rule, ACTION_SUFFIX, ACTION_SUFFIX_NS, MAP_COUNTERS, MAP_NAMESPACES, MAP_PATTERNS,
+    MAP_TLDS,
 };
 
 use crate::config::PatternTable;
 use crate::labels::LabelTable;
+use crate::table::{Store, Table};
 
-/// Trie contents: label-reversed key bytes → rule.
+/// Pattern table contents: label-reversed key bytes → rule.
 pub type RuleSet = BTreeMap<Vec<u8>, Rule>;
 
-pub type Trie<T> = LpmTrie<T, [u8; KEY_DATA_LEN], Rule>;
+/// The pattern table's maps (`PATTERNS`, `PATTERN_DEPTHS`,
+/// `PATTERN_TAILS`).
+pub struct MapStore<T> {
+    pub buckets: Array<T, Bucket>,
+    pub depths: Array<T, Depths>,
+    pub tails: HashMap<T, u64, LongKey>,
+}
+
+/// The kernel pattern table.
+pub type Patterns<T> = Table<MapStore<T>>;
+
+impl<T: BorrowMut<MapData>> Store for MapStore<T> {
+    fn mask(&self) -> u32 {
+        self.buckets.len().saturating_sub(1)
+    }
+    fn bucket(&self, i: u32) -> Result<Bucket> {
+        self.buckets
+            .get(&i, 0)
+            .with_context(|| format!("reading bucket {i} of the PATTERNS map"))
+    }
+    fn set_bucket(&mut self, i: u32, b: &Bucket) -> Result<()> {
+        self.buckets
+            .set(i, b, 0)
+            .with_context(|| format!("writing bucket {i} of the PATTERNS map"))
+    }
+    fn long(&self, fp: u64) -> Result<Option<LongKey>> {
+        match self.tails.get(&fp, 0) {
+            Ok(k) => Ok(Some(k)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading the PATTERN_TAILS map"),
+        }
+    }
+    fn set_long(&mut self, fp: u64, k: Option<&LongKey>) -> Result<()> {
+        match k {
+            Some(k) => self
+                .tails
+                .insert(fp, k, 0)
+                .map_err(|e| anyhow!("writing the PATTERN_TAILS map: {e}")),
+            None => match self.tails.remove(&fp) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(anyhow!("removing from the PATTERN_TAILS map: {e}")),
+            },
+        }
+    }
+    fn depths(&self) -> Result<Depths> {
+        self.depths
+            .get(&0, 0)
+            .context("reading the PATTERN_DEPTHS map")
+    }
+    fn set_depths(&mut self, d: &Depths) -> Result<()> {
+        self.depths
+            .set(0, d, 0)
+            .context("writing the PATTERN_DEPTHS map")
+    }
+}
 /// A set of labels (`TLDS`, `NAMESPACES`): buckets of label keys.
 pub type LabelSet<T> = crate::labels::LabelTable<Array<T, LabelBucket>>;
 
@@ -49,7 +105,7 @@ impl std::fmt::Display for Diff {
 /// What a reconcile changed in each kernel table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TableDiff {
-    pub trie: Diff,
+    pub patterns: Diff,
     pub namespaces: Diff,
     pub tlds: Diff,
 }
@@ -59,7 +115,7 @@ impl std::fmt::Display for TableDiff {
         write!(
             f,
             "patterns {}; namespaces {}; TLDs {}",
-            self.trie, self.namespaces, self.tlds
+            self.patterns, self.namespaces, self.tlds
         )
     }
 }
@@ -173,28 +229,11 @@ fn label_starts(key: &[u8]) -> Vec<usize> {
     out
 }
 
-pub fn trie_key(bytes: &[u8]) -> Key<[u8; KEY_DATA_LEN]> {
-    let mut data = [0u8; KEY_DATA_LEN];
-    data[..bytes.len()].copy_from_slice(bytes);
-    Key::new(bytes.len() as u32 * 8, data)
-}
-
-/// Every rule in the trie.
-pub fn read_rules<T: Borrow<MapData>>(t: &Trie<T>) -> Result<RuleSet> {
-    let mut out = RuleSet::new();
-    for item in t.iter() {
-        let (k, r) = item.context("reading the PATTERNS map")?;
-        let len = (k.prefix_len() / 8) as usize;
-        out.insert(k.data()[..len.min(KEY_DATA_LEN)].to_vec(), r);
-    }
-    Ok(out)
-}
-
-/// Makes the trie hold exactly `want`: new and changed rules first, then
-/// the removals, so a rule present before and after is never missing, and
-/// a name covered by a changed rule switches in one map update.
-pub fn reconcile_rules<T: BorrowMut<MapData>>(t: &mut Trie<T>, want: &RuleSet) -> Result<Diff> {
-    let have = read_rules(t)?;
+/// Makes the pattern table hold exactly `want`: new and changed rules
+/// first, then the removals, so a rule present before and after is never
+/// missing, and a name covered by a changed rule switches in one write.
+pub fn reconcile_rules<S: Store>(t: &mut Table<S>, want: &RuleSet) -> Result<Diff> {
+    let have = t.rules()?;
     let mut d = Diff::default();
     for (k, r) in want {
         match have.get(k) {
@@ -202,15 +241,24 @@ pub fn reconcile_rules<T: BorrowMut<MapData>>(t: &mut Trie<T>, want: &RuleSet) -
             Some(_) => d.changed += 1,
             None => d.added += 1,
         }
-        t.insert(&trie_key(k), *r, 0)
+        t.insert(k, *r)
             .with_context(|| format!("writing pattern {} to the PATTERNS map", key_name(k)))?;
     }
     for k in have.keys().filter(|k| !want.contains_key(*k)) {
-        t.remove(&trie_key(k))
+        t.remove(k)
             .with_context(|| format!("removing pattern {} from the PATTERNS map", key_name(k)))?;
         d.removed += 1;
     }
     Ok(d)
+}
+
+/// An exclusive `flock` on `dir`, released when dropped: the pattern
+/// table's writers (the agent, `dnsfast block|allow`) take turns, since a
+/// cuckoo insert moves entries other writers might be moving too.
+pub fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow!("locking {}: {e}", dir.display()))
 }
 
 /// Adds the labels of `want` the set lacks; returns how many.
@@ -284,8 +332,19 @@ impl Pins {
         Ok(Map::from_map_data(data)?)
     }
 
-    pub fn trie(&self) -> Result<Trie<MapData>> {
-        Ok(LpmTrie::try_from(self.map(MAP_PATTERNS)?)?)
+    /// The pinned pattern table. Writers hold [`Pins::lock`] first.
+    pub fn patterns(&self) -> Result<Patterns<MapData>> {
+        Ok(Table(MapStore {
+            buckets: Array::try_from(self.map(MAP_PATTERNS)?)?,
+            depths: Array::try_from(self.map(MAP_PATTERN_DEPTHS)?)?,
+            tails: HashMap::try_from(self.map(MAP_PATTERN_TAILS)?)?,
+        }))
+    }
+
+    /// Serializes the writers of the pinned pattern table (the agent and
+    /// `dnsfast block|allow`): held until dropped.
+    pub fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
+        lock_dir(&self.dir)
     }
 
     pub fn tlds(&self) -> Result<LabelSet<MapData>> {
@@ -370,10 +429,5 @@ mod tests {
         assert!(names.contains(&"com.svc.cluster.local".to_string()));
         let m = suffix_map(&rules);
         assert_eq!(m.len(), 2);
-        let k = trie_key(rules.keys().next().unwrap());
-        assert_eq!(
-            k.prefix_len() as usize,
-            rules.keys().next().unwrap().len() * 8
-        );
     }
 }

@@ -100,10 +100,17 @@ impl Agent {
         ifaces::detach(&mut dp, &mut ifs, name)
     }
 
-    /// After `dnsfast block|allow` changed the kernel trie: the forwarder
-    /// takes the same table. Returns the number of rules.
+    /// After `dnsfast block|allow` changed the kernel pattern table: the
+    /// forwarder takes the same table. Returns the number of rules.
     pub fn resync_rules(&self) -> Result<usize> {
-        let rules = self.dp.lock().map_err(poisoned)?.rules()?;
+        let mut dp = self.dp.lock().map_err(poisoned)?;
+        // Read while no CLI writes: a scan racing a cuckoo move could miss
+        // the moved entry.
+        let rules = {
+            let _tables = crate::maps::lock_dir(&self.pin_dir)?;
+            dp.rules()?
+        };
+        drop(dp);
         if let Some(r) = &self.forwarder {
             r.set_rules(&rules);
         }
@@ -179,9 +186,11 @@ impl Agent {
             None => None,
         };
         let mut dp = self.dp.lock().map_err(poisoned)?;
+        // `dnsfast block|allow` writes the pinned table too: one at a time.
+        let _tables = crate::maps::lock_dir(&self.pin_dir)?;
         let old_rules = dp.rules()?;
         let capacity = old_cfg.xdp.max_patterns as usize;
-        // The trie holds both tables' entries for a moment (namespace
+        // The table holds both configs' entries for a moment (namespace
         // suffixes folded).
         let (new_trie, _) = crate::maps::fold_namespaces(&rules);
         let (old_trie, _) = crate::maps::fold_namespaces(&old_rules);

@@ -1,0 +1,471 @@
+//! The kernel pattern table (`dnsfast_common::table`) as user space reads
+//! and writes it: exact get, insert (cuckoo moves when both buckets are
+//! full), remove, and the whole rule set. Generic over where the buckets
+//! live, so the logic is unit-tested in memory and runs on the agent's maps
+//! and on their pins alike.
+
+use std::collections::{HashMap as StdHashMap, VecDeque};
+
+use anyhow::{anyhow, bail, Context, Result};
+use dnsfast_common::{
+    pattern::key_name,
+    table::{
+        buckets_of, key_fingerprint, key_labels, Bucket, Depths, LongKey, BUCKET_SLOTS, MAX_DEPTHS,
+        SLOT_KEY_LEN,
+    },
+    Rule, KEY_DATA_LEN,
+};
+
+use crate::maps::RuleSet;
+
+/// Where the table's three maps live.
+pub trait Store {
+    /// Bucket count minus one.
+    fn mask(&self) -> u32;
+    fn bucket(&self, i: u32) -> Result<Bucket>;
+    fn set_bucket(&mut self, i: u32, b: &Bucket) -> Result<()>;
+    fn long(&self, fp: u64) -> Result<Option<LongKey>>;
+    fn set_long(&mut self, fp: u64, k: Option<&LongKey>) -> Result<()>;
+    fn depths(&self) -> Result<Depths>;
+    fn set_depths(&mut self, d: &Depths) -> Result<()>;
+}
+
+/// Cuckoo moves tried before an insert gives up: a path of up to this many
+/// displaced entries. At half the slots in use, one is almost never needed.
+const MAX_PATH: usize = 5;
+
+/// A slot's place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Place {
+    bucket: u32,
+    slot: usize,
+}
+
+pub struct Table<S>(pub S);
+
+fn fingerprint(key: &[u8]) -> Result<u64> {
+    if key.len() > KEY_DATA_LEN {
+        bail!("pattern key of {} bytes is too long", key.len());
+    }
+    key_fingerprint(key).ok_or_else(|| anyhow!("not a label sequence: {key:?}"))
+}
+
+fn long_key(key: &[u8]) -> LongKey {
+    let mut k = LongKey {
+        bytes: [0; KEY_DATA_LEN],
+    };
+    k.bytes[..key.len()].copy_from_slice(key);
+    k
+}
+
+impl<S: Store> Table<S> {
+    /// Where `key` is stored, if it is.
+    fn find(&self, key: &[u8], fp: u64) -> Result<Option<(Place, Rule)>> {
+        let (b1, b2) = buckets_of(fp, self.0.mask());
+        for b in [b1, b2] {
+            let bucket = self.0.bucket(b)?;
+            for slot in 0..BUCKET_SLOTS {
+                if self.holds(&bucket, slot, key, fp)? {
+                    return Ok(Some((Place { bucket: b, slot }, bucket.rule[slot])));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Whether slot `slot` of `bucket` holds exactly `key`.
+    fn holds(&self, bucket: &Bucket, slot: usize, key: &[u8], fp: u64) -> Result<bool> {
+        let r = bucket.rule[slot];
+        if r.action == 0 || bucket.fp[slot] != fp || r.key_len as usize != key.len() {
+            return Ok(false);
+        }
+        let head = key.len().min(SLOT_KEY_LEN);
+        if bucket.key[slot][..head] != key[..head] {
+            return Ok(false);
+        }
+        if key.len() <= SLOT_KEY_LEN {
+            return Ok(true);
+        }
+        Ok(self
+            .0
+            .long(fp)?
+            .is_some_and(|l| l.bytes[..key.len()] == *key))
+    }
+
+    /// The rule stored for exactly `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Rule>> {
+        Ok(self.find(key, fingerprint(key)?)?.map(|(_, r)| r))
+    }
+
+    /// The longest stored key that is a prefix of `name_key` at a label
+    /// boundary, and its rule: what the XDP program finds.
+    pub fn longest(&self, name_key: &[u8]) -> Result<Option<(Vec<u8>, Rule)>> {
+        let mut ends = vec![];
+        let mut i = 0;
+        while i < name_key.len() {
+            i += 1 + name_key[i] as usize;
+            ends.push(i.min(name_key.len()));
+        }
+        for &end in ends.iter().rev() {
+            let k = &name_key[..end];
+            if let Some(r) = self.get(k)? {
+                return Ok(Some((k.to_vec(), r)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Stores `rule` for `key`; true if the key is new. A changed rule is
+    /// one slot write, so a name switches verdict at once.
+    pub fn insert(&mut self, key: &[u8], rule: Rule) -> Result<bool> {
+        let fp = fingerprint(key)?;
+        if let Some((at, _)) = self.find(key, fp)? {
+            let mut b = self.0.bucket(at.bucket)?;
+            b.rule[at.slot].action = rule.action;
+            self.0.set_bucket(at.bucket, &b)?;
+            return Ok(false);
+        }
+        self.check_collision(key, fp)?;
+        // Checked before anything is written.
+        let depths = self.depths_with(key, 1)?;
+        if key.len() > SLOT_KEY_LEN {
+            // The tail first: the kernel must never find a slot whose tail
+            // is missing (it would only fail open, but still).
+            self.0.set_long(fp, Some(&long_key(key)))?;
+        }
+        let mut entry = Bucket::EMPTY;
+        entry.fp[0] = fp;
+        entry.rule[0] = Rule {
+            action: rule.action,
+            key_len: key.len() as u32,
+        };
+        let head = key.len().min(SLOT_KEY_LEN);
+        entry.key[0][..head].copy_from_slice(&key[..head]);
+        if let Err(e) = self.place(&entry) {
+            if key.len() > SLOT_KEY_LEN {
+                let _ = self.0.set_long(fp, None);
+            }
+            return Err(e);
+        }
+        // A new label count is listed after its slot is written: a lookup
+        // never probes for a pattern that is not there yet, and never skips
+        // one that is.
+        self.0.set_depths(&depths)?;
+        Ok(true)
+    }
+
+    /// Two different keys with one fingerprint cannot both be in the table
+    /// (the kernel confirms only the first it meets). 64-bit fingerprints
+    /// make this a one in 10^10 event for 100k patterns; it is refused
+    /// rather than silently shadowed.
+    fn check_collision(&self, key: &[u8], fp: u64) -> Result<()> {
+        let (b1, b2) = buckets_of(fp, self.0.mask());
+        for b in [b1, b2] {
+            let bucket = self.0.bucket(b)?;
+            for slot in 0..BUCKET_SLOTS {
+                let r = bucket.rule[slot];
+                if r.action != 0 && bucket.fp[slot] == fp && r.key_len as usize == key.len() {
+                    bail!(
+                        "pattern {} has the same table fingerprint as one already stored; \
+                         the table cannot hold both",
+                        key_name(key)
+                    );
+                }
+            }
+        }
+        if key.len() > SLOT_KEY_LEN {
+            if let Some(l) = self.0.long(fp)? {
+                if l.bytes[..] != long_key(key).bytes[..] {
+                    bail!(
+                        "pattern {} has the same table fingerprint as a long pattern already \
+                         stored; the table cannot hold both",
+                        key_name(key)
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts the entry in slot 0 of `entry` into a free slot of one of its
+    /// buckets, moving others to their other bucket when both are full.
+    /// Each moved entry is written to its new place before its old one is
+    /// overwritten.
+    fn place(&mut self, entry: &Bucket) -> Result<()> {
+        let mask = self.0.mask();
+        let fp = entry.fp[0];
+        let (b1, b2) = buckets_of(fp, mask);
+        let mut cache: StdHashMap<u32, Bucket> = StdHashMap::new();
+        let mut read = |t: &Self, b: u32| -> Result<Bucket> {
+            if let Some(x) = cache.get(&b) {
+                return Ok(*x);
+            }
+            let x = t.0.bucket(b)?;
+            cache.insert(b, x);
+            Ok(x)
+        };
+        // Breadth first over displacement paths; each path ends in a bucket
+        // to look for a free slot in.
+        let mut queue: VecDeque<(Vec<Place>, u32)> = VecDeque::from([(vec![], b1), (vec![], b2)]);
+        while let Some((path, b)) = queue.pop_front() {
+            let bucket = read(self, b)?;
+            if let Some(free) = (0..BUCKET_SLOTS).find(|&s| bucket.rule[s].action == 0) {
+                return self.apply(
+                    entry,
+                    &path,
+                    Place {
+                        bucket: b,
+                        slot: free,
+                    },
+                );
+            }
+            if path.len() >= MAX_PATH {
+                continue;
+            }
+            for slot in 0..BUCKET_SLOTS {
+                let here = Place { bucket: b, slot };
+                if path.contains(&here) {
+                    continue;
+                }
+                let (x, y) = buckets_of(bucket.fp[slot], mask);
+                let other = if x == b { y } else { x };
+                let mut p = path.clone();
+                p.push(here);
+                queue.push_back((p, other));
+            }
+        }
+        bail!(
+            "the pattern table is full around this pattern ({} buckets of {BUCKET_SLOTS}); \
+             raise xdp.max-patterns",
+            mask as u64 + 1
+        )
+    }
+
+    /// Moves the entries along `path` one step (the last into `free`), then
+    /// writes `entry` where the first was.
+    fn apply(&mut self, entry: &Bucket, path: &[Place], free: Place) -> Result<()> {
+        let mut to = free;
+        for from in path.iter().rev() {
+            let src = self.0.bucket(from.bucket)?;
+            let mut dst = self.0.bucket(to.bucket)?;
+            copy_slot(&mut dst, to.slot, &src, from.slot);
+            self.0.set_bucket(to.bucket, &dst)?;
+            to = *from;
+        }
+        let mut dst = self.0.bucket(to.bucket)?;
+        copy_slot(&mut dst, to.slot, entry, 0);
+        self.0.set_bucket(to.bucket, &dst)
+    }
+
+    /// Removes `key`; false if it was not there.
+    pub fn remove(&mut self, key: &[u8]) -> Result<bool> {
+        let fp = fingerprint(key)?;
+        let Some((at, _)) = self.find(key, fp)? else {
+            return Ok(false);
+        };
+        let mut b = self.0.bucket(at.bucket)?;
+        copy_slot(&mut b, at.slot, &Bucket::EMPTY, 0);
+        self.0.set_bucket(at.bucket, &b)?;
+        if key.len() > SLOT_KEY_LEN {
+            self.0.set_long(fp, None)?;
+        }
+        let depths = self.depths_with(key, -1)?;
+        self.0.set_depths(&depths)?;
+        Ok(true)
+    }
+
+    /// The depth index with one more (or one fewer) pattern of `key`'s
+    /// label count; an error if that makes more label counts than the
+    /// kernel probes.
+    fn depths_with(&self, key: &[u8], delta: i32) -> Result<Depths> {
+        let d = key_labels(key);
+        let mut depths = self.0.depths()?;
+        depths.patterns[d] = depths.patterns[d].saturating_add_signed(delta);
+        if !depths.index() {
+            bail!(
+                "pattern {} would make {} different label counts; the kernel table probes at \
+                 most {MAX_DEPTHS}",
+                key_name(key),
+                MAX_DEPTHS + 1
+            );
+        }
+        Ok(depths)
+    }
+
+    /// Every rule in the table.
+    pub fn rules(&self) -> Result<RuleSet> {
+        let mut out = RuleSet::new();
+        for b in 0..=self.0.mask() {
+            let bucket = self.0.bucket(b)?;
+            for slot in 0..BUCKET_SLOTS {
+                let r = bucket.rule[slot];
+                if r.action == 0 {
+                    continue;
+                }
+                let len = (r.key_len as usize).min(KEY_DATA_LEN);
+                let key = if len <= SLOT_KEY_LEN {
+                    bucket.key[slot][..len].to_vec()
+                } else {
+                    let l = self.0.long(bucket.fp[slot])?.with_context(|| {
+                        format!("a long pattern's tail is missing from bucket {b}")
+                    })?;
+                    l.bytes[..len].to_vec()
+                };
+                // A moved entry can be seen twice while an insert runs.
+                out.insert(key, r);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn copy_slot(dst: &mut Bucket, d: usize, src: &Bucket, s: usize) {
+    dst.fp[d] = src.fp[s];
+    dst.rule[d] = src.rule[s];
+    dst.key[d] = src.key[s];
+}
+
+/// The table in plain memory, for tests.
+#[cfg(test)]
+pub struct MemStore {
+    pub buckets: Vec<Bucket>,
+    pub long: StdHashMap<u64, LongKey>,
+    pub depths: Depths,
+}
+
+#[cfg(test)]
+impl MemStore {
+    pub fn new(buckets: u32) -> Self {
+        Self {
+            buckets: vec![Bucket::EMPTY; buckets as usize],
+            long: StdHashMap::new(),
+            depths: Depths::EMPTY,
+        }
+    }
+}
+
+#[cfg(test)]
+impl Store for MemStore {
+    fn mask(&self) -> u32 {
+        self.buckets.len() as u32 - 1
+    }
+    fn bucket(&self, i: u32) -> Result<Bucket> {
+        Ok(self.buckets[i as usize])
+    }
+    fn set_bucket(&mut self, i: u32, b: &Bucket) -> Result<()> {
+        self.buckets[i as usize] = *b;
+        Ok(())
+    }
+    fn long(&self, fp: u64) -> Result<Option<LongKey>> {
+        Ok(self.long.get(&fp).copied())
+    }
+    fn set_long(&mut self, fp: u64, k: Option<&LongKey>) -> Result<()> {
+        match k {
+            Some(k) => self.long.insert(fp, *k),
+            None => self.long.remove(&fp),
+        };
+        Ok(())
+    }
+    fn depths(&self) -> Result<Depths> {
+        Ok(self.depths)
+    }
+    fn set_depths(&mut self, d: &Depths) -> Result<()> {
+        self.depths = *d;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dnsfast_common::pattern::{rule_entry, Action, Pattern};
+
+    fn key(name: &str) -> Vec<u8> {
+        rule_entry(&Pattern::parse(name).unwrap(), Action::Block).0
+    }
+
+    fn rule(action: Action) -> Rule {
+        Rule {
+            action: action.code(),
+            key_len: 0,
+        }
+    }
+
+    #[test]
+    fn insert_get_remove_round_trip() {
+        let mut t = Table(MemStore::new(8));
+        let k = key("com.svc.cluster.local");
+        assert!(t.insert(&k, rule(Action::Block)).unwrap());
+        assert!(!t.insert(&k, rule(Action::Allow)).unwrap(), "an update");
+        let got = t.get(&k).unwrap().unwrap();
+        assert_eq!(
+            (got.action, got.key_len as usize),
+            (Action::Allow.code(), k.len())
+        );
+        assert_eq!(t.0.depths.patterns[4], 1);
+        assert_eq!(t.get(&key("org.svc.cluster.local")).unwrap(), None);
+        assert!(t.remove(&k).unwrap());
+        assert!(!t.remove(&k).unwrap());
+        assert_eq!(t.get(&k).unwrap(), None);
+        assert_eq!(t.0.depths.patterns[4], 0);
+    }
+
+    #[test]
+    fn long_keys_keep_their_tail_apart() {
+        let mut t = Table(MemStore::new(8));
+        let name = format!("{}.{}.example", "a".repeat(40), "b".repeat(30));
+        let k = key(&name);
+        assert!(k.len() > SLOT_KEY_LEN);
+        t.insert(&k, rule(Action::Block)).unwrap();
+        assert_eq!(t.0.long.len(), 1);
+        let rules = t.rules().unwrap();
+        assert_eq!(rules.keys().next().unwrap(), &k);
+        // Same first 48 bytes, another tail: a different pattern.
+        let other = key(&format!("{}.{}.example", "c".repeat(40), "b".repeat(30)));
+        assert_eq!(t.get(&other).unwrap(), None);
+        t.remove(&k).unwrap();
+        assert!(t.0.long.is_empty());
+    }
+
+    #[test]
+    fn a_full_table_moves_entries_and_finds_them_all() {
+        // 64 buckets of 4: fill to 90 % of the slots.
+        let mut t = Table(MemStore::new(64));
+        let keys: Vec<Vec<u8>> = (0..230).map(|i| key(&format!("n{i}.example"))).collect();
+        for k in &keys {
+            t.insert(k, rule(Action::Block)).unwrap();
+        }
+        for k in &keys {
+            assert!(t.get(k).unwrap().is_some(), "{}", key_name(k));
+        }
+        assert_eq!(t.rules().unwrap().len(), keys.len());
+        // Past what two buckets per key can hold: a clear error.
+        let mut t = Table(MemStore::new(2));
+        let mut err = None;
+        for i in 0..9 {
+            if let Err(e) = t.insert(&key(&format!("x{i}.example")), rule(Action::Block)) {
+                err = Some(e);
+                break;
+            }
+        }
+        assert!(err.unwrap().to_string().contains("table is full"));
+    }
+
+    #[test]
+    fn longest_is_the_longest_stored_prefix() {
+        let mut t = Table(MemStore::new(16));
+        t.insert(&key("svc.cluster.local"), rule(Action::Block))
+            .unwrap();
+        t.insert(&key("ok.svc.cluster.local"), rule(Action::Allow))
+            .unwrap();
+        let name = key("a.ok.svc.cluster.local");
+        let (k, r) = t.longest(&name).unwrap().unwrap();
+        assert_eq!(
+            (key_name(&k).as_str(), r.action),
+            ("ok.svc.cluster.local", Action::Allow.code())
+        );
+        let (k, _) = t.longest(&key("xok.svc.cluster.local")).unwrap().unwrap();
+        assert_eq!(key_name(&k), "svc.cluster.local");
+        assert!(t.longest(&key("example.org")).unwrap().is_none());
+    }
+}
