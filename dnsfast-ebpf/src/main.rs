@@ -266,7 +266,8 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
     park(&mut scratch.cq[cq::OPT], opt_word);
     park(&mut scratch.cq[cq::PAYLOAD], payload);
 
-    // One lookup decides.
+    // The longest pattern decides: found by the encoder's global function,
+    // which parked it (action << 16 | key length, 0 for none).
     let found = opaque(&scratch.cq[cq::RULE]) as u64;
     let rule = (found != 0).then_some(Rule {
         action: (found >> 16) as u32,

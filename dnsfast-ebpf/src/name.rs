@@ -2,7 +2,7 @@
 //! (see `dnsfast_common::name`).
 
 use aya_ebpf::{bindings::xdp_md, programs::XdpContext};
-use dnsfast_common::{encode, park, Wire};
+use dnsfast_common::{answer::cq, encode, park, Wire};
 
 use crate::packet::Packet;
 
@@ -33,8 +33,10 @@ impl Wire for PacketWire {
 }
 
 /// Encodes the question name at packet offset `off` (with `avail` bytes of
-/// message left) into the scratch map's key, and parks its length in
-/// `Scratch::name_len`: 1 on success, 0 for a name it refuses. A global BPF
+/// message left) into the scratch map's key, parks its length in
+/// `Scratch::name_len`, then looks up its longest pattern (`table::longest`)
+/// and parks that rule in `cq[cq::RULE]`: 1 on success, 0 for a name it
+/// refuses (nothing looked up). A global BPF
 /// function: the verifier checks it once on its own, and its caller sees
 /// one unknown result rather than one state per way out of its loops, so
 /// the walk keeps its position in registers. The length goes through map
@@ -57,8 +59,8 @@ pub extern "C" fn dnsfast_encode(ctx: *mut xdp_md, off: u64, avail: u64) -> u64 
     match encode(&wire, s) {
         Ok((len, _)) => {
             park(&mut s.name_len, len);
-            let r = crate::table::longest(s);
-            park(&mut s.cq[dnsfast_common::answer::cq::RULE], r as usize);
+            let rule = crate::table::longest(s);
+            park(&mut s.cq[cq::RULE], rule as usize);
             1
         }
         Err(_) => 0,

@@ -46,9 +46,11 @@ const F_BUCKET: usize = 2;
 const F_SLOT: usize = 3;
 
 /// The rule of the longest pattern that is a suffix of the encoded name at
-/// a label boundary, as `action << 16 | key_len`, or 0 for none. A global
-/// BPF function: the verifier checks it once, on its own, and its caller
-/// sees one unknown result.
+/// a label boundary, as `action << 16 | key_len`, or 0 for none. It runs
+/// inside the encoder's global function (`name::dnsfast_encode`), right
+/// after the walk that left the label hashes: a global function of its own
+/// would cost a call and a return (about 10 ns here, where every return
+/// goes through the kernel's return thunk) on every query.
 ///
 /// Suffix fingerprints are folded from the name's last label on; label
 /// counts are then tried from the name's own down, skipping those no
@@ -57,17 +59,6 @@ const F_SLOT: usize = 3;
 /// (a 64-bit collision) ends the search with no rule: the name passes up,
 /// and the forwarder decides it from its own copy of the rules. Nothing is
 /// answered on a fingerprint alone.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn dnsfast_longest() -> u64 {
-    let Some(s) = crate::SCRATCH.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's slot; the caller does not hold it across the call.
-    let s = unsafe { &mut *s };
-    longest(s)
-}
-
 #[inline(always)]
 pub fn longest(s: &mut dnsfast_common::Scratch) -> u64 {
     let Some(depths) = PATTERN_DEPTHS.get(0) else {
@@ -134,24 +125,6 @@ pub fn longest(s: &mut dnsfast_common::Scratch) -> u64 {
     if action == 0 {
         return 0;
     }
-    let key_len = opaque(&s.found[F_LEN]);
-    if !verify(s, key_len) || (key_len > SLOT_KEY_LEN && !verify_long(s, key_len)) {
-        return 0;
-    }
-    (action << 16) | key_len as u64
-}
-
-/// The slot `dnsfast_longest` parked, confirmed byte by byte: its rule as
-/// `action << 16 | key_len`, or 0. A global function of its own: each
-/// way out of the probe loop reaches this call with another state, and the
-/// verifier checks the comparison once rather than once per way out.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn dnsfast_confirm() -> u64 {
-    let Some(s) = crate::SCRATCH.get(0) else {
-        return 0;
-    };
-    let action = opaque(&s.found[F_ACTION]) as u64;
     let key_len = opaque(&s.found[F_LEN]);
     if !verify(s, key_len) || (key_len > SLOT_KEY_LEN && !verify_long(s, key_len)) {
         return 0;
