@@ -109,17 +109,18 @@ pub fn longest(s: &mut dnsfast_common::Scratch) -> u64 {
             break;
         }
         let d = depths.depth[i & (MAX_DEPTHS - 1)] as usize & (MAX_LABELS - 1);
+        // No `continue` here: LLVM would lay the loop out with its back
+        // edge as a fall-through, which Linux 6.1's CFG check refuses.
+        if d <= m && d != 0 {
+            let fp = suffix_fp(s.suffix[d]);
+            // The suffix of d labels starts at wire label m - d.
+            let plen = len.wrapping_sub(s.label_pos[(m - d) & (MAX_LABELS - 1)] as usize) & 0xff;
+            let (b1, b2) = buckets_of(fp, mask);
+            if find(s, b1, fp, plen) || find(s, b2, fp, plen) {
+                break;
+            }
+        }
         i += 1;
-        if d > m || d == 0 {
-            continue;
-        }
-        let fp = suffix_fp(s.suffix[d]);
-        // The suffix of d labels starts at wire label m - d.
-        let plen = len.wrapping_sub(s.label_pos[(m - d) & (MAX_LABELS - 1)] as usize) & 0xff;
-        let (b1, b2) = buckets_of(fp, mask);
-        if find(s, b1, fp, plen) || find(s, b2, fp, plen) {
-            break;
-        }
     }
     let action = opaque(&s.found[F_ACTION]) as u64;
     if action == 0 {
