@@ -148,10 +148,9 @@ pub fn name_hash(s: &mut Scratch, len: usize) -> u64 {
 /// its end read as zero.
 #[inline(always)]
 pub fn chunk(s: &Scratch, i: usize) -> u64 {
-    // The name starts 4 bytes (the trie key's prefix length) after the key
-    // start the encoder parked. Read back opaque, so LLVM cannot fold the
+    // The name starts at the key start the encoder parked. Read back opaque, so LLVM cannot fold the
     // index into a range it proves and drop the mask the verifier needs.
-    let at = (opaque(&s.key_start) & KEY_START_MASK) + 4 + i * 8;
+    let at = (opaque(&s.key_start) & KEY_START_MASK) + i * 8;
     let v = load8(s, at);
     let left = opaque(&s.cq[cq::NAME_LEN]).saturating_sub(i * 8);
     if left >= 8 {

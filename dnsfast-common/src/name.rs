@@ -6,9 +6,8 @@
 //! the labels of a wire name written in reverse order and lower-cased,
 //! `www.Example.com` becomes `\x03com\x07example\x03www`, and "suffix at a
 //! label boundary" becomes "byte prefix": the length bytes stop `com` from
-//! matching `xcom`. A longest-prefix-match trie keyed on these bytes with
-//! `prefix_len = 8 * len` then finds the longest matching pattern in one
-//! lookup.
+//! matching `xcom`. The pattern table (`crate::table`) then finds the
+//! longest pattern that is a prefix of the key at a label boundary.
 //!
 //! The key is anchored at its *end* ([`KEY_END`]): the label whose length
 //! byte sits at wire offset `i`, with length `n`, goes to `KEY_END - (i + n +
@@ -18,10 +17,10 @@
 //! bytes at a time, aligned to the label's *end*: the lowest chunk reaches
 //! up to 7 bytes before the label, into the place of the next label the walk
 //! writes (or below the key), so nothing written is ever overwritten with
-//! junk, and no read goes past the label's last byte. The lookup key starts
-//! `len + 4` bytes before `KEY_END`, where the `u32` prefix length goes.
+//! junk, and no read goes past the label's last byte. The key starts `len`
+//! bytes before `KEY_END` ([`key_start`]).
 
-use crate::abi::{Scratch, MAX_LABEL, MAX_NAME_WIRE};
+use crate::abi::{Scratch, KEY_DATA_LEN, MAX_LABEL, MAX_NAME_WIRE};
 use crate::table::{label_end_chunk, label_hash_start, label_round};
 
 /// Size of the scratch buffer (plus [`SLACK`] so that an 8-byte access at
@@ -30,13 +29,11 @@ pub const SCRATCH_LEN: usize = 2048;
 pub const SCRATCH_MASK: usize = SCRATCH_LEN - 1;
 pub const SLACK: usize = 8;
 /// Where the reversed name ends inside the scratch buffer. The key window
-/// `[KEY_END - len - 4, KEY_END - len - 4 + KEY_SIZE)` stays inside the
-/// buffer for every `len` in `0..=254`.
+/// `[KEY_END - len, KEY_END - len + KEY_DATA_LEN)` stays inside the buffer
+/// for every `len` in `0..=254`.
 pub const KEY_END: usize = 512;
 /// A name of 255 bytes has at most 127 labels.
 pub const MAX_LABELS: usize = 128;
-/// Size of an LPM key: `u32` prefix length plus the data.
-pub const KEY_SIZE: usize = 4 + crate::abi::KEY_DATA_LEN;
 
 /// Why a wire name was not encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,8 +120,7 @@ pub trait Wire {
 }
 
 /// Encodes a wire name. On success the label-reversed, lower-cased name
-/// ends at [`KEY_END`], its `u32` prefix length sits just before it, its
-/// key start is parked in `s.key_start`, and the value is `(len, start)`:
+/// ends at [`KEY_END`], its key start is parked in `s.key_start`, and the value is `(len, start)`:
 /// the name's length without the root byte and where the lookup key starts.
 ///
 /// Written for the verifier as much as for people: bounded loops, masked
@@ -179,12 +175,6 @@ pub fn encode<W: Wire>(w: &W, s: &mut Scratch) -> Result<(usize, usize), NameErr
     park(&mut s.nlabels, guard - 1);
     let start = key_start(len);
     park(&mut s.key_start, start);
-    let bits = ((len as u32) * 8).to_ne_bytes();
-    let mut b = 0;
-    while b < 4 {
-        s.buf[(start + b) & SCRATCH_MASK] = bits[b];
-        b += 1;
-    }
     Ok((len, start))
 }
 
@@ -224,7 +214,7 @@ pub fn label_after(s: &Scratch, len: usize, suffix_len: usize) -> usize {
     if at >= len {
         return 0;
     }
-    let src = (opaque(&s.key_start) & KEY_START_MASK) + 4 + at;
+    let src = (opaque(&s.key_start) & KEY_START_MASK) + at;
     let n = get(s, src) as usize & MAX_LABEL;
     if at + 1 + n >= len {
         return 0;
@@ -234,13 +224,13 @@ pub fn label_after(s: &Scratch, len: usize, suffix_len: usize) -> usize {
 
 /// Every key start is below this power of two, so masking a start with
 /// `KEY_START_MASK` is a no-op that gives the verifier a bound.
-pub const KEY_START_MASK: usize = 0x1ff;
-const _: () = assert!(KEY_END - 4 <= KEY_START_MASK && KEY_START_MASK + KEY_SIZE <= SCRATCH_LEN);
+pub const KEY_START_MASK: usize = 0x3ff;
+const _: () = assert!(KEY_END <= KEY_START_MASK && KEY_START_MASK + KEY_DATA_LEN <= SCRATCH_LEN);
 
-/// Scratch offset where the LPM key for a name of `len` bytes starts.
+/// Scratch offset where the key of a name of `len` bytes starts.
 #[inline(always)]
 pub const fn key_start(len: usize) -> usize {
-    (KEY_END - 4).wrapping_sub(len) & KEY_START_MASK
+    KEY_END.wrapping_sub(len) & KEY_START_MASK
 }
 
 /// A wire name in memory: the user-space [`Wire`].
@@ -280,11 +270,7 @@ mod tests {
     fn enc(wire: &[u8]) -> Result<Vec<u8>, NameError> {
         let mut s = Box::new(Scratch::zeroed());
         let (len, start) = encode_slice(&mut s, wire)?;
-        assert_eq!(start + 4 + len, KEY_END);
-        assert_eq!(
-            u32::from_ne_bytes(s.buf[start..start + 4].try_into().unwrap()),
-            len as u32 * 8
-        );
+        assert_eq!(start + len, KEY_END);
         Ok(s.buf[KEY_END - len..KEY_END].to_vec())
     }
 

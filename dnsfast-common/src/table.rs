@@ -276,7 +276,9 @@ mod tests {
             .filter(|c| !c.is_ascii_uppercase())
             .map(|c| std::vec![1, c])
             .collect();
-        for l in ["io", "_t", "com", "svc", "x-1", "local", "cluster", "internal"] {
+        for l in [
+            "io", "_t", "com", "svc", "x-1", "local", "cluster", "internal",
+        ] {
             let mut k = std::vec![l.len() as u8];
             k.extend_from_slice(l.as_bytes());
             labels.push(k);

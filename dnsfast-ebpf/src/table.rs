@@ -163,7 +163,7 @@ fn verify(s: &Scratch, plen: usize) -> bool {
         return false;
     };
     let slot = opaque(&s.found[F_SLOT]) & 3;
-    let key = (opaque(&s.key_start) & KEY_START_MASK) + 4;
+    let key = opaque(&s.key_start) & KEY_START_MASK;
     let mut c = 0;
     while c < SLOT_KEY_LEN / 8 {
         let at = c * 8;
@@ -193,7 +193,7 @@ fn verify_long(s: &Scratch, key_len: usize) -> bool {
     let Some(long) = (unsafe { PATTERN_TAILS.get(fp) }) else {
         return false;
     };
-    let key = (opaque(&s.key_start) & KEY_START_MASK) + 4;
+    let key = opaque(&s.key_start) & KEY_START_MASK;
     let mut c = SLOT_KEY_LEN / 8;
     while c < KEY_DATA_LEN / 8 {
         let at = c * 8;
