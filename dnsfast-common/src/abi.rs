@@ -11,8 +11,11 @@ pub const KEY_DATA_LEN: usize = 256;
 /// How many DNS ports the XDP program watches.
 pub const MAX_PORTS: usize = 4;
 pub const DEFAULT_DNS_PORT: u16 = 53;
-/// Default capacity of the pattern trie.
+/// Default capacity of the pattern table (16.8 MB of preallocated buckets).
 pub const DEFAULT_MAX_PATTERNS: u32 = 131_072;
+/// Largest capacity `xdp.max-patterns` accepts: 512 MB of buckets, which
+/// the kernel allocates up front (128 bytes per pattern).
+pub const MAX_MAX_PATTERNS: u32 = 4_194_304;
 /// Capacity of the destination-address filter.
 pub const MAX_SERVER_ADDRS: u32 = 64;
 
@@ -73,7 +76,7 @@ pub const ACTION_ALLOW: u32 = 2;
 /// artifact); otherwise it passes.
 pub const ACTION_SUFFIX: u32 = 3;
 /// Kernel only: a search suffix P whose namespace suffixes `<L>.P` were
-/// folded into the `NAMESPACES` set (one trie entry instead of one per
+/// folded into the `NAMESPACES` set (one table entry instead of one per
 /// namespace; see the agent's `maps::fold_namespaces`). A name under P
 /// whose next label is in the set is judged against `<L>.P`.
 pub const ACTION_SUFFIX_NS: u32 = 4;
@@ -81,7 +84,7 @@ pub const MAP_NAMESPACES: &str = "NAMESPACES";
 /// Capacity of the namespace set.
 pub const MAX_NAMESPACES: u32 = 16_384;
 
-/// Value of the pattern trie.
+/// A pattern's rule, as the pattern table stores it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Rule {

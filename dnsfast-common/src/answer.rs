@@ -4,7 +4,7 @@
 //! ever reach a socket.
 //!
 //! The key is a hash of the label-reversed name (the same encoding the
-//! pattern trie uses) plus QTYPE and the DO/CD bits; the value carries the
+//! pattern table uses) plus QTYPE and the DO/CD bits; the value carries the
 //! name itself, so a hash collision can only miss, never answer wrongly.
 
 use crate::abi::Scratch;

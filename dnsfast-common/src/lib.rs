@@ -3,7 +3,7 @@
 //! Everything that both sides must agree on lives here exactly once: map
 //! key and value layouts, counters, limits, and the label-reversed name
 //! encoding that turns "longest matching suffix at a label boundary" into a
-//! single longest-prefix-match lookup.
+//! longest-prefix lookup in an exact table.
 #![cfg_attr(not(feature = "user"), no_std)]
 
 pub mod abi;

@@ -1,5 +1,5 @@
-//! Text patterns (`com.svc.cluster.local`) to trie keys, and a reference
-//! matcher that implements the semantics without a trie, for tests.
+//! Text patterns (`com.svc.cluster.local`) to pattern table keys, and a
+//! reference matcher that implements the semantics plainly, for tests.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -176,8 +176,8 @@ pub fn key_labels(key: &[u8]) -> Vec<String> {
     out
 }
 
-/// The dotted name a trie key stands for (`\x03com\x07example` →
-/// `example.com`), so the pinned trie can be listed and explained.
+/// The dotted name a table key stands for (`\x03com\x07example` →
+/// `example.com`), so the pinned table can be listed and explained.
 pub fn key_name(key: &[u8]) -> String {
     let mut l = key_labels(key);
     l.reverse();
@@ -191,7 +191,7 @@ pub fn reversed_key(wire: &[u8]) -> Result<Vec<u8>, NameError> {
     Ok(s.buf[KEY_END - len..KEY_END].to_vec())
 }
 
-/// The matching semantics written plainly, with no trie and no reversed
+/// The matching semantics written plainly, with no table and no reversed
 /// encoding: walk the name's suffixes at label boundaries, longest first, and
 /// return the first pattern found. Tests compare the kernel against it.
 #[derive(Default, Clone, Debug)]
@@ -279,7 +279,7 @@ fn split_wire(wire: &[u8]) -> Option<Vec<Vec<u8>>> {
     Some(labels)
 }
 
-/// The trie entry for `p`: its key bytes and the rule stored under them
+/// The table entry for `p`: its key bytes and the rule stored under them
 /// (one encoding of the name for both).
 pub fn rule_entry(p: &Pattern, action: Action) -> (Vec<u8>, Rule) {
     let (data, len) = p.key();

@@ -1,5 +1,5 @@
 //! Longest-suffix lookup in user space, on the same label-reversed key the
-//! kernel's LPM trie uses. The forwarder decides block/allow and picks a
+//! kernel's pattern table uses. The forwarder decides block/allow and picks a
 //! zone with it, so a TCP query or a host without XDP gets the very verdict
 //! the XDP program would give.
 

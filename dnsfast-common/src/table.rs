@@ -3,8 +3,8 @@
 //! lookups, in place of a longest-prefix-match trie.
 //!
 //! A trie lookup walks a node per branching bit and compares the key from
-//! its first byte at each: about 60 ns for a 25-byte name among 100k
-//! patterns. Here the encoder hashes each label as it places it (its
+//! its first byte at each: 84 ns for a 25-byte name among 100k patterns on
+//! the project's machine, a probe here about 30. Here the encoder hashes each label as it places it (its
 //! chunks are in registers then anyway); the lookup folds those label
 //! hashes, from the name's last label on, into one fingerprint per suffix,
 //! and probes the suffixes from the longest down, only at label counts
@@ -27,7 +27,7 @@ pub const BUCKET_SLOTS: usize = 4;
 pub const SLOT_KEY_LEN: usize = 48;
 
 /// The table's maps: the bucket array is `PATTERNS` (`abi::MAP_PATTERNS`,
-/// pinned as `patterns`, where the trie was), with these two beside it.
+/// pinned as `patterns`), with these two beside it.
 pub const MAP_PATTERN_DEPTHS: &str = "PATTERN_DEPTHS";
 pub const MAP_PATTERN_TAILS: &str = "PATTERN_TAILS";
 /// Read-only global: the bucket count minus one (a power of two minus

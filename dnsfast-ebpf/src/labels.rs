@@ -16,7 +16,7 @@ use dnsfast_common::{
 #[btf_map]
 static TLDS: Array<LabelBucket, { TLD_BUCKETS as usize }> = Array::new();
 
-/// The namespaces folded out of the trie: a name under an
+/// The namespaces folded out of the pattern table: a name under an
 /// `ACTION_SUFFIX_NS` rule P whose next label is here is judged against
 /// `<label>.P`, the namespace's own search suffix.
 #[btf_map]

@@ -1,6 +1,6 @@
 //! The longest pattern covering a name, from the pattern table (see
-//! `dnsfast_common::table`): the answer an LPM trie over the label-reversed
-//! keys gives, from a few inlined array reads.
+//! `dnsfast_common::table`): the answer a longest-prefix-match trie over the
+//! label-reversed keys would give, from a few inlined array reads.
 
 use aya_ebpf::{
     btf_maps::{Array, HashMap},

@@ -4,7 +4,7 @@
 //! <extra…>`, so a query name N is an artifact when N = Q.S for a search
 //! suffix S and Q already looks fully qualified: Q's last label is a TLD,
 //! or the last label of the cluster domain or of an extra suffix (`local`,
-//! `internal`). The kernel gets one trie entry per suffix (the longest
+//! `internal`). The kernel gets one table entry per suffix (the longest
 //! matching one decides, so `web.dev.svc.cluster.local` meets
 //! `dev.svc.cluster.local` and passes) and a set of TLD labels; see
 //! `dnsfast_common::suffix::decide` for the rule itself.

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use dnsfast_common::{
     pattern::{Action, Pattern},
-    DEFAULT_DNS_PORT, DEFAULT_MAX_PATTERNS, MAX_PORTS, MAX_SERVER_ADDRS,
+    DEFAULT_DNS_PORT, DEFAULT_MAX_PATTERNS, MAX_MAX_PATTERNS, MAX_PORTS, MAX_SERVER_ADDRS,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -190,6 +190,14 @@ impl Config {
             if *m.get_ref() == 0 {
                 bail!("{}: xdp.max-patterns must be at least 1", at(m.span()));
             }
+            if *m.get_ref() > MAX_MAX_PATTERNS {
+                bail!(
+                    "{}: xdp.max-patterns = {}: at most {MAX_MAX_PATTERNS} (the kernel \
+                     preallocates 128 bytes per pattern)",
+                    at(m.span()),
+                    m.get_ref()
+                );
+            }
             xdp.max_patterns = m.into_inner();
         }
 
@@ -322,5 +330,23 @@ mod tests {
                 .unwrap();
         assert_eq!(c.xdp.server_addrs.len(), 2);
         assert_eq!(c.xdp.ports, vec![53, 5353]);
+        assert_eq!(
+            parse("[xdp]\nmax-patterns = 0\n").unwrap_err().to_string(),
+            "dnsfast.toml:2: xdp.max-patterns must be at least 1"
+        );
+        assert_eq!(
+            parse("[xdp]\nmax-patterns = 4194305\n")
+                .unwrap_err()
+                .to_string(),
+            "dnsfast.toml:2: xdp.max-patterns = 4194305: at most 4194304 (the kernel \
+             preallocates 128 bytes per pattern)"
+        );
+        assert_eq!(
+            parse("[xdp]\nmax-patterns = 4194304\n")
+                .unwrap()
+                .xdp
+                .max_patterns,
+            4_194_304
+        );
     }
 }

@@ -125,7 +125,7 @@ pub fn read_labels<T: BorrowMut<MapData>>(m: &LabelSet<T>) -> Result<BTreeSet<St
     m.labels()
 }
 
-/// The rules a pattern table puts in the trie.
+/// The rules a config's pattern list puts in the kernel table.
 pub fn rules_of(patterns: &PatternTable) -> RuleSet {
     patterns.iter().map(|(p, a)| rule_entry(p, a)).collect()
 }
@@ -143,14 +143,14 @@ pub fn suffix_map(rules: &RuleSet) -> SuffixMap<Action> {
 
 /// The kernel form of a rule set: the search suffixes one label below a
 /// common parent P (auto mode's `<ns>.svc.<cluster domain>`, one per
-/// namespace) leave the trie; P is marked `ACTION_SUFFIX_NS` and their first
+/// namespace) leave the table; P is marked `ACTION_SUFFIX_NS` and their first
 /// labels go into the namespace set. A thousand namespaces then cost one
-/// short trie entry and a label-set lookup instead of a deep trie walk.
+/// table entry and a label-set lookup instead of a thousand entries.
 ///
-/// Exact: a name the trie sends to P has no rule longer than P covering
+/// Exact: a name the table sends to P has no rule longer than P covering
 /// it, so its longest suffix rule is `<L>.P` when its next label L is in
 /// the set, else P, as before. Only plain suffix children fold (a block or
-/// allow at `<L>.P` stays in the trie and, being longer, wins there), only
+/// allow at `<L>.P` stays in the table and, being longer, wins there), only
 /// under the parent with the most of them, and only from two children up.
 pub fn fold_namespaces(rules: &RuleSet) -> (RuleSet, BTreeSet<String>) {
     let is_suffix = |r: &Rule| r.action == ACTION_SUFFIX;
@@ -190,7 +190,7 @@ pub fn fold_namespaces(rules: &RuleSet) -> (RuleSet, BTreeSet<String>) {
     (folded, names)
 }
 
-/// The rule set a folded trie and namespace set stand for (what the
+/// The rule set a folded table and namespace set stand for (what the
 /// forwarder and `status` use).
 pub fn unfold_namespaces(folded: &RuleSet, namespaces: &BTreeSet<String>) -> RuleSet {
     let mut out = folded.clone();
@@ -384,7 +384,7 @@ mod tests {
             ("cluster.local", Action::Suffix),
             ("compute.internal", Action::Suffix),
             ("us-west-2.compute.internal", Action::Suffix),
-            // A hand rule at a namespace's place stays in the trie.
+            // A hand rule at a namespace's place stays in the table.
             ("prod.svc.cluster.local", Action::Block),
         ]);
         let (folded, ns) = fold_namespaces(&full);

@@ -468,4 +468,27 @@ mod tests {
         assert_eq!(key_name(&k), "svc.cluster.local");
         assert!(t.longest(&key("example.org")).unwrap().is_none());
     }
+
+    #[test]
+    fn a_seventeenth_label_count_is_refused_and_changes_nothing() {
+        let mut t = Table(MemStore::new(64));
+        let name = |labels: usize| vec!["a"; labels].join(".");
+        for n in 1..=MAX_DEPTHS {
+            t.insert(&key(&name(n)), rule(Action::Block)).unwrap();
+        }
+        // One more of a label count already in use is fine.
+        t.insert(&key("b.a"), rule(Action::Block)).unwrap();
+        let before = t.rules().unwrap();
+        let e = t
+            .insert(&key(&name(MAX_DEPTHS + 1)), rule(Action::Block))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("17 different label counts"), "{e}");
+        assert_eq!(t.rules().unwrap(), before);
+        assert_eq!(t.0.depths().unwrap().count as usize, MAX_DEPTHS);
+        // Removing the last pattern of a count frees its place.
+        assert!(t.remove(&key(&name(3))).unwrap());
+        t.insert(&key(&name(MAX_DEPTHS + 1)), rule(Action::Block))
+            .unwrap();
+    }
 }

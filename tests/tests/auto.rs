@@ -249,7 +249,7 @@ fn run_provider(cloud: &[&str]) {
         "{e}"
     );
     assert!(e.contains("one label is a service's own name"), "{e}");
-    // The namespaces are folded out of the trie into the namespace set.
+    // The namespaces are folded out of the table into the namespace set.
     assert!(
         e.contains("namespace: 'dev' is in the namespace set"),
         "{e}"

@@ -364,7 +364,7 @@ fn live_changes_under_traffic() {
     let t = Instant::now();
     s.ctl_ok(&args);
     eprintln!(
-        "dnsfast block add with 10,000 patterns: {} ms (kernel trie + forwarder resync)",
+        "dnsfast block add with 10,000 patterns: {} ms (kernel table + forwarder resync)",
         t.elapsed().as_millis()
     );
     assert_eq!(s.dig("x.m9999.cli.test", &[]), "NXDOMAIN");

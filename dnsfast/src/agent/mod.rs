@@ -192,12 +192,12 @@ impl Agent {
         let capacity = old_cfg.xdp.max_patterns as usize;
         // The table holds both configs' entries for a moment (namespace
         // suffixes folded).
-        let (new_trie, _) = crate::maps::fold_namespaces(&rules);
-        let (old_trie, _) = crate::maps::fold_namespaces(&old_rules);
-        let union = old_trie.len()
-            + new_trie
+        let (new_table, _) = crate::maps::fold_namespaces(&rules);
+        let (old_table, _) = crate::maps::fold_namespaces(&old_rules);
+        let union = old_table.len()
+            + new_table
                 .keys()
-                .filter(|k| !old_trie.contains_key(*k))
+                .filter(|k| !old_table.contains_key(*k))
                 .count();
         if union > capacity {
             bail!(

@@ -305,7 +305,7 @@ fn auto_rules(namespaces: usize) -> Result<dnsfast::auto::Derived> {
     dnsfast::auto::derive(&settings, &dnsfast::config::PatternTable::default())
 }
 
-/// bytes_memlock of the pattern trie and the TLD set, as bpftool reports
+/// bytes_memlock of the pattern table and the label sets, as bpftool reports
 /// them for pinned copies.
 fn auto_memlock(dp: &Dataplane) -> Result<String> {
     let dir = PathBuf::from(format!("/sys/fs/bpf/dnsfast-bench-{}", std::process::id()));
