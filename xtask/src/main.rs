@@ -330,13 +330,7 @@ fn test() -> Result<()> {
     let bin = root().join("target/debug/dnsfast");
     // The image test builds the image itself, from this context.
     let image_ctx = image::context(&root())?;
-    // The tests' logs, configs and query files go here, not to /tmp: kept
-    // after a run for a look at what failed, replaced by the next run.
-    let tmp = root().join("target/test-tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).with_context(|| format!("clearing {}", tmp.display()))?;
-    }
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let tmp = fresh_tmp("test-tmp")?;
     run(cargo()
         .arg("test")
         .env("TMPDIR", &tmp)
@@ -348,6 +342,18 @@ fn test() -> Result<()> {
     Ok(())
 }
 
+/// An empty `target/<name>`, for a task's logs, configs and query files
+/// instead of /tmp: kept after a run for a look at what went wrong,
+/// replaced by the next run of the same task.
+fn fresh_tmp(name: &str) -> Result<PathBuf> {
+    let tmp = root().join("target").join(name);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("clearing {}", tmp.display()))?;
+    }
+    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    Ok(tmp)
+}
+
 fn bench(args: &[String]) -> Result<()> {
     setup()?;
     if !is_root() {
@@ -357,6 +363,7 @@ fn bench(args: &[String]) -> Result<()> {
     let dir = root().join("target/release");
     run(Command::new(dir.join("dnsfast-bench"))
         .args(args)
+        .env("TMPDIR", fresh_tmp("bench-tmp")?)
         .env("DNSFAST_BIN", dir.join("dnsfast")))
 }
 
@@ -367,5 +374,7 @@ fn demo() -> Result<()> {
     }
     run(cargo().args(["build", "--release", "-p", "dnsfast", "-p", "dnsfast-tests"]))?;
     let dir = root().join("target/release");
-    run(Command::new(dir.join("dnsfast-demo")).env("DNSFAST_BIN", dir.join("dnsfast")))
+    run(Command::new(dir.join("dnsfast-demo"))
+        .env("TMPDIR", fresh_tmp("demo-tmp")?)
+        .env("DNSFAST_BIN", dir.join("dnsfast")))
 }
