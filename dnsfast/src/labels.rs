@@ -3,7 +3,7 @@
 //! over where the buckets live, so the logic is unit-tested in memory and
 //! runs on the loaded maps and on their pins alike.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::BTreeSet;
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, MapData};
@@ -11,6 +11,8 @@ use dnsfast_common::{
     labels::{label_buckets, label_fp, LabelBucket, LABEL_SLOTS},
     TldKey,
 };
+
+use crate::cuckoo::{self, Place};
 
 /// Where a set's buckets live.
 pub trait Buckets {
@@ -34,18 +36,31 @@ impl<T: std::borrow::BorrowMut<MapData>> Buckets for Array<T, LabelBucket> {
     }
 }
 
-/// Displacements tried before an insert gives up. With half the slots
-/// free, one is rarely needed.
-const MAX_PATH: usize = 5;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Place {
-    bucket: u32,
-    slot: usize,
-}
-
 /// A label set.
 pub struct LabelTable<B>(pub B);
+
+impl cuckoo::Slots for LabelBucket {
+    const SLOTS: usize = LABEL_SLOTS;
+    fn is_free(&self, slot: usize) -> bool {
+        self.fp[slot] == 0
+    }
+    fn fp(&self, slot: usize) -> u64 {
+        self.fp[slot]
+    }
+    fn copy_slot(&mut self, to: usize, src: &Self, from: usize) {
+        self.fp[to] = src.fp[from];
+        self.label[to] = src.label[from];
+    }
+}
+
+impl<B: Buckets> cuckoo::Store<LabelBucket> for LabelTable<B> {
+    fn read(&self, i: u32) -> Result<LabelBucket> {
+        self.0.bucket(i)
+    }
+    fn write(&mut self, i: u32, b: &LabelBucket) -> Result<()> {
+        self.0.set_bucket(i, b)
+    }
+}
 
 fn key_of(label: &str) -> Result<TldKey> {
     TldKey::new(label.as_bytes())
@@ -80,61 +95,24 @@ impl<B: Buckets> LabelTable<B> {
             return Ok(false);
         }
         let mask = self.0.mask();
-        let (b1, b2) = label_buckets(fp, mask);
-        let mut seen: HashMap<u32, LabelBucket> = HashMap::new();
-        // Breadth first over displacement paths, each ending in a bucket
-        // to look for a free slot in.
-        let mut queue: VecDeque<(Vec<Place>, u32)> = VecDeque::from([(vec![], b1), (vec![], b2)]);
-        while let Some((path, b)) = queue.pop_front() {
-            let bucket = match seen.get(&b) {
-                Some(x) => *x,
-                None => {
-                    let x = self.0.bucket(b)?;
-                    seen.insert(b, x);
-                    x
-                }
-            };
-            if let Some(slot) = (0..LABEL_SLOTS).find(|&s| bucket.fp[s] == 0) {
-                self.apply(fp, &k, &path, Place { bucket: b, slot })?;
-                return Ok(true);
+        let mut entry = LabelBucket::EMPTY;
+        entry.fp[0] = fp;
+        entry.label[0] = k;
+        let other = |fp, b| {
+            let (x, y) = label_buckets(fp, mask);
+            if x == b {
+                y
+            } else {
+                x
             }
-            if path.len() >= MAX_PATH {
-                continue;
-            }
-            for slot in 0..LABEL_SLOTS {
-                let here = Place { bucket: b, slot };
-                if path.contains(&here) {
-                    continue;
-                }
-                let (x, y) = label_buckets(bucket.fp[slot], mask);
-                let mut p = path.clone();
-                p.push(here);
-                queue.push_back((p, if x == b { y } else { x }));
-            }
+        };
+        if !cuckoo::place(self, &entry, label_buckets(fp, mask), other)? {
+            bail!(
+                "label set full around '{label}' ({} buckets of {LABEL_SLOTS})",
+                mask as u64 + 1
+            );
         }
-        bail!(
-            "label set full around '{label}' ({} buckets of {LABEL_SLOTS})",
-            mask as u64 + 1
-        )
-    }
-
-    /// Moves each label on `path` to the next place (the last to `free`),
-    /// the new place written before the old is overwritten, then puts the
-    /// new label where the first was.
-    fn apply(&mut self, fp: u64, k: &TldKey, path: &[Place], free: Place) -> Result<()> {
-        let mut to = free;
-        for from in path.iter().rev() {
-            let src = self.0.bucket(from.bucket)?;
-            let mut dst = self.0.bucket(to.bucket)?;
-            dst.fp[to.slot] = src.fp[from.slot];
-            dst.label[to.slot] = src.label[from.slot];
-            self.0.set_bucket(to.bucket, &dst)?;
-            to = *from;
-        }
-        let mut dst = self.0.bucket(to.bucket)?;
-        dst.fp[to.slot] = fp;
-        dst.label[to.slot] = *k;
-        self.0.set_bucket(to.bucket, &dst)
+        Ok(true)
     }
 
     /// Removes `label`; false if it was not there.

@@ -5,6 +5,7 @@ pub mod auto;
 pub mod bpf;
 pub mod config;
 pub mod ctl;
+pub mod cuckoo;
 pub mod dnsmasq;
 pub mod explain;
 pub mod forward;

@@ -4,8 +4,6 @@
 //! live, so the logic is unit-tested in memory and runs on the agent's maps
 //! and on their pins alike.
 
-use std::collections::{HashMap as StdHashMap, VecDeque};
-
 use anyhow::{anyhow, bail, Context, Result};
 use dnsfast_common::{
     pattern::key_name,
@@ -16,7 +14,10 @@ use dnsfast_common::{
     Rule, KEY_DATA_LEN,
 };
 
-use crate::maps::RuleSet;
+use crate::{
+    cuckoo::{self, Place},
+    maps::RuleSet,
+};
 
 /// Where the table's three maps live.
 pub trait Store {
@@ -30,18 +31,29 @@ pub trait Store {
     fn set_depths(&mut self, d: &Depths) -> Result<()>;
 }
 
-/// Cuckoo moves tried before an insert gives up: a path of up to this many
-/// displaced entries. At half the slots in use, one is almost never needed.
-const MAX_PATH: usize = 5;
+pub struct Table<S>(pub S);
 
-/// A slot's place.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Place {
-    bucket: u32,
-    slot: usize,
+impl cuckoo::Slots for Bucket {
+    const SLOTS: usize = BUCKET_SLOTS;
+    fn is_free(&self, slot: usize) -> bool {
+        self.rule[slot].action == 0
+    }
+    fn fp(&self, slot: usize) -> u64 {
+        self.fp[slot]
+    }
+    fn copy_slot(&mut self, to: usize, src: &Self, from: usize) {
+        copy_slot(self, to, src, from);
+    }
 }
 
-pub struct Table<S>(pub S);
+impl<S: Store> cuckoo::Store<Bucket> for Table<S> {
+    fn read(&self, i: u32) -> Result<Bucket> {
+        self.0.bucket(i)
+    }
+    fn write(&mut self, i: u32, b: &Bucket) -> Result<()> {
+        self.0.set_bucket(i, b)
+    }
+}
 
 fn fingerprint(key: &[u8]) -> Result<u64> {
     if key.len() > KEY_DATA_LEN {
@@ -189,72 +201,24 @@ impl<S: Store> Table<S> {
 
     /// Puts the entry in slot 0 of `entry` into a free slot of one of its
     /// buckets, moving others to their other bucket when both are full.
-    /// Each moved entry is written to its new place before its old one is
-    /// overwritten.
     fn place(&mut self, entry: &Bucket) -> Result<()> {
         let mask = self.0.mask();
-        let fp = entry.fp[0];
-        let (b1, b2) = buckets_of(fp, mask);
-        let mut cache: StdHashMap<u32, Bucket> = StdHashMap::new();
-        let mut read = |t: &Self, b: u32| -> Result<Bucket> {
-            if let Some(x) = cache.get(&b) {
-                return Ok(*x);
+        let other = |fp, b| {
+            let (x, y) = buckets_of(fp, mask);
+            if x == b {
+                y
+            } else {
+                x
             }
-            let x = t.0.bucket(b)?;
-            cache.insert(b, x);
-            Ok(x)
         };
-        // Breadth first over displacement paths; each path ends in a bucket
-        // to look for a free slot in.
-        let mut queue: VecDeque<(Vec<Place>, u32)> = VecDeque::from([(vec![], b1), (vec![], b2)]);
-        while let Some((path, b)) = queue.pop_front() {
-            let bucket = read(self, b)?;
-            if let Some(free) = (0..BUCKET_SLOTS).find(|&s| bucket.rule[s].action == 0) {
-                return self.apply(
-                    entry,
-                    &path,
-                    Place {
-                        bucket: b,
-                        slot: free,
-                    },
-                );
-            }
-            if path.len() >= MAX_PATH {
-                continue;
-            }
-            for slot in 0..BUCKET_SLOTS {
-                let here = Place { bucket: b, slot };
-                if path.contains(&here) {
-                    continue;
-                }
-                let (x, y) = buckets_of(bucket.fp[slot], mask);
-                let other = if x == b { y } else { x };
-                let mut p = path.clone();
-                p.push(here);
-                queue.push_back((p, other));
-            }
+        if !cuckoo::place(self, entry, buckets_of(entry.fp[0], mask), other)? {
+            bail!(
+                "the pattern table is full around this pattern ({} buckets of {BUCKET_SLOTS}); \
+                 raise xdp.max-patterns",
+                mask as u64 + 1
+            );
         }
-        bail!(
-            "the pattern table is full around this pattern ({} buckets of {BUCKET_SLOTS}); \
-             raise xdp.max-patterns",
-            mask as u64 + 1
-        )
-    }
-
-    /// Moves the entries along `path` one step (the last into `free`), then
-    /// writes `entry` where the first was.
-    fn apply(&mut self, entry: &Bucket, path: &[Place], free: Place) -> Result<()> {
-        let mut to = free;
-        for from in path.iter().rev() {
-            let src = self.0.bucket(from.bucket)?;
-            let mut dst = self.0.bucket(to.bucket)?;
-            copy_slot(&mut dst, to.slot, &src, from.slot);
-            self.0.set_bucket(to.bucket, &dst)?;
-            to = *from;
-        }
-        let mut dst = self.0.bucket(to.bucket)?;
-        copy_slot(&mut dst, to.slot, entry, 0);
-        self.0.set_bucket(to.bucket, &dst)
+        Ok(())
     }
 
     /// Removes `key`; false if it was not there.
@@ -329,7 +293,7 @@ fn copy_slot(dst: &mut Bucket, d: usize, src: &Bucket, s: usize) {
 #[cfg(test)]
 pub struct MemStore {
     pub buckets: Vec<Bucket>,
-    pub long: StdHashMap<u64, LongKey>,
+    pub long: std::collections::HashMap<u64, LongKey>,
     pub depths: Depths,
 }
 
@@ -338,7 +302,7 @@ impl MemStore {
     pub fn new(buckets: u32) -> Self {
         Self {
             buckets: vec![Bucket::EMPTY; buckets as usize],
-            long: StdHashMap::new(),
+            long: std::collections::HashMap::new(),
             depths: Depths::EMPTY,
         }
     }
