@@ -66,21 +66,27 @@ impl<V> SuffixMap<V> {
         if self.map.is_empty() {
             return None;
         }
-        // Label boundaries of the reversed key, shortest first: each one
-        // ends a suffix of the name.
-        let mut ends = [0u8; 128];
-        let mut n = 0;
-        let mut i = 0usize;
-        while i < key.len() && n < ends.len() - 1 {
-            i += 1 + key[i] as usize;
-            n += 1;
-            ends[n] = i.min(key.len()) as u8;
-        }
+        let (ends, n) = label_ends(key);
         (0..=n).rev().find_map(|j| {
             let end = ends[j] as usize;
             self.map.get(&key[..end]).map(|v| (v, end))
         })
     }
+}
+
+/// Where the suffixes of the name whose key is `key` end in it, at label
+/// boundaries, shortest first: `ends[1..=n]`, one per label, and
+/// `ends[0] = 0`, the root. On the stack: the forwarder asks this per query.
+pub fn label_ends(key: &[u8]) -> ([u8; 128], usize) {
+    let mut ends = [0u8; 128];
+    let mut n = 0;
+    let mut i = 0usize;
+    while i < key.len() && n < ends.len() - 1 {
+        i += 1 + key[i] as usize;
+        n += 1;
+        ends[n] = i.min(key.len()) as u8;
+    }
+    (ends, n)
 }
 
 /// The decision for a name (its key as made by [`name_key`]): the longest

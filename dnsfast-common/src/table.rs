@@ -226,16 +226,6 @@ pub fn key_fingerprint(key: &[u8]) -> Option<u64> {
     Some(suffix_fp(state))
 }
 
-/// How many labels a label-reversed key has (its `PATTERN_DEPTHS` index).
-pub fn key_labels(key: &[u8]) -> usize {
-    let (mut i, mut n) = (0, 0);
-    while i < key.len() {
-        i += 1 + key[i] as usize;
-        n += 1;
-    }
-    n.min(MAX_LABELS - 1)
-}
-
 #[cfg(all(test, feature = "user"))]
 mod tests {
     use super::*;
@@ -263,7 +253,7 @@ mod tests {
         assert_ne!(a, key_fingerprint(b"\x03com").unwrap());
         assert_eq!(key_fingerprint(b""), None);
         assert_eq!(key_fingerprint(b"\x05com"), None);
-        assert_eq!(key_labels(b"\x03com\x07example"), 2);
+        assert_eq!(crate::suffix::label_ends(b"\x03com\x07example").1, 2);
     }
 
     /// Names built from a few short labels differ in a byte or two: the

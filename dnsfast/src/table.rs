@@ -6,9 +6,11 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use dnsfast_common::{
+    name::MAX_LABELS,
     pattern::key_name,
+    suffix::label_ends,
     table::{
-        buckets_of, key_fingerprint, key_labels, Bucket, Depths, LongKey, BUCKET_SLOTS, MAX_DEPTHS,
+        buckets_of, key_fingerprint, Bucket, Depths, LongKey, BUCKET_SLOTS, MAX_DEPTHS,
         SLOT_KEY_LEN,
     },
     Rule, KEY_DATA_LEN,
@@ -110,16 +112,12 @@ impl<S: Store> Table<S> {
     }
 
     /// The longest stored key that is a prefix of `name_key` at a label
-    /// boundary, and its rule: what the XDP program finds.
+    /// boundary, and its rule: what the XDP program finds. (The root, the
+    /// empty key, is never a pattern.)
     pub fn longest(&self, name_key: &[u8]) -> Result<Option<(Vec<u8>, Rule)>> {
-        let mut ends = vec![];
-        let mut i = 0;
-        while i < name_key.len() {
-            i += 1 + name_key[i] as usize;
-            ends.push(i.min(name_key.len()));
-        }
-        for &end in ends.iter().rev() {
-            let k = &name_key[..end];
+        let (ends, n) = label_ends(name_key);
+        for j in (1..=n).rev() {
+            let k = &name_key[..ends[j] as usize];
             if let Some(r) = self.get(k)? {
                 return Ok(Some((k.to_vec(), r)));
             }
@@ -242,7 +240,7 @@ impl<S: Store> Table<S> {
     /// label count; an error if that makes more label counts than the
     /// kernel probes.
     fn depths_with(&self, key: &[u8], delta: i32) -> Result<Depths> {
-        let d = key_labels(key);
+        let d = label_ends(key).1.min(MAX_LABELS - 1);
         let mut depths = self.0.depths()?;
         depths.patterns[d] = depths.patterns[d].saturating_add_signed(delta);
         if !depths.index() {
