@@ -12,7 +12,7 @@ use dnsfast_common::{
         buckets_of, suffix_fp, suffix_push, suffix_start, Bucket, Depths, LongKey, MAX_DEPTHS,
         SLOT_KEY_LEN,
     },
-    Scratch, DEFAULT_MAX_PATTERNS, KEY_DATA_LEN, KEY_START_MASK, MAX_LABELS,
+    Scratch, DEFAULT_MAX_PATTERNS, KEY_START_MASK, MAX_LABELS,
 };
 
 /// Sized by the agent at load time (`table::bucket_count`).
@@ -162,23 +162,7 @@ fn verify(s: &Scratch, plen: usize) -> bool {
     let Some(bucket) = PATTERNS.get(opaque(&s.found[F_BUCKET]) as u32) else {
         return false;
     };
-    let slot = opaque(&s.found[F_SLOT]) & 3;
-    let key = opaque(&s.key_start) & KEY_START_MASK;
-    let mut c = 0;
-    while c < SLOT_KEY_LEN / 8 {
-        let at = c * 8;
-        if at >= plen {
-            break;
-        }
-        // SAFETY: slot < 4 and at + 8 <= SLOT_KEY_LEN: inside the bucket.
-        let stored =
-            unsafe { core::ptr::read_unaligned(bucket.key[slot].as_ptr().add(at) as *const u64) };
-        if differ(load8(s, key + at), stored, plen - at) {
-            return false;
-        }
-        c += 1;
-    }
-    true
+    same_bytes(s, &bucket.key[opaque(&s.found[F_SLOT]) & 3], 0, plen)
 }
 
 /// Whether the key bytes past the slot's, kept in `PATTERN_TAILS`, are the
@@ -193,17 +177,23 @@ fn verify_long(s: &Scratch, key_len: usize) -> bool {
     let Some(long) = (unsafe { PATTERN_TAILS.get(fp) }) else {
         return false;
     };
+    same_bytes(s, &long.bytes, SLOT_KEY_LEN / 8, key_len)
+}
+
+/// Whether `stored`, from its chunk `first` on, holds the name's key bytes
+/// there, up to the key's `len` (stored keys are zero padded past it).
+#[inline(always)]
+fn same_bytes<const N: usize>(s: &Scratch, stored: &[u8; N], first: usize, len: usize) -> bool {
     let key = opaque(&s.key_start) & KEY_START_MASK;
-    let mut c = SLOT_KEY_LEN / 8;
-    while c < KEY_DATA_LEN / 8 {
+    let mut c = first;
+    while c < N / 8 {
         let at = c * 8;
-        if at >= key_len {
+        if at >= len {
             break;
         }
-        // SAFETY: at + 8 <= KEY_DATA_LEN.
-        let stored =
-            unsafe { core::ptr::read_unaligned(long.bytes.as_ptr().add(at) as *const u64) };
-        if differ(load8(s, key + at), stored, key_len - at) {
+        // SAFETY: at + 8 <= N: inside `stored`.
+        let v = unsafe { core::ptr::read_unaligned(stored.as_ptr().add(at) as *const u64) };
+        if differ(load8(s, key + at), v, len - at) {
             return false;
         }
         c += 1;
