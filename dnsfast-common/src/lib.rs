@@ -8,6 +8,8 @@
 
 pub mod abi;
 pub mod answer;
+#[cfg(feature = "user")]
+pub mod frame;
 pub mod labels;
 pub mod name;
 #[cfg(feature = "user")]

@@ -4,11 +4,9 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 
-use crate::abi::Scratch;
 use crate::abi::{
     Rule, ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, KEY_DATA_LEN, MAX_LABEL, MAX_NAME_WIRE,
 };
-use crate::name::{encode_slice, NameError, KEY_END};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Action {
@@ -133,7 +131,7 @@ impl Pattern {
     /// The label-reversed key bytes and their length.
     pub fn key(&self) -> ([u8; KEY_DATA_LEN], usize) {
         let wire = self.wire();
-        let rev = reversed_key(&wire).expect("a validated pattern always encodes");
+        let (rev, _) = crate::suffix::name_key(&wire).expect("a validated pattern always encodes");
         let mut data = [0u8; KEY_DATA_LEN];
         data[..rev.len()].copy_from_slice(&rev);
         (data, rev.len())
@@ -165,15 +163,14 @@ pub fn to_wire(name: &str) -> Vec<u8> {
 /// The labels of a label-reversed key, in key order (the name's last label
 /// first); lossy on bytes that are not UTF-8 or run short.
 pub fn key_labels(key: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < key.len() {
-        let n = key[i] as usize;
-        let end = (i + 1 + n).min(key.len());
-        out.push(String::from_utf8_lossy(&key[i + 1..end]).into_owned());
-        i = end;
-    }
-    out
+    let (ends, n) = crate::suffix::label_ends(key);
+    ends[..=n]
+        .windows(2)
+        .map(|w| {
+            let (start, end) = (w[0] as usize, w[1] as usize);
+            String::from_utf8_lossy(&key[(start + 1).min(end)..end]).into_owned()
+        })
+        .collect()
 }
 
 /// The dotted name a table key stands for (`\x03com\x07example` →
@@ -182,13 +179,6 @@ pub fn key_name(key: &[u8]) -> String {
     let mut l = key_labels(key);
     l.reverse();
     l.join(".")
-}
-
-/// The shared encoder applied to a wire name in memory.
-pub fn reversed_key(wire: &[u8]) -> Result<Vec<u8>, NameError> {
-    let mut s = Box::new(Scratch::zeroed());
-    let (len, _) = encode_slice(&mut s, wire)?;
-    Ok(s.buf[KEY_END - len..KEY_END].to_vec())
 }
 
 /// The matching semantics written plainly, with no table and no reversed

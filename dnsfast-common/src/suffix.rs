@@ -8,9 +8,15 @@ use std::collections::HashMap;
 use crate::abi::Scratch;
 use crate::name::{encode_slice, NameError, KEY_END};
 
-/// The label-reversed, lower-cased key of a wire name (no root byte), and
-/// the name's length in wire form (root byte included).
-pub fn name_key(wire: &[u8]) -> Result<(Vec<u8>, usize), NameError> {
+/// Runs the shared encoder on a wire name in memory, in this thread's
+/// scratch buffer (2 KiB, one per thread rather than one per call), and
+/// hands `f` the buffer and the key's length: the key sits at
+/// `buf[KEY_END - len..KEY_END]`. Every user-space encoding goes through
+/// here.
+pub fn with_encoded<R>(
+    wire: &[u8],
+    f: impl FnOnce(&mut Scratch, usize) -> R,
+) -> Result<R, NameError> {
     thread_local! {
         static SCRATCH: std::cell::RefCell<Box<Scratch>> =
             std::cell::RefCell::new(Box::new(Scratch::zeroed()));
@@ -18,7 +24,15 @@ pub fn name_key(wire: &[u8]) -> Result<(Vec<u8>, usize), NameError> {
     SCRATCH.with(|s| {
         let mut s = s.borrow_mut();
         let (len, _) = encode_slice(&mut s, wire)?;
-        Ok((s.buf[KEY_END - len..KEY_END].to_vec(), len + 1))
+        Ok(f(&mut s, len))
+    })
+}
+
+/// The label-reversed, lower-cased key of a wire name (no root byte), and
+/// the name's length in wire form (root byte included).
+pub fn name_key(wire: &[u8]) -> Result<(Vec<u8>, usize), NameError> {
+    with_encoded(wire, |s, len| {
+        (s.buf[KEY_END - len..KEY_END].to_vec(), len + 1)
     })
 }
 

@@ -1,17 +1,30 @@
-//! dnsfast agent library: the loader and its maps, configuration, dnsmasq
-//! flag import, and the `load` command. `main.rs` is only the CLI.
+//! The dnsfast agent and CLI.
+//!
+//! Data flows one way: the command line builds a configuration, the
+//! configuration yields a rule set, and the rule set is written to the
+//! kernel (the dataplane) and matched by the forwarder. A module uses only
+//! the modules listed after it here; `tests/layout.rs` keeps this list, and
+//! that rule, true.
+//!
+//! - [`cli`]: one file per command group; `main.rs` is clap and dispatch.
+//! - [`agent`]: the running `dnsfast load`: runtime and signals,
+//!   interfaces, control socket, reloads, events, stats, `/metrics`.
+//! - [`forward`]: the user-space DNS path: listener → resolver → router,
+//!   upstream, cache, kernel cache, wire.
+//! - [`dataplane`]: everything that touches BPF: loading, maps, the
+//!   pattern table, label sets, pins, attach modes, kernel version.
+//! - [`rules`]: the rule set, pure logic, no aya.
+//! - [`config`]: the TOML model, flags (dnsmasq's too), auto derivation,
+//!   the forwarder's tables.
+//! - [`paths`]: every path and pin name.
+//!
+//! `forward` and `dataplane` are siblings and never use each other: the
+//! agent hands the kernel answer cache's map from one to the other.
+
 pub mod agent;
-pub mod auto;
-pub mod bpf;
+pub mod cli;
 pub mod config;
-pub mod ctl;
-pub mod cuckoo;
-pub mod dnsmasq;
-pub mod explain;
+pub mod dataplane;
 pub mod forward;
-pub mod kernel;
-pub mod labels;
-pub mod load;
-pub mod maps;
-pub mod serve;
-pub mod table;
+pub mod paths;
+pub mod rules;

@@ -1,11 +1,17 @@
+//! `dnsfast`: the clap command tree and the dispatch to `cli`.
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use dnsfast::{
-    config::Config,
-    ctl,
-    load::{self, ForwardArgs, LoadArgs},
-    serve::{self, ServeArgs},
+    cli::{
+        check, explain,
+        load::{self, LoadArgs},
+        ops, patterns,
+        serve::{self, ServeArgs},
+        PinArgs,
+    },
+    config::ForwardFlags,
 };
 use dnsfast_common::pattern::Action;
 
@@ -53,7 +59,7 @@ enum Command {
         #[arg(long = "address", value_name = "/DOMAIN[/DOMAIN…]/")]
         addresses: Vec<String>,
         #[command(flatten)]
-        forward: ForwardArgs,
+        forward: ForwardFlags,
     },
     /// Print the search-path artifact rules auto mode derives, and why.
     ///
@@ -74,7 +80,7 @@ enum Command {
     /// labels that decided it.
     ///
     /// Example: dnsfast explain api.github.com.default.svc.cluster.local
-    Explain(dnsfast::explain::ExplainArgs),
+    Explain(explain::ExplainArgs),
     /// Add, remove or list block patterns in the running kernel table.
     ///
     /// Changes take effect at once, in the kernel and in the agent's
@@ -84,9 +90,9 @@ enum Command {
     /// Example: dnsfast block add com.svc.cluster.local net.svc.cluster.local
     Block {
         #[command(subcommand)]
-        cmd: ctl::PatternCmd,
+        cmd: patterns::PatternCmd,
         #[command(flatten)]
-        pins: ctl::PinArgs,
+        pins: PinArgs,
     },
     /// Add, remove or list allow patterns (exceptions inside blocked
     /// suffixes), like `block`.
@@ -94,9 +100,9 @@ enum Command {
     /// Example: dnsfast allow add kubernetes.default.svc.cluster.local
     Allow {
         #[command(subcommand)]
-        cmd: ctl::PatternCmd,
+        cmd: patterns::PatternCmd,
         #[command(flatten)]
-        pins: ctl::PinArgs,
+        pins: PinArgs,
     },
     /// Show the kernel's counters (summed over CPUs) and the forwarder's:
     /// RCODEs, cache, zones, upstream health and latency.
@@ -104,9 +110,9 @@ enum Command {
     /// Example: dnsfast stats --watch
     Stats {
         #[command(flatten)]
-        args: ctl::StatsArgs,
+        args: ops::StatsArgs,
         #[command(flatten)]
-        pins: ctl::PinArgs,
+        pins: PinArgs,
     },
     /// Stream the kernel's decisions live: time, client, name, type,
     /// verdict and the pattern that decided (from a BPF ring buffer; off,
@@ -115,26 +121,26 @@ enum Command {
     /// Example: dnsfast watch | grep NXDOMAIN
     Watch {
         #[command(flatten)]
-        args: ctl::WatchArgs,
+        args: ops::WatchArgs,
         #[command(flatten)]
-        pins: ctl::PinArgs,
+        pins: PinArgs,
     },
     /// Show the running agent: interfaces (mode, program id, since when),
     /// pattern counts, listeners, upstream health, reloads.
     Status {
         #[command(flatten)]
-        args: ctl::StatusArgs,
+        args: ops::StatusArgs,
         #[command(flatten)]
-        pins: ctl::PinArgs,
+        pins: PinArgs,
     },
     /// Detach the program and remove the pins (the agent exits), or with
     /// --iface detach one interface. Also cleans up after --keep-attached
     /// when no agent runs.
     Unload {
         #[command(flatten)]
-        args: ctl::UnloadArgs,
+        args: ops::UnloadArgs,
         #[command(flatten)]
-        pins: ctl::PinArgs,
+        pins: PinArgs,
     },
     /// Print an example config file with every key documented.
     ExampleConfig,
@@ -159,173 +165,21 @@ fn main() {
             file,
             addresses,
             forward,
-        } => check_config(&file, &addresses, &forward),
-        Command::Suggest { config, addresses } => suggest(config.as_deref(), &addresses),
-        Command::TldList { psl } => tld_list(&psl),
-        Command::Explain(args) => dnsfast::explain::run(args),
-        Command::Block { cmd, pins } => ctl::patterns(Action::Block, cmd, &pins),
-        Command::Allow { cmd, pins } => ctl::patterns(Action::Allow, cmd, &pins),
-        Command::Stats { args, pins } => ctl::stats(args, &pins),
-        Command::Status { args, pins } => ctl::status(args, &pins),
-        Command::Watch { args, pins } => ctl::watch(args, &pins),
-        Command::Unload { args, pins } => ctl::unload(args, &pins),
-        Command::ExampleConfig => {
-            print!("{}", dnsfast::config::EXAMPLE);
-            Ok(())
-        }
+        } => check::check_config(&file, &addresses, &forward),
+        Command::Suggest { config, addresses } => check::suggest(config.as_deref(), &addresses),
+        Command::TldList { psl } => check::tld_list(&psl),
+        Command::Explain(args) => explain::run(args),
+        Command::Block { cmd, pins } => patterns::run(Action::Block, cmd, &pins),
+        Command::Allow { cmd, pins } => patterns::run(Action::Allow, cmd, &pins),
+        Command::Stats { args, pins } => ops::stats(args, &pins),
+        Command::Status { args, pins } => ops::status(args, &pins),
+        Command::Watch { args, pins } => ops::watch(args, &pins),
+        Command::Unload { args, pins } => ops::unload(args, &pins),
+        Command::ExampleConfig => check::example_config(),
     };
     if let Err(e) = result {
         // One line: the chain of causes, outermost first.
         eprintln!("dnsfast: error: {}", format!("{e:#}").replace('\n', "\n  "));
         std::process::exit(1);
     }
-}
-
-fn check_config(
-    file: &std::path::Path,
-    addresses: &[String],
-    forward: &ForwardArgs,
-) -> anyhow::Result<()> {
-    let cfg = load::build_config(Some(file), addresses, forward)?;
-    print_config(&cfg);
-    Ok(())
-}
-
-fn print_config(cfg: &Config) {
-    println!("ok: {} pattern(s)", cfg.patterns.len());
-    println!("xdp.ports = {:?}", cfg.xdp.ports);
-    if cfg.xdp.server_addrs.is_empty() {
-        println!("xdp.server-addrs = any destination");
-    } else {
-        println!("xdp.server-addrs = {:?}", cfg.xdp.server_addrs);
-    }
-    println!("xdp.max-patterns = {}", cfg.xdp.max_patterns);
-    for (p, a) in cfg.patterns.iter() {
-        println!("{a:6} {p}");
-    }
-    match &cfg.derived {
-        Some(d) => println!(
-            "auto: {} search suffixes, {} TLD labels (see `dnsfast suggest`)",
-            d.suffixes.len(),
-            d.tlds.len()
-        ),
-        None => println!("auto: off"),
-    }
-    let f = &cfg.forward;
-    let listen: Vec<String> = f.listen.iter().map(|a| a.to_string()).collect();
-    println!(
-        "forward.listen = [{}] (udp x{} workers, tcp)",
-        listen.join(", "),
-        f.worker_count()
-    );
-    println!(
-        "forward: timeout {} ms, max-inflight {}, log-queries {}",
-        f.timeout.as_millis(),
-        f.max_inflight,
-        f.log_queries
-    );
-    let c = &f.cache;
-    println!(
-        "cache: size {}, ttl clamp {}..{} s, negative answers {}",
-        c.size,
-        c.min_ttl,
-        c.max_ttl,
-        if c.neg_cache {
-            format!("cached up to {} s", c.neg_ttl)
-        } else {
-            "not cached".into()
-        }
-    );
-    let zones = match f.resolved_zones() {
-        Ok(z) => z,
-        Err(e) => {
-            println!("note: {e:#}");
-            f.zones.clone()
-        }
-    };
-    if !zones.iter().any(|z| z.name == ".") {
-        println!("note: no default zone: names outside the zones below get REFUSED");
-    }
-    for z in zones {
-        let ups: Vec<String> = if z.use_default {
-            vec!["(the default zone's upstreams)".into()]
-        } else {
-            z.upstreams
-                .iter()
-                .map(|u| format!("{} ({} ms)", u.addr, u.timeout.as_millis()))
-                .collect()
-        };
-        println!(
-            "zone {} [{:?}] -> {}   from {}",
-            z.name,
-            z.policy,
-            ups.join(", "),
-            z.origin
-        );
-    }
-}
-
-fn suggest(file: Option<&std::path::Path>, addresses: &[String]) -> anyhow::Result<()> {
-    let mut cfg = load::build_config(file, addresses, &ForwardArgs::default())?;
-    if cfg.derived.is_none() {
-        // Show what would be derived even when auto mode is off.
-        cfg.auto.enabled = true;
-        if cfg.auto.cluster_domain.is_empty() {
-            cfg.auto.cluster_domain = "cluster.local".into();
-        }
-        let d = dnsfast::auto::derive(&cfg.auto, &cfg.patterns)?;
-        println!("auto mode is off (set [auto] cluster-domain to turn it on); it would derive:");
-        print_derived(&d);
-    } else if let Some(d) = &cfg.derived {
-        println!("auto mode is on; `dnsfast load` derives:");
-        print_derived(d);
-    }
-    Ok(())
-}
-
-fn print_derived(d: &dnsfast::auto::Derived) {
-    println!(
-        "\nsearch suffixes ({}): a name N = Q.S is answered NXDOMAIN when S is the longest of these\n\
-         that N ends with, and Q has two labels or more, the last in the TLD set",
-        d.suffixes.len()
-    );
-    for (p, why) in &d.suffixes {
-        println!("  {:<40} {why}", p.name);
-    }
-    if !d.shadowed.is_empty() {
-        println!("\nleft out, hand-written patterns decide there:");
-        for (p, why) in &d.shadowed {
-            println!("  {:<40} {why}", p.name);
-        }
-    }
-    println!(
-        "\nTLD set: {} labels from the {}",
-        d.tlds.len(),
-        d.tld_source
-    );
-    for (t, why) in &d.extra_tlds {
-        println!("  + {t:<12} {why}");
-    }
-    if let Some((s, _)) = d.suffixes.first() {
-        println!(
-            "\nexample: api.github.com.{s} -> NXDOMAIN (com is a TLD); web.{s} and app.{s} -> pass \
-             (one label: a service name)"
-        );
-    }
-}
-
-fn tld_list(psl: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(psl)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", psl.display()))?;
-    let tlds = dnsfast::auto::tlds_from_psl(&text)?;
-    println!(
-        "# ICANN top-level domains from the Public Suffix List ({}), in ASCII.\n\
-         # {} labels. Regenerate with `cargo xtask update-tlds [PSL]`.",
-        psl.display(),
-        tlds.len()
-    );
-    for t in tlds {
-        println!("{t}");
-    }
-    Ok(())
 }

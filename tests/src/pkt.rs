@@ -1,5 +1,8 @@
 //! Building test frames around DNS messages, and taking replies apart.
 
+use std::net::IpAddr;
+
+use dnsfast_common::frame;
 use hickory_proto::{
     op::{Edns, Message, MessageType, OpCode, Query},
     rr::{rdata::opt::EdnsOption, DNSClass, Name, RecordType},
@@ -117,62 +120,28 @@ pub fn query_with_class(name: &str, class: DNSClass) -> Vec<u8> {
     m.to_vec().unwrap()
 }
 
-/// Wraps `dns` in UDP, IP and Ethernet (with VLAN tags).
+/// Wraps `dns` in UDP, IP and Ethernet (with VLAN tags), with the
+/// agent's own frame builder; the UDP checksum is deliberately wrong
+/// (0xdead): the program must never reuse it.
 pub fn frame(w: &Wrap, dns: &[u8]) -> Vec<u8> {
-    let mut f = Vec::with_capacity(dns.len() + 80);
-    f.extend_from_slice(&SERVER_MAC);
-    f.extend_from_slice(&CLIENT_MAC);
-    for tpid in &w.vlans {
-        f.extend_from_slice(&tpid.to_be_bytes());
-        f.extend_from_slice(&[0x00, 0x2a]); // VLAN 42
+    let (src, dst): (IpAddr, IpAddr) = match w.ip {
+        Ip::V4 => (CLIENT_V4.into(), SERVER_V4.into()),
+        Ip::V6 => (CLIENT_V6.into(), SERVER_V6.into()),
+    };
+    frame::Wrap {
+        dst_mac: SERVER_MAC,
+        src_mac: CLIENT_MAC,
+        vlans: w.vlans.clone(),
+        src,
+        dst,
+        sport: w.sport,
+        dport: w.dport,
+        udp_check: 0xdead,
     }
-    let udp_len = (8 + dns.len()) as u16;
-    let mut udp = Vec::with_capacity(udp_len as usize);
-    udp.extend_from_slice(&w.sport.to_be_bytes());
-    udp.extend_from_slice(&w.dport.to_be_bytes());
-    udp.extend_from_slice(&udp_len.to_be_bytes());
-    udp.extend_from_slice(&[0xde, 0xad]); // deliberately wrong: must not be reused
-    udp.extend_from_slice(dns);
-    match w.ip {
-        Ip::V4 => {
-            f.extend_from_slice(&0x0800u16.to_be_bytes());
-            let mut ip = vec![0x45, 0, 0, 0, 0xab, 0xcd, 0x40, 0, 64, 17, 0, 0];
-            ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
-            ip.extend_from_slice(&CLIENT_V4);
-            ip.extend_from_slice(&SERVER_V4);
-            let c = ipv4_checksum(&ip);
-            ip[10..12].copy_from_slice(&c.to_be_bytes());
-            f.extend_from_slice(&ip);
-        }
-        Ip::V6 => {
-            f.extend_from_slice(&0x86ddu16.to_be_bytes());
-            f.extend_from_slice(&[0x60, 0, 0, 0]);
-            f.extend_from_slice(&udp_len.to_be_bytes());
-            f.extend_from_slice(&[17, 64]);
-            f.extend_from_slice(&CLIENT_V6);
-            f.extend_from_slice(&SERVER_V6);
-        }
-    }
-    f.extend_from_slice(&udp);
-    f
+    .frame(dns)
 }
 
-pub fn ones_sum(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-pub fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
-
-pub fn ipv4_checksum(hdr: &[u8]) -> u16 {
-    fold(ones_sum(hdr))
-}
+pub use frame::{fold, ipv4_checksum, ones_sum};
 
 /// A frame taken apart.
 #[derive(Debug)]

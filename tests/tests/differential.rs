@@ -1,7 +1,7 @@
 //! Differential test: the kernel's verdict against the user-space reference
 //! matcher on 100k+ random and mutated names and packets.
 
-use dnsfast::bpf::{Dataplane, LoadOptions};
+use dnsfast::dataplane::{Dataplane, LoadOptions};
 use dnsfast_common::pattern::{rule_entry, to_wire, Action, Pattern, ReferenceMatcher};
 use dnsfast_tests::{
     pkt::{frame, parse, raw_query, Ip, Wrap},
@@ -104,7 +104,7 @@ fn kernel_matches_reference_on_100k_names_and_mutations() {
         reference.insert(&p, a);
         table.insert(p, a);
     }
-    let rules: dnsfast::maps::RuleSet = table.iter().map(|(p, a)| rule_entry(p, *a)).collect();
+    let rules: dnsfast::rules::RuleSet = table.iter().map(|(p, a)| rule_entry(p, *a)).collect();
     let tlds: std::collections::BTreeSet<String> = ["com", "io", "local", "internal", "_t"]
         .iter()
         .map(|t| t.to_string())

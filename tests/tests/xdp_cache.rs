@@ -7,10 +7,10 @@
 use std::net::Ipv4Addr;
 
 use dnsfast::{
-    bpf::{AnswerMap, Dataplane, LoadOptions},
+    config::forward::CacheSettings,
+    dataplane::{Dataplane, LoadOptions},
     forward::{
-        kernel::{kernel_entry, monotonic_ns},
-        settings::CacheSettings,
+        kernel_cache::{kernel_entry, monotonic_ns, AnswerMap},
         wire::{parse_query, Answer, ClientQuery, Incoming},
     },
 };

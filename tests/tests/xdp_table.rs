@@ -2,7 +2,7 @@
 //! Every answer is parsed with hickory-proto and checked field by field;
 //! every pass must leave the packet byte-for-byte unchanged.
 
-use dnsfast::bpf::{Dataplane, LoadOptions};
+use dnsfast::dataplane::{Dataplane, LoadOptions};
 use dnsfast_common::{
     pattern::{Action, Pattern},
     Counters,
@@ -523,7 +523,7 @@ fn destination_and_port_filters_apply() {
         &frame(&Wrap::v4(), &q.bytes()),
         "dst filter, empty",
     );
-    let v4 = dnsfast::load::addr_key("10.99.0.1".parse().unwrap());
+    let v4 = dnsfast::dataplane::addr_key("10.99.0.1".parse().unwrap());
     dp.set_xdp(&cfg, &[v4]).unwrap();
     assert_answered(&mut dp, &q, &Wrap::v4());
     assert_answered(
@@ -539,7 +539,7 @@ fn destination_and_port_filters_apply() {
         &frame(&Wrap::v6(), &q.bytes()),
         "v6 dst not listed",
     );
-    let v6 = dnsfast::load::addr_key("fd00:99::1".parse().unwrap());
+    let v6 = dnsfast::dataplane::addr_key("fd00:99::1".parse().unwrap());
     dp.set_xdp(&cfg, &[v4, v6]).unwrap();
     assert_answered(&mut dp, &q, &Wrap::v6());
     cfg.filter_dst = 0;

@@ -22,31 +22,8 @@ use tokio::{
     net::UnixListener,
 };
 
-use super::{report, Agent};
-
-/// Where control sockets live.
-pub const RUN_DIR: &str = "/run/dnsfast";
-
-/// The control socket of the agent pinning in `pin_dir`: the pin dir's
-/// path below /sys/fs/bpf (or its whole path elsewhere), `/` written as
-/// `--`: `/sys/fs/bpf/dnsfast` → `/run/dnsfast/dnsfast.sock`. Two agents
-/// with different pin dirs never share a socket.
-pub fn socket_path(pin_dir: &Path) -> PathBuf {
-    let rel = pin_dir.strip_prefix("/sys/fs/bpf").unwrap_or(pin_dir);
-    let name: Vec<String> = rel
-        .components()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-            _ => None,
-        })
-        .collect();
-    let name = if name.is_empty() {
-        "dnsfast".to_string()
-    } else {
-        name.join("--")
-    };
-    Path::new(RUN_DIR).join(format!("{name}.sock"))
-}
+use super::{stats, Agent};
+use crate::paths;
 
 /// The control socket, removed when dropped.
 pub struct Socket {
@@ -59,8 +36,9 @@ impl Socket {
     /// file from a killed agent is replaced; a live agent was ruled out by
     /// the caller.
     pub fn bind(pin_dir: &Path) -> Result<Self> {
-        let path = socket_path(pin_dir);
-        std::fs::create_dir_all(RUN_DIR).with_context(|| format!("creating {RUN_DIR}"))?;
+        let path = paths::control_socket(pin_dir);
+        std::fs::create_dir_all(paths::RUN_DIR)
+            .with_context(|| format!("creating {}", paths::RUN_DIR))?;
         let _ = std::fs::remove_file(&path);
         let listener = std::os::unix::net::UnixListener::bind(&path)
             .with_context(|| format!("binding the control socket {}", path.display()))?;
@@ -110,7 +88,7 @@ pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> Result<()> {
             if line.trim() == "watch" {
                 // The connection stays open: events until the client leaves.
                 if let Ok(stream) = rd.into_inner().reunite(wr) {
-                    if let Err(e) = super::watch::serve_watcher(agent, stream).await {
+                    if let Err(e) = super::events::serve_watcher(agent, stream).await {
                         warn!("watch: {e:#}");
                     }
                 }
@@ -142,8 +120,8 @@ async fn handle(agent: &Arc<Agent>, req: &str) -> Value {
 
 fn handle_blocking(a: &Agent, cmd: &str, arg: &str) -> Result<Value> {
     Ok(match cmd {
-        "status" => ok(report::status(a)),
-        "stats" => ok(report::stats(a)),
+        "status" => ok(serde_json::to_value(stats::status(a))?),
+        "stats" => ok(serde_json::to_value(stats::stats(a))?),
         "resync" => json!({ "ok": true, "rules": a.resync_rules()? }),
         "reload" => json!({ "ok": true, "summary": a.reload("a control request")? }),
         "detach" => {
@@ -168,7 +146,7 @@ fn ok(mut v: Value) -> Value {
 /// Sends one request to the agent of `pin_dir`. `Ok(None)` when no agent
 /// listens there (no socket, or a stale one of a killed agent).
 pub fn ask(pin_dir: &Path, request: &str) -> Result<Option<Value>> {
-    let path = socket_path(pin_dir);
+    let path = paths::control_socket(pin_dir);
     let mut stream = match StdUnixStream::connect(&path) {
         Ok(s) => s,
         Err(e)
@@ -201,29 +179,19 @@ pub fn ask(pin_dir: &Path, request: &str) -> Result<Option<Value>> {
     Ok(Some(v))
 }
 
+/// [`ask`], with the answer read as a `T` (a typed snapshot).
+pub fn ask_as<T: serde::de::DeserializeOwned>(pin_dir: &Path, request: &str) -> Result<Option<T>> {
+    match ask(pin_dir, request)? {
+        Some(v) => serde_json::from_value(v)
+            .map(Some)
+            .with_context(|| format!("reading the agent's answer to '{request}'")),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sockets_follow_the_pin_dir() {
-        assert_eq!(
-            socket_path(Path::new("/sys/fs/bpf/dnsfast")),
-            Path::new("/run/dnsfast/dnsfast.sock")
-        );
-        assert_eq!(
-            socket_path(Path::new("/sys/fs/bpf/dnsfast-test-1/")),
-            Path::new("/run/dnsfast/dnsfast-test-1.sock")
-        );
-        assert_eq!(
-            socket_path(Path::new("/sys/fs/bpf/a/dnsfast")),
-            Path::new("/run/dnsfast/a--dnsfast.sock")
-        );
-        assert_eq!(
-            socket_path(Path::new("/mnt/bpf/dnsfast")),
-            Path::new("/run/dnsfast/mnt--bpf--dnsfast.sock")
-        );
-    }
 
     #[test]
     fn no_agent_is_none_not_an_error() {

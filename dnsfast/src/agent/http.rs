@@ -1,4 +1,4 @@
-//! The metrics endpoint: Prometheus `/metrics`, `/health` (the agent's
+//! The metrics endpoint: OpenMetrics `/metrics`, `/health` (the agent's
 //! loop answers) and `/ready` (attached, pinned and serving). A few GET
 //! routes on a private port do not need an HTTP framework: this reads one
 //! request head per connection, answers, and closes.
@@ -11,7 +11,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::{report, Agent};
+use super::{openmetrics, stats, Agent};
 
 /// Longest request head read; scrapers send a few hundred bytes.
 const MAX_HEAD: usize = 8192;
@@ -68,13 +68,11 @@ async fn route(path: &str, agent: Arc<Agent>) -> (&'static str, &'static str, St
     const TEXT: &str = "text/plain; charset=utf-8";
     match path {
         "/metrics" => {
-            let stats = tokio::task::spawn_blocking(move || report::stats(&agent)).await;
-            match stats {
-                Ok(v) => (
-                    "200 OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    report::prometheus(&v),
-                ),
+            let text =
+                tokio::task::spawn_blocking(move || openmetrics::render(stats::stats(&agent)))
+                    .await;
+            match text {
+                Ok(body) => ("200 OK", openmetrics::CONTENT_TYPE, body),
                 Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n")),
             }
         }

@@ -5,27 +5,21 @@
 
 use std::{
     collections::BTreeMap,
-    os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::Arc,
     time::SystemTime,
 };
 
 use anyhow::{bail, Context, Result};
 use aya::programs::{xdp::XdpLinkId, XdpMode};
 use log::{info, warn};
-use nix::sys::socket::{
-    bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+
+use crate::{
+    dataplane::{
+        attach::{ifindex, xdp_mode, AttachMode},
+        Dataplane,
+    },
+    paths::links_dir,
 };
-
-use super::Agent;
-use crate::{bpf::Dataplane, load::Mode};
-
-/// Where pinned links live under the pin directory, one per interface.
-pub const LINKS_DIR: &str = "links";
-
-/// `RTMGRP_LINK`: the multicast group that announces links coming and going.
-const RTMGRP_LINK: u32 = 1;
 
 /// One `--iface` value: a name, or a glob with `*` and `?`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,7 +77,7 @@ pub struct Attached {
 /// The wanted set and what is attached.
 pub struct Ifaces {
     pub specs: Vec<IfaceSpec>,
-    pub mode: Mode,
+    pub mode: AttachMode,
     pub attached: BTreeMap<String, Attached>,
     /// Detached on request: not attached again though a glob matches.
     pub excluded: std::collections::BTreeSet<String>,
@@ -92,7 +86,7 @@ pub struct Ifaces {
 impl Ifaces {
     /// Checks the flags: each exact name must exist now; a glob may match
     /// nothing yet (pods come later).
-    pub fn new(values: &[String], mode: Mode) -> Result<Self> {
+    pub fn new(values: &[String], mode: AttachMode) -> Result<Self> {
         let mut specs: Vec<IfaceSpec> = Vec::new();
         for v in values {
             let s = IfaceSpec(v.clone());
@@ -100,7 +94,7 @@ impl Ifaces {
                 bail!("--iface '{v}': not an interface name (1 to 15 bytes) or a glob");
             }
             if !s.is_glob() {
-                crate::load::ifindex(v)?;
+                ifindex(v)?;
             }
             if !specs.contains(&s) {
                 specs.push(s);
@@ -152,7 +146,7 @@ pub fn sync(dp: &mut Dataplane, ifs: &mut Ifaces) -> Result<()> {
         if ifs.attached.contains_key(name) || !ifs.wanted(name) {
             continue;
         }
-        let mode = crate::load::xdp_mode(ifs.mode, name);
+        let mode = xdp_mode(ifs.mode, name);
         match dp.attach(name, mode) {
             Ok(link) => {
                 info!("attached to {name} in {mode:?} mode");
@@ -182,10 +176,6 @@ pub fn detach(dp: &mut Dataplane, ifs: &mut Ifaces, name: &str) -> Result<()> {
     ifs.excluded.insert(name.to_string());
     info!("{name}: detached on request");
     Ok(())
-}
-
-fn links_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join(LINKS_DIR)
 }
 
 /// Links a previous agent left pinned with `--keep-attached`.
@@ -243,46 +233,6 @@ pub fn keep_all(dp: &mut Dataplane, ifs: &mut Ifaces, pin_dir: &Path) -> Result<
         dp.pin_link(a.link, &dir.join(&name))?;
         info!("{name}: left attached (link pinned in {})", dir.display());
     }
-    Ok(())
-}
-
-/// Re-syncs the interfaces whenever the kernel announces a link change
-/// (RTM_NEWLINK/RTM_DELLINK on an rtnetlink socket): a new pod's veth is
-/// attached as soon as it exists, with no polling. The messages are only a
-/// wake-up; `sync` reads the current list itself. Runs on a thread of its
-/// own, blocked in recv(2).
-pub fn watch(agent: Arc<Agent>) -> Result<()> {
-    let fd: OwnedFd = socket(
-        AddressFamily::Netlink,
-        SockType::Raw,
-        SockFlag::SOCK_CLOEXEC,
-        SockProtocol::NetlinkRoute,
-    )
-    .context("opening an rtnetlink socket")?;
-    bind(fd.as_raw_fd(), &NetlinkAddr::new(0, RTMGRP_LINK))
-        .context("subscribing to link changes")?;
-    std::thread::Builder::new()
-        .name("link-watch".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                match recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
-                    // The kernel dropped messages: a full sync covers them.
-                    Ok(_) | Err(nix::errno::Errno::ENOBUFS) => {}
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    Err(e) => {
-                        warn!("link watch stopped: {e}; new interfaces are no longer attached");
-                        return;
-                    }
-                }
-                // Drain what else is queued, then sync once.
-                while recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT).is_ok() {}
-                if let Err(e) = agent.sync_ifaces() {
-                    warn!("interface sync: {e:#}");
-                }
-            }
-        })
-        .context("starting the link watch thread")?;
     Ok(())
 }
 

@@ -1,15 +1,27 @@
 //! The running agent (`dnsfast load`): the loaded program and its maps, the
-//! interfaces it is on, the forwarder, and the ways to change them live:
-//! the control socket (`control`), config reloads (`reload`), interface
-//! changes (`ifaces`), and the metrics endpoint (`http`), all reporting
-//! through `report`.
+//! interfaces it is on, the forwarder, and the ways to change them live.
+//!
+//! - `runtime`: the tokio runtime, the signals, the wait for either;
+//! - `ifaces`: which interfaces carry the program, and handing links over
+//!   between agents; `link_watch`: the kernel's link announcements;
+//! - `control`: the control socket (server, and the client the CLI uses);
+//! - `config_watch`: SIGHUP and the config file's directory → a reload;
+//! - `events`: `dnsfast watch`'s query events from the kernel ring;
+//! - `stats`: the typed status and stats snapshots everything renders;
+//! - `http`: `/metrics` (OpenMetrics), `/health`, `/ready`.
+//!
+//! Uses the dataplane, the forwarder, the rules and the config; the CLI
+//! uses it, never the other way round.
 
+pub mod config_watch;
 pub mod control;
+pub mod events;
 pub mod http;
 pub mod ifaces;
-pub mod reload;
-pub mod report;
-pub mod watch;
+pub mod link_watch;
+pub mod openmetrics;
+pub mod runtime;
+pub mod stats;
 
 use std::{
     net::SocketAddr,
@@ -20,21 +32,38 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use log::{info, warn};
-use serde_json::{json, Value};
 
 use crate::{
-    bpf::{require_root, Dataplane, LoadOptions},
-    config::Config,
-    forward::{kernel::KernelCache, resolver::Resolver, Forwarder},
-    load::{self, ForwardArgs, LoadArgs, PinDir},
+    config::{self, Config, ForwardFlags},
+    dataplane::{
+        self, attach::AttachMode, kernel_version, pins, require_root, Dataplane, LoadOptions,
+    },
+    forward::{kernel_cache::KernelCache, resolver::Resolver, Forwarder},
+    paths, rules,
 };
 use ifaces::Ifaces;
+
+/// What `dnsfast load` was asked to do (its command line).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Interface names and globs to attach to.
+    pub ifaces: Vec<String>,
+    pub config: Option<PathBuf>,
+    /// dnsmasq-style `--address` values.
+    pub addresses: Vec<String>,
+    pub mode: AttachMode,
+    pub pin_dir: PathBuf,
+    pub no_forward: bool,
+    pub keep_attached: bool,
+    pub metrics: Option<SocketAddr>,
+    pub forward: ForwardFlags,
+}
 
 /// What the config is rebuilt from at a reload: the file and the flags.
 pub struct Inputs {
     pub config: Option<PathBuf>,
     pub addresses: Vec<String>,
-    pub forward: ForwardArgs,
+    pub forward: ForwardFlags,
 }
 
 /// The config in force, and how reloads went.
@@ -50,13 +79,13 @@ pub struct Applied {
 }
 
 impl Applied {
-    pub fn json(&self) -> Value {
-        json!({
-            "reloads": self.reloads,
-            "refused": self.refused,
-            "last_error": self.last_error,
-            "last_reload": self.last_reload.map(report::unix_secs),
-        })
+    pub fn status(&self) -> stats::ReloadStatus {
+        stats::ReloadStatus {
+            reloads: self.reloads,
+            refused: self.refused,
+            last_error: self.last_error.clone(),
+            last_reload: self.last_reload.map(stats::unix_secs),
+        }
     }
 }
 
@@ -74,7 +103,7 @@ pub struct Agent {
     pub listeners: Vec<SocketAddr>,
     pub program_id: u32,
     /// Query events for `dnsfast watch` (none if the ring is unavailable).
-    pub watch: Option<watch::Watch>,
+    pub events: Option<events::Events>,
     /// Attached, pinned and serving.
     pub ready: AtomicBool,
     /// `dnsfast unload` asked: detach even with `--keep-attached`.
@@ -107,7 +136,7 @@ impl Agent {
         // Read while no CLI writes: a scan racing a cuckoo move could miss
         // the moved entry.
         let rules = {
-            let _tables = crate::maps::lock_dir(&self.pin_dir)?;
+            let _tables = pins::lock_dir(&self.pin_dir)?;
             dp.rules()?
         };
         drop(dp);
@@ -149,7 +178,7 @@ impl Agent {
             Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
             None => None,
         };
-        let cfg = load::build_config(i.config.as_deref(), &i.addresses, &i.forward)?;
+        let cfg = config::build(i.config.as_deref(), &i.addresses, &i.forward)?;
         // What is in force now: the baseline for the notes, the capacity
         // check and the way back.
         let old_cfg = self.applied.lock().map_err(poisoned)?.cfg.clone();
@@ -174,11 +203,11 @@ impl Agent {
         .into_iter()
         .filter_map(|(changed, note)| changed.then_some(note))
         .collect();
-        let rules = crate::maps::rules_of(&cfg.patterns);
-        let tlds = load::tlds_of(&cfg);
+        let rules = rules::rules_of(&cfg.patterns);
+        let tlds = dataplane::tlds_of(&cfg);
         // Everything that can fail without touching anything comes first.
         let next = match &self.forwarder {
-            Some(_) => Some(crate::forward::live(
+            Some(_) => Some(crate::forward::resolver::live(
                 &cfg.forward,
                 &rules,
                 cfg.derived.as_ref(),
@@ -187,13 +216,13 @@ impl Agent {
         };
         let mut dp = self.dp.lock().map_err(poisoned)?;
         // `dnsfast block|allow` writes the pinned table too: one at a time.
-        let _tables = crate::maps::lock_dir(&self.pin_dir)?;
+        let _tables = pins::lock_dir(&self.pin_dir)?;
         let old_rules = dp.rules()?;
         let capacity = old_cfg.xdp.max_patterns as usize;
         // The table holds both configs' entries for a moment (namespace
         // suffixes folded).
-        let (new_table, _) = crate::maps::fold_namespaces(&rules);
-        let (old_table, _) = crate::maps::fold_namespaces(&old_rules);
+        let (new_table, _) = rules::fold_namespaces(&rules);
+        let (old_table, _) = rules::fold_namespaces(&old_rules);
         let union = old_table.len()
             + new_table
                 .keys()
@@ -208,7 +237,7 @@ impl Agent {
         }
         let d = match dp
             .reconcile(&rules, &tlds)
-            .and_then(|d| load::apply_xdp(&mut dp, &cfg).map(|_| d))
+            .and_then(|d| dataplane::apply_xdp(&mut dp, &cfg).map(|_| d))
         {
             Ok(d) => d,
             Err(e) => {
@@ -216,8 +245,8 @@ impl Agent {
                 // (The old rules, not the old config's: they hold the
                 // run-time changes made since.)
                 if let Err(e2) = dp
-                    .reconcile(&old_rules, &load::tlds_of(&old_cfg))
-                    .and_then(|_| load::apply_xdp(&mut dp, &old_cfg))
+                    .reconcile(&old_rules, &dataplane::tlds_of(&old_cfg))
+                    .and_then(|_| dataplane::apply_xdp(&mut dp, &old_cfg))
                 {
                     warn!("restoring the previous maps failed too: {e2:#}");
                 }
@@ -249,13 +278,13 @@ impl Agent {
 
 /// `dnsfast load`: validate, load, fill, attach (or adopt), pin, serve
 /// until told to stop, then detach (or leave attached) and clean up.
-pub fn run(args: LoadArgs) -> Result<()> {
+pub fn run(args: Options) -> Result<()> {
     // Everything that can be checked without touching the kernel is checked
     // first, so a bad input never leaves a half-applied state behind.
-    let cfg = load::build_config(args.config.as_deref(), &args.addresses, &args.forward)?;
+    let cfg = config::build(args.config.as_deref(), &args.addresses, &args.forward)?;
     let mut ifs = Ifaces::new(&args.ifaces, args.mode)?;
     require_root("dnsfast load")?;
-    crate::kernel::check_running_kernel()?;
+    kernel_version::check_running_kernel()?;
     if let Some(v) = control::ask(&args.pin_dir, "status").unwrap_or(None) {
         bail!(
             "another dnsfast agent (pid {}) runs with the pins in {}; stop it first, or use \
@@ -264,14 +293,14 @@ pub fn run(args: LoadArgs) -> Result<()> {
             args.pin_dir.display()
         );
     }
-    let rt = load::runtime(if args.no_forward {
+    let rt = runtime::runtime(if args.no_forward {
         1
     } else {
         cfg.forward.worker_count()
     })?;
     let (mut shutdown, hup) = {
         let _guard = rt.enter();
-        (load::Shutdown::install()?, reload::hangup()?)
+        (runtime::Shutdown::install()?, config_watch::hangup()?)
     };
     // Listeners are bound before the kernel is touched, so a taken port
     // fails the command with nothing loaded.
@@ -281,15 +310,15 @@ pub fn run(args: LoadArgs) -> Result<()> {
         let _guard = rt.enter();
         Some(Forwarder::bind(
             &cfg.forward,
-            &crate::maps::rules_of(&cfg.patterns),
+            &rules::rules_of(&cfg.patterns),
             cfg.derived.as_ref(),
         )?)
     };
     let mut socket = control::Socket::bind(&args.pin_dir)?;
-    load::raise_memlock();
-    load::ensure_bpffs(&args.pin_dir)?;
+    dataplane::attach::raise_memlock();
+    pins::ensure_bpffs(&args.pin_dir)?;
     let kept = ifaces::kept_links(&args.pin_dir)?;
-    let mut pins = PinDir::prepare(&args.pin_dir, !kept.is_empty())?;
+    let mut pin_dir = pins::PinDir::prepare(&args.pin_dir, !kept.is_empty())?;
 
     // The kernel answer cache mirrors the forwarder's: same capacity, and
     // nothing without a forwarder to fill it.
@@ -311,7 +340,7 @@ pub fn run(args: LoadArgs) -> Result<()> {
             .join()
             .map_err(|_| anyhow!("the loader thread panicked"))
     })??;
-    load::apply(&mut dp, &cfg)?;
+    dataplane::apply(&mut dp, &cfg)?;
     if let Some(f) = &forwarder {
         if answer_cache > 0 {
             for a in &cfg.forward.listen {
@@ -324,7 +353,7 @@ pub fn run(args: LoadArgs) -> Result<()> {
     if !kept.is_empty() {
         let n = ifaces::adopt_kept(&mut dp, &mut ifs, &args.pin_dir)?;
         info!("took over {n} interface(s) from the previous agent without detaching");
-        pins.remove_old();
+        pin_dir.remove_old();
     }
     ifaces::sync(&mut dp, &mut ifs)?;
     for s in &ifs.specs {
@@ -332,11 +361,11 @@ pub fn run(args: LoadArgs) -> Result<()> {
             bail!("{}: could not attach (see the log above)", s.0);
         }
     }
-    dp.pin_maps(&pins.dir)?;
-    dp.pin_program(&pins.dir)?;
+    dp.pin_maps(&pin_dir.dir)?;
+    dp.pin_program(&pin_dir.dir)?;
     let program_id = dp.program_id()?;
-    let watch = match dp.take_events() {
-        Ok(ring) => Some(watch::Watch::start(ring)?),
+    let events = match dp.take_events() {
+        Ok(ring) => Some(events::Events::start(ring)?),
         Err(e) => {
             warn!("dnsfast watch will be unavailable: {e:#}");
             None
@@ -375,7 +404,7 @@ pub fn run(args: LoadArgs) -> Result<()> {
             .map(|f| f.listen_addrs())
             .unwrap_or_default(),
         program_id,
-        watch,
+        events,
         ready: AtomicBool::new(false),
         unloading: AtomicBool::new(false),
         stop: tokio::sync::Notify::new(),
@@ -387,7 +416,7 @@ pub fn run(args: LoadArgs) -> Result<()> {
         if let Some(l) = socket.take_listener()? {
             tasks.spawn(control::serve(l, agent.clone()));
         }
-        tasks.spawn(reload::watch(agent.clone(), hup));
+        tasks.spawn(config_watch::watch(agent.clone(), hup));
         if let Some(addr) = args.metrics {
             let l = rt
                 .block_on(tokio::net::TcpListener::bind(addr))
@@ -396,7 +425,7 @@ pub fn run(args: LoadArgs) -> Result<()> {
             tasks.spawn(http::serve(l, agent.clone()));
         }
     }
-    ifaces::watch(agent.clone())?;
+    link_watch::watch(agent.clone())?;
     // Links that appeared between the first sync and the netlink
     // subscription.
     agent.sync_ifaces()?;
@@ -410,17 +439,17 @@ pub fn run(args: LoadArgs) -> Result<()> {
             .lock()
             .map(|i| i.attached.keys().cloned().collect::<Vec<_>>().join(", "))
             .unwrap_or_default(),
-        pins.dir.display(),
-        control::socket_path(&args.pin_dir).display()
+        pin_dir.dir.display(),
+        paths::control_socket(&args.pin_dir).display()
     );
 
     #[cfg(feature = "ebpf-log")]
     if let Some(logger) = agent.dp.lock().ok().and_then(|mut d| d.logger.take()) {
-        load::forward_ebpf_logs(logger);
+        runtime::forward_ebpf_logs(logger);
     }
     let result = rt.block_on(async {
         tokio::select! {
-            r = load::serve_until_signal(&mut shutdown, forwarder.as_mut()) => r,
+            r = runtime::serve_until_signal(&mut shutdown, forwarder.as_mut()) => r,
             _ = agent.stop.notified() => Ok(()),
             Some(r) = tasks.join_next() => match r {
                 Ok(Ok(())) => Ok(()),
@@ -442,12 +471,12 @@ pub fn run(args: LoadArgs) -> Result<()> {
     let mut dp = agent.dp.lock().map_err(poisoned)?;
     let mut ifs = agent.ifaces.lock().map_err(poisoned)?;
     if args.keep_attached && result.is_ok() && !unloading {
-        ifaces::keep_all(&mut dp, &mut ifs, &pins.dir)?;
-        pins.keep();
+        ifaces::keep_all(&mut dp, &mut ifs, &pin_dir.dir)?;
+        pin_dir.keep();
         info!(
             "left attached with maps pinned in {}: the next `dnsfast load` adopts them; \
              `dnsfast unload` detaches",
-            pins.dir.display()
+            pin_dir.dir.display()
         );
     } else {
         info!("detaching and removing pins");
@@ -458,6 +487,6 @@ pub fn run(args: LoadArgs) -> Result<()> {
     }
     drop(ifs);
     drop(dp);
-    drop(pins);
+    drop(pin_dir);
     result
 }

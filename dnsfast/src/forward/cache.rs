@@ -15,10 +15,8 @@ use std::{
 
 use quick_cache::{sync, DefaultHashBuilder, Equivalent, Lifecycle, UnitWeighter};
 
-use super::{
-    settings::CacheSettings,
-    wire::{Answer, Cacheability, ClientQuery},
-};
+use super::wire::{Answer, Cacheability, ClientQuery};
+use crate::config::forward::CacheSettings;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {

@@ -1,13 +1,11 @@
-//! Client-facing sockets. UDP: one SO_REUSEPORT socket per worker, so the
-//! kernel spreads clients over threads without a shared queue. Answers that
-//! need no upstream are sent from the receive loop; the rest are handed to a
-//! task. TCP: length-prefixed messages, pipelined, answered in any order.
+//! Client-facing sockets, bytes only: every message goes to
+//! `Resolver::handle`, and what it answers goes back. UDP: one
+//! SO_REUSEPORT socket per worker, so the kernel spreads clients over
+//! threads without a shared queue; answers that need no upstream are sent
+//! from the receive loop, the rest from a task. TCP: length-prefixed
+//! messages, pipelined, answered in any order.
 
-use std::{
-    net::SocketAddr,
-    sync::{atomic::Ordering, Arc},
-    time::{Duration, Instant},
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use log::debug;
@@ -18,10 +16,7 @@ use tokio::{
     sync::{mpsc, Semaphore},
 };
 
-use super::{
-    resolver::{Client, Resolver, Transport},
-    wire::{parse_query, Incoming},
-};
+use super::resolver::{Handled, Resolver, Transport};
 
 /// An idle TCP client is closed after this long (RFC 7766 suggests seconds).
 const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -29,7 +24,6 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 const MAX_TCP_CONNECTIONS: usize = 1024;
 /// Queries in flight per TCP connection; a pipelining client waits past it.
 const TCP_PIPELINE: usize = 64;
-const TCP_ANSWER_LIMIT: usize = 65_535;
 
 /// Binds `workers` UDP sockets on `addr` that share it through SO_REUSEPORT.
 pub fn bind_udp(addr: SocketAddr, workers: usize) -> Result<Vec<UdpSocket>> {
@@ -78,42 +72,18 @@ pub async fn serve_udp(sock: UdpSocket, r: Arc<Resolver>) -> Result<()> {
                 continue;
             }
         };
-        let start = r.log_queries().then(Instant::now);
-        r.metrics.udp_queries.fetch_add(1, Ordering::Relaxed);
-        let q = match parse_query(&buf[..n]) {
-            Incoming::Query(q) => q,
-            Incoming::Reply(b) => {
-                let _ = sock.try_send_to(&b, peer);
-                continue;
+        match r.handle(&buf[..n], peer, Transport::Udp, &mut out) {
+            Handled::Answered => send(&sock, &out, peer).await,
+            Handled::Ignored => {}
+            Handled::Pending(p) => {
+                let (r, sock) = (r.clone(), sock.clone());
+                tokio::spawn(async move {
+                    let done = p.resolve(&r).await;
+                    send(&sock, &done.bytes, peer).await;
+                    done.sent(&r);
+                });
             }
-            Incoming::Ignore => continue,
-        };
-        let client = Client {
-            addr: peer,
-            transport: Transport::Udp,
-            limit: q.udp_limit(),
-            start,
-        };
-        // Blocked or cached: answered from this loop. Otherwise a task
-        // asks upstream, unless max-inflight is reached.
-        let o = match r.answer_locally(&q) {
-            Some(o) => o,
-            None => match r.admit() {
-                Some(permit) => {
-                    let (r, sock) = (r.clone(), sock.clone());
-                    tokio::spawn(async move {
-                        let o = r.forward(&q).await;
-                        drop(permit);
-                        send(&sock, &r.answer_bytes(&q, &o, &client), peer).await;
-                        r.share_with_kernel(&q, &o);
-                    });
-                    continue;
-                }
-                None => r.overloaded(&q),
-            },
-        };
-        r.finish(&q, &o, &client, &mut out);
-        send(&sock, &out, peer).await;
+        }
     }
 }
 
@@ -180,37 +150,23 @@ async fn tcp_connection(stream: TcpStream, peer: SocketAddr, r: Arc<Resolver>) -
         {
             break;
         }
-        let start = r.log_queries().then(Instant::now);
-        r.metrics.tcp_queries.fetch_add(1, Ordering::Relaxed);
-        let q = match parse_query(&buf) {
-            Incoming::Query(q) => q,
-            Incoming::Reply(b) => {
-                let _ = tx.send(b).await;
-                continue;
+        let mut out = Vec::new();
+        match r.handle(&buf, peer, Transport::Tcp, &mut out) {
+            Handled::Answered => {
+                let _ = tx.send(out).await;
             }
-            Incoming::Ignore => continue,
-        };
-        let client = Client {
-            addr: peer,
-            transport: Transport::Tcp,
-            limit: TCP_ANSWER_LIMIT,
-            start,
-        };
-        if let Some(o) = r.answer_locally(&q) {
-            let _ = tx.send(r.answer_bytes(&q, &o, &client)).await;
-            continue;
+            Handled::Ignored => {}
+            Handled::Pending(p) => {
+                let slot = pipeline.clone().acquire_owned().await?;
+                let (r, tx) = (r.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let mut done = p.resolve(&r).await;
+                    let _ = tx.send(std::mem::take(&mut done.bytes)).await;
+                    done.sent(&r);
+                    drop(slot);
+                });
+            }
         }
-        let slot = pipeline.clone().acquire_owned().await?;
-        let (r, tx) = (r.clone(), tx.clone());
-        tokio::spawn(async move {
-            let o = match r.admit() {
-                Some(_permit) => r.forward(&q).await,
-                None => r.overloaded(&q),
-            };
-            let _ = tx.send(r.answer_bytes(&q, &o, &client)).await;
-            r.share_with_kernel(&q, &o);
-            drop(slot);
-        });
     }
     drop(tx);
     // Let answers still in flight reach the client before closing.

@@ -1,15 +1,20 @@
 //! The user-space DNS path: what the XDP program passes up is answered
-//! here. `listener` owns the sockets, `resolver` decides per query,
-//! `router` picks a zone, `upstream` talks to servers, `cache` keeps
-//! answers, `wire` shapes bytes, `settings` holds the configuration.
+//! here, in one direction:
+//!
+//! listener (sockets, bytes only) → resolver (one `handle` for UDP and
+//! TCP) → router (the zone) → upstream (the servers), with cache (user
+//! space), kernel_cache (the XDP program's `ANSWERS` map), wire (DNS
+//! bytes) and metrics (counters) beside it.
+//!
+//! Uses `rules` (what to block) and `config` (its settings); never the
+//! dataplane: the kernel answer cache's map is handed in.
 
 pub mod cache;
-pub mod kernel;
+pub mod kernel_cache;
 pub mod listener;
 pub mod metrics;
 pub mod resolver;
 pub mod router;
-pub mod settings;
 pub mod upstream;
 pub mod wire;
 
@@ -21,15 +26,16 @@ use hickory_proto::{
     op::{Message, Query},
     rr::{Name, RecordType},
 };
-use log::{info, warn};
+use log::info;
 use tokio::{sync::Semaphore, task::JoinSet};
 
-use crate::maps::{suffix_map, RuleSet};
+use crate::{
+    config::{auto::Derived, forward::ForwardSettings},
+    rules::RuleSet,
+};
 use cache::Cache;
 use metrics::Metrics;
-use resolver::{Live, Resolver};
-use router::Router;
-use settings::ForwardSettings;
+use resolver::{live, Resolver};
 
 /// How often down upstreams are probed.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -47,64 +53,13 @@ pub struct Forwarder {
     tasks: JoinSet<Result<()>>,
 }
 
-/// Routes, patterns and the settings a reload may change, resolved from
-/// `s`. Fails (and changes nothing) on a zone that does not resolve.
-pub fn live(
-    s: &ForwardSettings,
-    rules: &RuleSet,
-    derived: Option<&crate::auto::Derived>,
-) -> Result<Live> {
-    let zones = s.resolved_zones()?;
-    if !zones.iter().any(|z| z.name == ".") {
-        warn!("no default upstreams (no-resolv, and no --server=IP or zone \".\"): names outside the zones get REFUSED");
-    }
-    let router = Router::new(&zones);
-    for z in &router.zones {
-        let ups: Vec<String> = z.upstreams.iter().map(|u| u.addr.to_string()).collect();
-        info!("zone {} -> [{}] ({:?})", z.name, ups.join(", "), z.policy);
-    }
-    Ok(Live {
-        router: Arc::new(router),
-        patterns: Arc::new(suffix_map(rules)),
-        tlds: Arc::new(
-            derived
-                .map(|d| d.tlds.iter().map(|t| t.as_bytes().to_vec()).collect())
-                .unwrap_or_default(),
-        ),
-        cache_settings: s.cache.clone(),
-        log_queries: s.log_queries,
-    })
-}
-
-impl Resolver {
-    /// Swaps in a reloaded configuration. Queries in flight finish on the
-    /// old one; the cache keeps its entries (its capacity and the listen
-    /// addresses change only with a restart).
-    pub fn reload(&self, next: Live) {
-        self.live.store(Arc::new(next));
-    }
-
-    /// Swaps in a new block/allow table, keeping everything else (after
-    /// `dnsfast block|allow` changed the kernel's).
-    pub fn set_rules(&self, rules: &RuleSet) {
-        let cur = self.live.load();
-        self.live.store(Arc::new(Live {
-            router: cur.router.clone(),
-            patterns: Arc::new(suffix_map(rules)),
-            tlds: cur.tlds.clone(),
-            cache_settings: cur.cache_settings.clone(),
-            log_queries: cur.log_queries,
-        }));
-    }
-}
-
 impl Forwarder {
     /// Binds every listener, so that a taken port fails here, before
     /// anything else is set up; nothing is served until `start`.
     pub fn bind(
         s: &ForwardSettings,
         rules: &RuleSet,
-        derived: Option<&crate::auto::Derived>,
+        derived: Option<&Derived>,
     ) -> Result<Forwarder> {
         let resolver = Arc::new(Resolver {
             live: ArcSwap::from_pointee(live(s, rules, derived)?),

@@ -1,5 +1,7 @@
-//! What happens to one query: blocked → NXDOMAIN; cached → served; else
-//! routed to its zone's upstreams, with failover, and cached.
+//! What happens to one query, whatever transport brought it: every
+//! listener hands its bytes to [`Resolver::handle`]. Blocked → NXDOMAIN;
+//! cached → served; else routed to its zone's upstreams, with failover,
+//! and cached ([`Pending::resolve`], on a task of the listener's).
 
 use std::{
     collections::HashSet,
@@ -17,13 +19,26 @@ use hickory_proto::op::ResponseCode;
 use log::info;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use anyhow::Result;
+use log::warn;
+
 use super::{
     cache::{Cache, CacheKey, CacheKeyRef},
+    kernel_cache::KernelCache,
     metrics::{rcode_name, Metrics},
     router::Router,
-    settings::CacheSettings,
-    wire::{Answer, ClientQuery},
+    wire::{parse_query, Answer, Cacheability, ClientQuery, Incoming},
 };
+use crate::{
+    config::{
+        auto::Derived,
+        forward::{CacheSettings, ForwardSettings},
+    },
+    rules::{suffix_map, RuleSet},
+};
+
+/// Largest answer over TCP (its two-byte length prefix).
+const TCP_ANSWER_LIMIT: usize = 65_535;
 
 /// Where an answer came from, for the query log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +77,7 @@ pub struct Resolver {
     pub inflight: Arc<Semaphore>,
     pub metrics: Metrics,
     /// The XDP program's answer cache, when `load` runs one.
-    pub kernel_cache: std::sync::OnceLock<super::kernel::KernelCache>,
+    pub kernel_cache: std::sync::OnceLock<KernelCache>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -83,7 +98,143 @@ pub struct Client {
     pub start: Option<Instant>,
 }
 
+/// What [`Resolver::handle`] made of one message.
+pub enum Handled {
+    /// The answer is in the caller's buffer: send it.
+    Answered,
+    /// Not a query (too short, or a response): send nothing, so two
+    /// resolvers can never bounce answers at each other.
+    Ignored,
+    /// It needs an upstream: run [`Pending::resolve`] on a task.
+    Pending(Pending),
+}
+
+/// A query admitted to go upstream (it holds one `max-inflight` permit).
+pub struct Pending {
+    q: Box<ClientQuery>,
+    client: Client,
+    permit: OwnedSemaphorePermit,
+}
+
+/// An upstream answer rendered for its client; once it is sent,
+/// [`Resolved::sent`] hands it to the kernel's answer cache.
+pub struct Resolved {
+    pub bytes: Vec<u8>,
+    q: Box<ClientQuery>,
+    o: Outcome,
+}
+
+impl Pending {
+    pub async fn resolve(self, r: &Resolver) -> Resolved {
+        let o = r.forward(&self.q).await;
+        drop(self.permit);
+        let bytes = r.answer_bytes(&self.q, &o, &self.client);
+        Resolved {
+            bytes,
+            q: self.q,
+            o,
+        }
+    }
+}
+
+impl Resolved {
+    /// After the client has its answer: the kernel cache gets it too (a
+    /// map update, a system call, so it waits until then).
+    pub fn sent(self, r: &Resolver) {
+        r.share_with_kernel(&self.q, &self.o);
+    }
+}
+
+/// Routes, patterns and the settings a reload may change, resolved from
+/// `s`. Fails (and changes nothing) on a zone that does not resolve.
+pub fn live(s: &ForwardSettings, rules: &RuleSet, derived: Option<&Derived>) -> Result<Live> {
+    let zones = s.resolved_zones()?;
+    if !zones.iter().any(|z| z.name == ".") {
+        warn!("no default upstreams (no-resolv, and no --server=IP or zone \".\"): names outside the zones get REFUSED");
+    }
+    let router = Router::new(&zones);
+    for z in &router.zones {
+        let ups: Vec<String> = z.upstreams.iter().map(|u| u.addr.to_string()).collect();
+        info!("zone {} -> [{}] ({:?})", z.name, ups.join(", "), z.policy);
+    }
+    Ok(Live {
+        router: Arc::new(router),
+        patterns: Arc::new(suffix_map(rules)),
+        tlds: Arc::new(
+            derived
+                .map(|d| d.tlds.iter().map(|t| t.as_bytes().to_vec()).collect())
+                .unwrap_or_default(),
+        ),
+        cache_settings: s.cache.clone(),
+        log_queries: s.log_queries,
+    })
+}
+
 impl Resolver {
+    /// One message from a client, over either transport: parsed, counted,
+    /// answered here when it can be (into `out`), or admitted to go
+    /// upstream. Past `max-inflight` it is answered REFUSED at once.
+    pub fn handle(
+        &self,
+        msg: &[u8],
+        addr: SocketAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> Handled {
+        let start = self.log_queries().then(Instant::now);
+        match transport {
+            Transport::Udp => &self.metrics.udp_queries,
+            Transport::Tcp => &self.metrics.tcp_queries,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        let q = match parse_query(msg) {
+            Incoming::Query(q) => q,
+            Incoming::Reply(b) => {
+                out.clear();
+                out.extend_from_slice(&b);
+                return Handled::Answered;
+            }
+            Incoming::Ignore => return Handled::Ignored,
+        };
+        let client = Client {
+            addr,
+            transport,
+            limit: match transport {
+                Transport::Udp => q.udp_limit(),
+                Transport::Tcp => TCP_ANSWER_LIMIT,
+            },
+            start,
+        };
+        let o = match self.answer_locally(&q) {
+            Some(o) => o,
+            None => match self.admit() {
+                Some(permit) => return Handled::Pending(Pending { q, client, permit }),
+                None => self.overloaded(&q),
+            },
+        };
+        self.finish(&q, &o, &client, out);
+        Handled::Answered
+    }
+
+    /// Swaps in a reloaded configuration. Queries in flight finish on the
+    /// old one; the cache keeps its entries (its capacity and the listen
+    /// addresses change only with a restart).
+    pub fn reload(&self, next: Live) {
+        self.live.store(Arc::new(next));
+    }
+
+    /// Swaps in a new block/allow table, keeping everything else (after
+    /// `dnsfast block|allow` changed the kernel's).
+    pub fn set_rules(&self, rules: &RuleSet) {
+        let cur = self.live.load();
+        self.live.store(Arc::new(Live {
+            router: cur.router.clone(),
+            patterns: Arc::new(suffix_map(rules)),
+            tlds: cur.tlds.clone(),
+            cache_settings: cur.cache_settings.clone(),
+            log_queries: cur.log_queries,
+        }));
+    }
     /// Whether `--log-queries` is on (a reload may switch it).
     pub fn log_queries(&self) -> bool {
         self.live.load().log_queries
@@ -205,8 +356,7 @@ impl Resolver {
     /// client has its answer).
     pub fn share_with_kernel(&self, q: &ClientQuery, o: &Outcome) {
         // Only `load` with a cache sets the kernel cache.
-        if o.source != Source::Upstream || o.answer.cacheability == super::wire::Cacheability::Never
-        {
+        if o.source != Source::Upstream || o.answer.cacheability == Cacheability::Never {
             return;
         }
         if let Some(k) = self.kernel_cache.get() {

@@ -11,10 +11,8 @@ use std::{
 use dnsfast_common::{pattern::Pattern, suffix::SuffixMap};
 use rand::seq::SliceRandom;
 
-use super::{
-    settings::{Policy, ZoneSpec},
-    upstream::Upstream,
-};
+use super::upstream::Upstream;
+use crate::config::forward::{Policy, UpstreamSpec, ZoneSpec};
 
 pub struct Zone {
     /// `.` for the default zone.
@@ -50,7 +48,7 @@ impl Router {
     pub fn new(specs: &[ZoneSpec]) -> Self {
         let mut shared: HashMap<SocketAddr, Arc<Upstream>> = HashMap::new();
         let mut upstreams = Vec::new();
-        let mut get = |u: &super::settings::UpstreamSpec| {
+        let mut get = |u: &UpstreamSpec| {
             shared
                 .entry(u.addr)
                 .or_insert_with(|| {
@@ -101,7 +99,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::Origin, forward::settings::UpstreamSpec};
+    use crate::{config::forward::UpstreamSpec, config::Origin};
     use dnsfast_common::{pattern::to_wire, suffix::name_key};
     use std::time::Duration;
 

@@ -13,7 +13,7 @@ use hickory_proto::{
     rr::{RData, RecordType},
 };
 
-use super::settings::CacheSettings;
+use crate::config::forward::CacheSettings;
 
 /// The UDP payload size dnsfast advertises, upstream and to clients: the
 /// DNS flag day 2020 value, which avoids IP fragmentation.

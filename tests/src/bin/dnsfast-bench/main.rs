@@ -9,7 +9,7 @@ use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use dnsfast::bpf::{Dataplane, LoadOptions};
+use dnsfast::dataplane::{Dataplane, LoadOptions};
 use dnsfast_common::pattern::{Action, Pattern};
 use dnsfast_tests::{
     netns::{wait_until, Lab},
@@ -103,7 +103,7 @@ fn xdp(args: &Args) -> Result<()> {
     derived.add_to(&mut table)?;
     // As the agent writes them: the namespace suffixes folded into the
     // namespace set.
-    let tables = auto_dp.reconcile(&dnsfast::maps::rules_of(&table), &derived.tlds)?;
+    let tables = auto_dp.reconcile(&dnsfast::rules::rules_of(&table), &derived.tlds)?;
     eprintln!("auto tables: {tables}");
     let memlock = auto_memlock(&auto_dp)?;
     dps.push(auto_dp);
@@ -287,8 +287,8 @@ fn xdp(args: &Args) -> Result<()> {
 
 /// What auto mode derives for `namespaces` namespaces `ns0`…, with a
 /// cloud provider's two search suffixes.
-fn auto_rules(namespaces: usize) -> Result<dnsfast::auto::Derived> {
-    let settings = dnsfast::auto::AutoSettings {
+fn auto_rules(namespaces: usize) -> Result<dnsfast::config::auto::Derived> {
+    let settings = dnsfast::config::auto::AutoSettings {
         enabled: true,
         cluster_domain: "cluster.local".into(),
         namespaces: (0..namespaces)
@@ -302,7 +302,7 @@ fn auto_rules(namespaces: usize) -> Result<dnsfast::auto::Derived> {
         resolv_conf: PathBuf::from("/dev/null"),
         tld_file: None,
     };
-    dnsfast::auto::derive(&settings, &dnsfast::config::PatternTable::default())
+    dnsfast::config::auto::derive(&settings, &dnsfast::config::PatternTable::default())
 }
 
 /// bytes_memlock of the pattern table and the label sets, as bpftool reports

@@ -4,7 +4,10 @@
 //! live, so the logic is unit-tested in memory and runs on the agent's maps
 //! and on their pins alike.
 
+use std::borrow::BorrowMut;
+
 use anyhow::{anyhow, bail, Context, Result};
+use aya::maps::{Array, HashMap, MapData, MapError};
 use dnsfast_common::{
     name::MAX_LABELS,
     pattern::key_name,
@@ -16,10 +19,11 @@ use dnsfast_common::{
     Rule, KEY_DATA_LEN,
 };
 
-use crate::{
+use super::{
     cuckoo::{self, Place},
-    maps::RuleSet,
+    Diff,
 };
+use crate::rules::RuleSet;
 
 /// Where the table's three maps live.
 pub trait Store {
@@ -288,6 +292,85 @@ fn copy_slot(dst: &mut Bucket, d: usize, src: &Bucket, s: usize) {
 }
 
 /// The table in plain memory, for tests.
+/// The pattern table's maps (`PATTERNS`, `PATTERN_DEPTHS`,
+/// `PATTERN_TAILS`).
+pub struct MapStore<T> {
+    pub buckets: Array<T, Bucket>,
+    pub depths: Array<T, Depths>,
+    pub tails: HashMap<T, u64, LongKey>,
+}
+
+/// The kernel pattern table.
+pub type Patterns<T> = Table<MapStore<T>>;
+
+impl<T: BorrowMut<MapData>> Store for MapStore<T> {
+    fn mask(&self) -> u32 {
+        self.buckets.len().saturating_sub(1)
+    }
+    fn bucket(&self, i: u32) -> Result<Bucket> {
+        self.buckets
+            .get(&i, 0)
+            .with_context(|| format!("reading bucket {i} of the PATTERNS map"))
+    }
+    fn set_bucket(&mut self, i: u32, b: &Bucket) -> Result<()> {
+        self.buckets
+            .set(i, b, 0)
+            .with_context(|| format!("writing bucket {i} of the PATTERNS map"))
+    }
+    fn long(&self, fp: u64) -> Result<Option<LongKey>> {
+        match self.tails.get(&fp, 0) {
+            Ok(k) => Ok(Some(k)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("reading the PATTERN_TAILS map"),
+        }
+    }
+    fn set_long(&mut self, fp: u64, k: Option<&LongKey>) -> Result<()> {
+        match k {
+            Some(k) => self
+                .tails
+                .insert(fp, k, 0)
+                .map_err(|e| anyhow!("writing the PATTERN_TAILS map: {e}")),
+            None => match self.tails.remove(&fp) {
+                Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+                Err(e) => Err(anyhow!("removing from the PATTERN_TAILS map: {e}")),
+            },
+        }
+    }
+    fn depths(&self) -> Result<Depths> {
+        self.depths
+            .get(&0, 0)
+            .context("reading the PATTERN_DEPTHS map")
+    }
+    fn set_depths(&mut self, d: &Depths) -> Result<()> {
+        self.depths
+            .set(0, d, 0)
+            .context("writing the PATTERN_DEPTHS map")
+    }
+}
+
+/// Makes the pattern table hold exactly `want`: new and changed rules
+/// first, then the removals, so a rule present before and after is never
+/// missing, and a name covered by a changed rule switches in one write.
+pub fn reconcile_rules<S: Store>(t: &mut Table<S>, want: &RuleSet) -> Result<Diff> {
+    let have = t.rules()?;
+    let mut d = Diff::default();
+    for (k, r) in want {
+        match have.get(k) {
+            Some(old) if old == r => continue,
+            Some(_) => d.changed += 1,
+            None => d.added += 1,
+        }
+        t.insert(k, *r)
+            .with_context(|| format!("writing pattern {} to the PATTERNS map", key_name(k)))?;
+    }
+    for k in have.keys().filter(|k| !want.contains_key(*k)) {
+        t.remove(k)
+            .with_context(|| format!("removing pattern {} from the PATTERNS map", key_name(k)))?;
+        d.removed += 1;
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 pub struct MemStore {
     pub buckets: Vec<Bucket>,

@@ -3,7 +3,7 @@
 //! over where the buckets live, so the logic is unit-tested in memory and
 //! runs on the loaded maps and on their pins alike.
 
-use std::collections::BTreeSet;
+use std::{borrow::BorrowMut, collections::BTreeSet};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::{Array, MapData};
@@ -12,7 +12,7 @@ use dnsfast_common::{
     TldKey,
 };
 
-use crate::cuckoo::{self, Place};
+use super::cuckoo::{self, Place};
 
 /// Where a set's buckets live.
 pub trait Buckets {
@@ -143,6 +143,42 @@ impl<B: Buckets> LabelTable<B> {
         }
         Ok(out)
     }
+}
+
+/// A set of labels (`TLDS`, `NAMESPACES`): buckets of label keys.
+pub type LabelSet<T> = LabelTable<Array<T, LabelBucket>>;
+
+/// Adds the labels of `want` the set lacks; returns how many.
+pub fn add_labels<T: BorrowMut<MapData>>(
+    m: &mut LabelSet<T>,
+    want: &BTreeSet<String>,
+) -> Result<usize> {
+    let mut added = 0;
+    for label in want {
+        if m.insert(label)
+            .with_context(|| format!("writing '{label}' to a label set (TLDS or NAMESPACES)"))?
+        {
+            added += 1;
+        }
+    }
+    Ok(added)
+}
+
+/// Removes the labels not in `want`; returns how many.
+pub fn remove_other_labels<T: BorrowMut<MapData>>(
+    m: &mut LabelSet<T>,
+    want: &BTreeSet<String>,
+) -> Result<usize> {
+    let gone: Vec<String> = m
+        .labels()?
+        .into_iter()
+        .filter(|l| !want.contains(l))
+        .collect();
+    for l in &gone {
+        m.remove(l)
+            .with_context(|| format!("removing '{l}' from a label set"))?;
+    }
+    Ok(gone.len())
 }
 
 #[cfg(test)]

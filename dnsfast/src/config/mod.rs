@@ -1,4 +1,13 @@
-//! The TOML configuration file. Every error names the file and line.
+//! The configuration: the TOML file's model (this module), the flags
+//! that override it (`flags`, `dnsmasq`), the forwarder's tables
+//! (`forward`), and auto mode's derived rules (`auto`). [`build`] turns a
+//! file and flags into one validated [`Config`]; every error names the
+//! file and line, or the flag. Uses nothing else of the crate.
+
+pub mod auto;
+pub mod dnsmasq;
+pub mod flags;
+pub mod forward;
 
 use std::{
     net::IpAddr,
@@ -13,11 +22,12 @@ use dnsfast_common::{
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::forward::settings::{self, ForwardSettings};
+use self::forward::{parse_listen, ForwardSettings};
+pub use flags::ForwardFlags;
 
 /// An example configuration, documented; `dnsfast load` without `--config`
 /// uses the same defaults.
-pub const EXAMPLE: &str = include_str!("../../examples/dnsfast.toml");
+pub const EXAMPLE: &str = include_str!("../../../examples/dnsfast.toml");
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,13 +37,13 @@ struct RawConfig {
     #[serde(default)]
     patterns: RawPatterns,
     #[serde(default)]
-    forward: settings::RawForward,
+    forward: forward::RawForward,
     #[serde(default)]
-    cache: settings::RawCache,
+    cache: forward::RawCache,
     #[serde(default)]
-    zone: Vec<settings::RawZone>,
+    zone: Vec<forward::RawZone>,
     #[serde(default)]
-    auto: crate::auto::RawAuto,
+    auto: auto::RawAuto,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -95,9 +105,9 @@ pub struct Config {
     pub xdp: XdpSettings,
     pub patterns: PatternTable,
     pub forward: ForwardSettings,
-    pub auto: crate::auto::AutoSettings,
+    pub auto: auto::AutoSettings,
     /// What auto mode derived (filled by `load::build_config`).
-    pub derived: Option<crate::auto::Derived>,
+    pub derived: Option<auto::Derived>,
 }
 
 /// Patterns with their actions; a name in both lists is an error.
@@ -211,7 +221,7 @@ impl Config {
             }
         }
         let forward = ForwardSettings::from_raw(raw.forward, raw.cache, raw.zone, &at)?;
-        let auto = crate::auto::AutoSettings::from_raw(raw.auto, &at)?;
+        let auto = auto::AutoSettings::from_raw(raw.auto, &at)?;
         Ok(Config {
             xdp,
             patterns,
@@ -224,6 +234,49 @@ impl Config {
 
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Config file plus flags, fully validated.
+pub fn build(file: Option<&Path>, addresses: &[String], fwd: &ForwardFlags) -> Result<Config> {
+    let mut cfg = match file {
+        Some(f) => Config::load(f)?,
+        None => Config::default(),
+    };
+    for a in addresses {
+        dnsmasq::add_address(&mut cfg.patterns, a)?;
+    }
+    let f = &mut cfg.forward;
+    if !fwd.listen.is_empty() {
+        f.listen = fwd
+            .listen
+            .iter()
+            .map(|l| parse_listen(l).map_err(|e| anyhow::anyhow!("--listen={l}: {e}")))
+            .collect::<Result<_>>()?;
+    }
+    for v in &fwd.servers {
+        dnsmasq::add_server(f, v)?;
+    }
+    if let Some(n) = fwd.cache_size {
+        f.cache.size = n;
+    }
+    if fwd.no_negcache {
+        f.cache.neg_cache = false;
+    }
+    f.no_resolv |= fwd.no_resolv;
+    f.log_queries |= fwd.log_queries;
+    if cfg.auto.enabled {
+        let derived = auto::derive(&cfg.auto, &cfg.patterns)?;
+        derived.add_to(&mut cfg.patterns)?;
+        cfg.derived = Some(derived);
+    }
+    if cfg.patterns.len() > cfg.xdp.max_patterns as usize {
+        bail!(
+            "{} patterns do not fit xdp.max-patterns = {}; raise it in the config",
+            cfg.patterns.len(),
+            cfg.xdp.max_patterns
+        );
+    }
+    Ok(cfg)
 }
 
 #[cfg(test)]

@@ -1,6 +1,24 @@
-//! Loading the embedded XDP program and working with its maps.
+//! Everything that touches BPF: the embedded XDP object loaded and
+//! verified ([`Dataplane`]), its maps written from a rule set, interfaces
+//! attached, and the pins the CLI opens again.
+//!
+//! - `pattern_table`: the exact pattern table (buckets, depths, tails);
+//! - `label_set`: auto mode's TLD and namespace sets;
+//! - `cuckoo`: the placement both of them use;
+//! - `attach`: the attach mode and interface lookups;
+//! - `pins`: the pin directory, and the maps opened from it;
+//! - `kernel_version`: the oldest kernel the program is verified on.
+//!
+//! Uses `rules` and `config` (what to write) and `paths`; nothing above.
 
-use std::path::Path;
+pub mod attach;
+pub mod cuckoo;
+pub mod kernel_version;
+pub mod label_set;
+pub mod pattern_table;
+pub mod pins;
+
+use std::{borrow::Borrow, net::IpAddr, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
 use aya::maps::ProgramArray;
@@ -15,39 +33,27 @@ use aya::{
 };
 use std::collections::BTreeSet;
 
-use crate::maps::{
-    add_labels, fold_namespaces, read_labels, reconcile_rules, remove_other_labels,
-    unfold_namespaces, Diff, MapStore, Patterns, RuleSet, TableDiff,
+use crate::{
+    config::Config as FileConfig,
+    paths,
+    rules::{fold_namespaces, rules_of, unfold_namespaces, RuleSet},
 };
 use dnsfast_common::{
     answer::{AnswerKey, CachedAnswer, ListenKey},
     pattern::{rule_entry, Action, Pattern},
     table::{bucket_count, GLOBAL_BUCKET_MASK, MAP_PATTERN_DEPTHS, MAP_PATTERN_TAILS},
-    AddrKey, Config, Counters, WatchState, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FAMILY_V4,
-    FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, JUMP_CACHE, JUMP_WATCH, MAP_ANSWERS, MAP_CONFIG,
-    MAP_COUNTERS, MAP_EVENTS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_NAMESPACES, MAP_PATTERNS,
-    MAP_SERVER_ADDRS, MAP_TLDS, MAP_WATCH_STATE, MAX_NAMESPACES, MAX_TLDS, PROG_NAME,
-    WATCH_PROG_NAME,
+    AddrKey, Config as XdpConfig, Counters, WatchState, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS,
+    FAMILY_V4, FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, JUMP_CACHE, JUMP_WATCH, MAP_ANSWERS,
+    MAP_CONFIG, MAP_COUNTERS, MAP_EVENTS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_NAMESPACES,
+    MAP_PATTERNS, MAP_SERVER_ADDRS, MAP_TLDS, MAP_WATCH_STATE, MAX_NAMESPACES, MAX_PORTS, MAX_TLDS,
+    PROG_NAME, WATCH_PROG_NAME,
 };
+use label_set::{add_labels, remove_other_labels, LabelSet, LabelTable};
+use pattern_table::{reconcile_rules, MapStore, Patterns, Table};
 
 /// The XDP object, built by `build.rs` and embedded so that one binary is
 /// all a node needs.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DNSFAST_BPF_OBJ"));
-
-/// Where `dnsfast load` pins the main program, for `dnsfast explain`.
-pub const PINNED_PROG: &str = "prog";
-
-/// Maps pinned by `dnsfast load`; the scratch map is private to the program.
-pub const PINNED_MAPS: [&str; 8] = [
-    MAP_PATTERNS,
-    MAP_PATTERN_DEPTHS,
-    MAP_PATTERN_TAILS,
-    MAP_COUNTERS,
-    MAP_CONFIG,
-    MAP_SERVER_ADDRS,
-    MAP_TLDS,
-    MAP_NAMESPACES,
-];
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -113,7 +119,7 @@ impl Dataplane {
             #[cfg(feature = "ebpf-log")]
             logger,
         };
-        dp.set_config(&Config::default())?;
+        dp.set_config(&XdpConfig::default())?;
         // Verified now, so that `dnsfast watch` cannot fail later.
         dp.loaded(WATCH_PROG_NAME)?;
         if opts.answer_cache > 0 {
@@ -301,8 +307,8 @@ impl Dataplane {
         Ok(self.program()?.info()?.id())
     }
 
-    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
-        let mut a: Array<&mut MapData, Config> = Array::try_from(self.map_mut(MAP_CONFIG)?)?;
+    pub fn set_config(&mut self, cfg: &XdpConfig) -> Result<()> {
+        let mut a: Array<&mut MapData, XdpConfig> = Array::try_from(self.map_mut(MAP_CONFIG)?)?;
         a.set(0, cfg, 0).context("writing the CONFIG map")?;
         Ok(())
     }
@@ -310,7 +316,7 @@ impl Dataplane {
     /// Makes `SERVER_ADDRS` hold exactly `want`: additions, then the
     /// config (which may turn the filter on or off), then removals, so a
     /// query to an address both settings accept is never passed up.
-    pub fn set_xdp(&mut self, cfg: &Config, want: &[AddrKey]) -> Result<()> {
+    pub fn set_xdp(&mut self, cfg: &XdpConfig, want: &[AddrKey]) -> Result<()> {
         let mut m: HashMap<&mut MapData, AddrKey, u32> =
             HashMap::try_from(self.map_mut(MAP_SERVER_ADDRS)?)?;
         for k in want {
@@ -329,15 +335,12 @@ impl Dataplane {
     /// Lets the answer cache answer queries sent to `addr` (an unspecified
     /// IP stands for every address on that port).
     pub fn add_listen_addr(&mut self, addr: std::net::SocketAddr) -> Result<()> {
-        let mut key = ListenKey {
-            family: if addr.is_ipv4() { FAMILY_V4 } else { FAMILY_V6 },
+        let ip = addr_key(addr.ip());
+        let key = ListenKey {
+            family: ip.family,
             port: u32::from(addr.port()),
-            addr: [0; 16],
+            addr: ip.addr,
         };
-        match addr.ip() {
-            std::net::IpAddr::V4(v4) => key.addr[..4].copy_from_slice(&v4.octets()),
-            std::net::IpAddr::V6(v6) => key.addr = v6.octets(),
-        }
         let mut m: HashMap<&mut MapData, ListenKey, u32> =
             HashMap::try_from(self.map_mut(MAP_LISTEN_ADDRS)?)?;
         m.insert(key, 1, 0)
@@ -374,30 +377,26 @@ impl Dataplane {
             }
         }
         let missing = |n: &str| anyhow!("map {n} missing from the embedded object");
-        Ok(crate::table::Table(MapStore {
+        Ok(Table(MapStore {
             buckets: Array::try_from(buckets.ok_or_else(|| missing(MAP_PATTERNS))?)?,
             depths: Array::try_from(depths.ok_or_else(|| missing(MAP_PATTERN_DEPTHS))?)?,
             tails: HashMap::try_from(tails.ok_or_else(|| missing(MAP_PATTERN_TAILS))?)?,
         }))
     }
 
-    fn tlds(&mut self) -> Result<crate::maps::LabelSet<&mut MapData>> {
-        Ok(crate::labels::LabelTable(Array::try_from(
-            self.map_mut(MAP_TLDS)?,
-        )?))
+    fn tlds(&mut self) -> Result<LabelSet<&mut MapData>> {
+        Ok(LabelTable(Array::try_from(self.map_mut(MAP_TLDS)?)?))
     }
 
-    fn namespaces(&mut self) -> Result<crate::maps::LabelSet<&mut MapData>> {
-        Ok(crate::labels::LabelTable(Array::try_from(
-            self.map_mut(MAP_NAMESPACES)?,
-        )?))
+    fn namespaces(&mut self) -> Result<LabelSet<&mut MapData>> {
+        Ok(LabelTable(Array::try_from(self.map_mut(MAP_NAMESPACES)?)?))
     }
 
     /// What the tables hold now (config plus run-time changes), with the
     /// namespace suffixes unfolded: the rules as the forwarder uses them.
     pub fn rules(&mut self) -> Result<RuleSet> {
         let folded = self.patterns()?.rules()?;
-        let ns = read_labels(&self.namespaces()?)?;
+        let ns = self.namespaces()?.labels()?;
         Ok(unfold_namespaces(&folded, &ns))
     }
 
@@ -446,12 +445,12 @@ impl Dataplane {
             .ebpf
             .map(MAP_COUNTERS)
             .ok_or_else(|| anyhow!("map {MAP_COUNTERS} missing"))?;
-        crate::maps::sum_counters(&PerCpuArray::try_from(m)?)
+        sum_counters(&PerCpuArray::try_from(m)?)
     }
 
     /// Pins the main program under `dir`, so `dnsfast explain` can run it.
     pub fn pin_program(&mut self, dir: &Path) -> Result<()> {
-        let path = dir.join(PINNED_PROG);
+        let path = paths::prog_pin(dir);
         self.program()?
             .pin(&path)
             .with_context(|| format!("pinning the program at {}", path.display()))
@@ -459,12 +458,12 @@ impl Dataplane {
 
     /// Pins the shared maps under `dir` (which must exist).
     pub fn pin_maps(&self, dir: &Path) -> Result<()> {
-        for name in PINNED_MAPS {
+        for name in paths::PINNED_MAPS {
             let m = self
                 .ebpf
                 .map(name)
                 .ok_or_else(|| anyhow!("map {name} missing"))?;
-            let path = dir.join(name.to_ascii_lowercase());
+            let path = paths::map_pin(dir, name);
             m.pin(&path)
                 .with_context(|| format!("pinning map {name} at {}", path.display()))?;
         }
@@ -518,6 +517,92 @@ impl Dataplane {
             .map_mut(name)
             .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
     }
+}
+
+/// What a reconcile changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+}
+
+impl std::fmt::Display for Diff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "+{} added, {} changed, -{} removed",
+            self.added, self.changed, self.removed
+        )
+    }
+}
+
+/// What a reconcile changed in each kernel table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TableDiff {
+    pub patterns: Diff,
+    pub namespaces: Diff,
+    pub tlds: Diff,
+}
+
+impl std::fmt::Display for TableDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "patterns {}; namespaces {}; TLDs {}",
+            self.patterns, self.namespaces, self.tlds
+        )
+    }
+}
+
+/// The `COUNTERS` map summed over CPUs.
+pub fn sum_counters<T: Borrow<MapData>>(a: &PerCpuArray<T, Counters>) -> Result<Counters> {
+    let v = a.get(&0, 0).context("reading the COUNTERS map")?;
+    Ok(Counters::sum(v.iter()))
+}
+
+/// The XDP program's settings and server addresses from `cfg`.
+pub fn apply_xdp(dp: &mut Dataplane, cfg: &FileConfig) -> Result<()> {
+    let mut xc = XdpConfig::default();
+    if cfg.xdp.ports.len() > MAX_PORTS {
+        bail!("at most {MAX_PORTS} DNS ports");
+    }
+    xc.ports = [0; MAX_PORTS];
+    xc.ports[..cfg.xdp.ports.len()].copy_from_slice(&cfg.xdp.ports);
+    xc.filter_dst = u32::from(!cfg.xdp.server_addrs.is_empty());
+    let addrs: Vec<AddrKey> = cfg.xdp.server_addrs.iter().map(|a| addr_key(*a)).collect();
+    dp.set_xdp(&xc, &addrs)
+}
+
+/// The TLD labels of the auto rules (none without auto mode).
+pub fn tlds_of(cfg: &FileConfig) -> BTreeSet<String> {
+    cfg.derived
+        .as_ref()
+        .map(|d| d.tlds.clone())
+        .unwrap_or_default()
+}
+
+/// Writes settings, server addresses, TLDs and patterns into the maps.
+pub fn apply(dp: &mut Dataplane, cfg: &FileConfig) -> Result<()> {
+    dp.reconcile(&rules_of(&cfg.patterns), &tlds_of(cfg))?;
+    apply_xdp(dp, cfg)
+}
+
+/// An address as the maps key it (`SERVER_ADDRS`, and the address part of
+/// `LISTEN_ADDRS`): family, then the bytes, IPv4 in the first four.
+pub fn addr_key(a: IpAddr) -> AddrKey {
+    let mut k = AddrKey::default();
+    match a {
+        IpAddr::V4(v4) => {
+            k.family = FAMILY_V4;
+            k.addr[..4].copy_from_slice(&v4.octets());
+        }
+        IpAddr::V6(v6) => {
+            k.family = FAMILY_V6;
+            k.addr = v6.octets();
+        }
+    }
+    k
 }
 
 /// Turns a program load failure into one message; a verifier rejection

@@ -12,16 +12,21 @@ use aya::{
 use aya_obj::programs::XdpAttachType;
 use clap::Args;
 use dnsfast_common::{
+    frame::Wrap,
     pattern::{key_labels, key_name, to_wire, Action, Pattern},
     suffix::name_key,
-    Config, ACTION_SUFFIX_NS, MAP_CONFIG, PIN_DIR,
+    Config as XdpConfig, ACTION_SUFFIX_NS, MAP_CONFIG,
 };
 use hickory_proto::{
     op::{Message, Query},
     rr::{Name, RecordType},
 };
 
-use crate::{bpf::PINNED_PROG, maps::Pins};
+use crate::{
+    dataplane::{pins::Pins, require_root},
+    forward::metrics::rcode_name,
+    paths::{self, PIN_DIR},
+};
 
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
@@ -48,7 +53,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         .to_ascii_uppercase()
         .parse()
         .map_err(|_| anyhow!("--type {}: not a record type", a.qtype))?;
-    let prog_path = a.pin_dir.join(PINNED_PROG);
+    let prog_path = paths::prog_pin(&a.pin_dir);
     if !prog_path.exists() {
         bail!(
             "nothing loaded: no program pinned at {} (is `dnsfast load` running, with --pin-dir {}?)",
@@ -56,11 +61,11 @@ pub fn run(a: ExplainArgs) -> Result<()> {
             a.pin_dir.display()
         );
     }
-    crate::bpf::require_root("dnsfast explain")?;
+    require_root("dnsfast explain")?;
     let pins = Pins::open(&a.pin_dir)?;
     let port = {
         let m = pins.map(MAP_CONFIG)?;
-        let cfg: Array<MapData, Config> = Array::try_from(m)?;
+        let cfg: Array<MapData, XdpConfig> = Array::try_from(m)?;
         cfg.get(&0, 0)
             .context("reading the pinned CONFIG map")?
             .ports[0]
@@ -71,7 +76,17 @@ pub fn run(a: ExplainArgs) -> Result<()> {
     q.metadata.id = 0x4242;
     q.metadata.recursion_desired = true;
     q.add_query(Query::query(Name::from_ascii(&a.name)?, qtype));
-    let frame = udp_frame(a.to, port, &q.to_vec()?);
+    let frame = Wrap {
+        dst_mac: [0x02, 0, 0, 0, 0, 1],
+        src_mac: [0x02, 0, 0, 0, 0, 2],
+        vlans: vec![],
+        src: std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
+        dst: a.to.into(),
+        sport: 40000,
+        dport: port,
+        udp_check: 0,
+    }
+    .frame(&q.to_vec()?);
     let prog = Xdp::from_pin(&prog_path, XdpAttachType::Interface)
         .with_context(|| format!("opening the pinned program {}", prog_path.display()))?;
     let mut out = vec![0u8; frame.len() + 1024];
@@ -85,7 +100,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
     match r.return_value {
         XDP_TX => {
             let reply = Message::from_vec(&out[42..]).context("parsing the kernel's answer")?;
-            let rcode = crate::forward::metrics::rcode_name(reply.metadata.response_code);
+            let rcode = rcode_name(reply.metadata.response_code);
             println!(
                 "kernel: answered in place (XDP_TX): {rcode}, {} answer record(s)",
                 reply.answers.len()
@@ -159,29 +174,6 @@ pub fn run(a: ExplainArgs) -> Result<()> {
     Ok(())
 }
 
-/// Ethernet + IPv4 (checksummed) + UDP (checksum 0) around `dns`.
-fn udp_frame(dst: std::net::Ipv4Addr, port: u16, dns: &[u8]) -> Vec<u8> {
-    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
-    let tot = (20 + 8 + dns.len()) as u16;
-    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 1];
-    ip[2..4].copy_from_slice(&tot.to_be_bytes());
-    ip.extend_from_slice(&dst.octets());
-    let mut sum: u32 = ip
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
-        .sum();
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    ip[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    f.extend_from_slice(&ip);
-    f.extend_from_slice(&40000u16.to_be_bytes());
-    f.extend_from_slice(&port.to_be_bytes());
-    f.extend_from_slice(&((8 + dns.len()) as u16).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(dns);
-    f
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,7 +183,5 @@ mod tests {
         let (k, _) = name_key(&to_wire("api.github.com.svc.cluster.local")).unwrap();
         assert_eq!(key_name(&k[..18]), "svc.cluster.local");
         assert_eq!(key_labels(&k[18..]), ["com", "github", "api"]);
-        let f = udp_frame("10.0.0.1".parse().unwrap(), 53, &[0; 12]);
-        assert_eq!(f.len(), 14 + 20 + 8 + 12);
     }
 }

@@ -11,12 +11,15 @@ use std::sync::{
 
 use dnsfast_common::{
     answer::{name_hash, pad_name, store_name, AnswerKey, CachedAnswer, ANSWER_BODY_CAP, MAX_TTLS},
-    encode_slice, Scratch,
+    suffix::with_encoded,
 };
 use log::debug;
 
 use super::wire::{Answer, Cacheability, ClientQuery};
-use crate::bpf::AnswerMap;
+use aya::maps::{HashMap, MapData};
+
+/// The XDP program's `ANSWERS` map, handed over by the dataplane.
+pub type AnswerMap = HashMap<MapData, AnswerKey, CachedAnswer>;
 
 pub struct KernelCache {
     map: Mutex<AnswerMap>,
@@ -89,19 +92,13 @@ pub fn kernel_entry(
     if a.wire[4..6] != [0, 1] || !a.wire[12..12 + q.qname.len()].eq_ignore_ascii_case(&q.qname) {
         return None;
     }
-    thread_local! {
-        // 2 KiB the encoder works in; one per thread, not one per answer.
-        static SCRATCH: std::cell::RefCell<Box<Scratch>> =
-            std::cell::RefCell::new(Box::new(Scratch::zeroed()));
-    }
     let mut v = Box::new(CachedAnswer::zeroed());
-    let hash = SCRATCH.with(|s| {
-        let mut s = s.borrow_mut();
-        let (len, _) = encode_slice(&mut s, &q.qname).ok()?;
-        pad_name(&mut s);
-        store_name(&mut s, len, &mut v);
-        Some(name_hash(&mut s, len))
-    })?;
+    let hash = with_encoded(&q.qname, |s, len| {
+        pad_name(s);
+        store_name(s, len, &mut v);
+        name_hash(s, len)
+    })
+    .ok()?;
     v.stored_ns = now_ns;
     v.expires_ns = now_ns + lifetime as u64 * 1_000_000_000;
     v.body_len = body.len() as u32;

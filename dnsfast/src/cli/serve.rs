@@ -8,8 +8,10 @@ use clap::Args;
 use log::info;
 
 use crate::{
+    agent::runtime::{runtime, serve_until_signal, Shutdown},
+    config::{self, ForwardFlags},
     forward::Forwarder,
-    load::{build_config, runtime, serve_until_signal, ForwardArgs, Shutdown},
+    rules,
 };
 
 #[derive(Args, Debug)]
@@ -22,11 +24,11 @@ pub struct ServeArgs {
     #[arg(long = "address", value_name = "/DOMAIN[/DOMAIN…]/")]
     pub addresses: Vec<String>,
     #[command(flatten)]
-    pub forward: ForwardArgs,
+    pub forward: ForwardFlags,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    let cfg = build_config(args.config.as_deref(), &args.addresses, &args.forward)?;
+    let cfg = config::build(args.config.as_deref(), &args.addresses, &args.forward)?;
     let rt = runtime(cfg.forward.worker_count())?;
     let mut shutdown = {
         let _guard = rt.enter();
@@ -36,7 +38,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         let _guard = rt.enter();
         let mut f = Forwarder::bind(
             &cfg.forward,
-            &crate::maps::rules_of(&cfg.patterns),
+            &rules::rules_of(&cfg.patterns),
             cfg.derived.as_ref(),
         )?;
         f.start();

@@ -24,7 +24,7 @@ use crate::config::{Origin, PatternTable};
 
 /// The ICANN top-level domains of the Public Suffix List, in ASCII
 /// (punycode for IDNs). Regenerate with `cargo xtask update-tlds`.
-pub const BUILTIN_TLDS: &str = include_str!("../data/tlds.txt");
+pub const BUILTIN_TLDS: &str = include_str!("../../data/tlds.txt");
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -98,7 +98,7 @@ impl AutoSettings {
             search,
             resolv_conf: raw
                 .resolv_conf
-                .unwrap_or_else(|| PathBuf::from(crate::forward::settings::DEFAULT_RESOLV_CONF)),
+                .unwrap_or_else(|| PathBuf::from(crate::config::forward::DEFAULT_RESOLV_CONF)),
             tld_file: raw.tld_file,
         })
     }

@@ -32,17 +32,17 @@ use tokio::{
 };
 
 use super::Agent;
-use crate::forward::kernel::monotonic_ns;
+use crate::forward::kernel_cache::monotonic_ns;
 
 /// Events buffered per watcher before it starts skipping.
 const BACKLOG: usize = 4096;
 
-pub struct Watch {
+pub struct Events {
     tx: broadcast::Sender<Arc<str>>,
     watchers: Mutex<usize>,
 }
 
-impl Watch {
+impl Events {
     /// Starts the reader thread on the program's event ring.
     pub fn start(ring: RingBuf<MapData>) -> Result<Self> {
         let (tx, _) = broadcast::channel(BACKLOG);
@@ -158,7 +158,7 @@ fn dotted(wire: &[u8]) -> String {
 
 /// Streams events to one watcher until it disconnects.
 pub async fn serve_watcher(agent: Arc<Agent>, stream: UnixStream) -> Result<()> {
-    let Some(w) = agent.watch.as_ref() else {
+    let Some(w) = agent.events.as_ref() else {
         let (_, mut wr) = stream.into_split();
         let _ = wr
             .write_all(b"{\"ok\":false,\"error\":\"the watch ring is not available\"}\n")
@@ -201,7 +201,7 @@ pub async fn serve_watcher(agent: Arc<Agent>, stream: UnixStream) -> Result<()> 
 /// Counts watchers; the first one puts the watch program in the jump
 /// table, the last one takes it out.
 fn set_watchers(agent: &Agent, delta: isize) -> Result<()> {
-    let Some(w) = agent.watch.as_ref() else {
+    let Some(w) = agent.events.as_ref() else {
         return Ok(());
     };
     let mut n = w

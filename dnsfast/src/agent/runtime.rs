@@ -1,0 +1,82 @@
+//! The agent's process plumbing: the tokio runtime, the signals that end
+//! a run, the wait for either, and (feature `ebpf-log`) the thread that
+//! copies the XDP program's log records into ours.
+
+use anyhow::{Context, Result};
+use log::info;
+
+use crate::forward::Forwarder;
+
+/// A runtime with `threads` workers (the forwarder's UDP sockets each get
+/// one to themselves when the kernel spreads load evenly).
+pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+/// SIGTERM and SIGINT, caught from the moment this is created: create it
+/// before touching the kernel, so a signal that comes early still takes
+/// the clean way out (detach, unpin).
+pub struct Shutdown {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Shutdown {
+    /// Must run inside the runtime (`rt.enter()`).
+    pub fn install() -> Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Serves until SIGINT/SIGTERM; an error if the forwarder fails first.
+pub async fn serve_until_signal(
+    shutdown: &mut Shutdown,
+    forwarder: Option<&mut Forwarder>,
+) -> Result<()> {
+    let run = async {
+        match forwarder {
+            Some(f) => f.run().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        sig = shutdown.wait() => {
+            info!("{sig}: shutting down");
+            Ok(())
+        }
+        r = run => r.context("the forwarder stopped"),
+    }
+}
+
+/// Copies the XDP program's aya-log records into the agent's log, from a
+/// thread of its own that sleeps in poll(2) until the ring has data.
+#[cfg(feature = "ebpf-log")]
+pub fn forward_ebpf_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    std::thread::spawn(move || loop {
+        {
+            let mut fds = [PollFd::new(logger.as_fd(), PollFlags::POLLIN)];
+            if let Err(e) = poll(&mut fds, PollTimeout::from(1000u16)) {
+                warn!("eBPF log ring: {e}");
+                return;
+            }
+        }
+        logger.flush();
+    });
+}

@@ -1,0 +1,379 @@
+//! What the agent reports, as typed snapshots: [`Status`] (who runs,
+//! where, what it holds) and [`Stats`] (the counters). They travel as JSON
+//! over the control socket; `dnsfast status|stats` print them, and
+//! `/metrics` renders the same [`Stats`] (`openmetrics`), so the three can
+//! never disagree.
+
+use std::{
+    collections::BTreeMap,
+    sync::atomic::Ordering,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use dnsfast_common::{pattern::Action, Counters};
+use serde::{Deserialize, Serialize};
+
+use super::Agent;
+use crate::forward::{
+    metrics::{rcode_name, Metrics, LATENCY_BUCKETS_US},
+    resolver::Resolver,
+};
+
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The counters: the kernel's (summed over CPUs) and the forwarder's.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// Unix seconds when taken; absent when read from the pins (no agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<u64>,
+    pub kernel: KernelCounters,
+    #[serde(default)]
+    pub watch: Option<WatchStats>,
+    /// `None` with `--no-forward`, or when no agent runs.
+    pub forwarder: Option<ForwarderStats>,
+    /// `Some(false)` when no agent runs and only the pins were read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<bool>,
+}
+
+/// The XDP program's counters by field name, or why they could not be
+/// read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KernelCounters {
+    Read(BTreeMap<String, u64>),
+    Unreadable { error: String },
+}
+
+impl Default for KernelCounters {
+    fn default() -> Self {
+        Self::Read(BTreeMap::new())
+    }
+}
+
+impl From<&Counters> for KernelCounters {
+    fn from(c: &Counters) -> Self {
+        Self::Read(
+            c.fields()
+                .iter()
+                .map(|(k, v)| (k.to_string(), *v))
+                .collect(),
+        )
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct WatchStats {
+    /// Clients running `dnsfast watch`.
+    pub watchers: usize,
+    /// Events the kernel emitted, and those it dropped.
+    pub events: u64,
+    pub dropped: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ForwarderStats {
+    pub udp_queries: u64,
+    pub tcp_queries: u64,
+    pub blocked: u64,
+    pub overloaded: u64,
+    pub upstreams_failed: u64,
+    pub no_route: u64,
+    pub truncated: u64,
+    /// Answers by RCODE name (only those seen).
+    pub rcodes: BTreeMap<String, u64>,
+    pub cache: CacheStats,
+    pub kernel_cache: Option<KernelCacheStats>,
+    /// Queries routed to each zone.
+    pub zones: BTreeMap<String, u64>,
+    pub upstreams: Vec<UpstreamStats>,
+}
+
+impl ForwarderStats {
+    /// The scalar counters, by name, in the order they are shown.
+    pub fn counters(&self) -> [(&'static str, u64, &'static str); 7] {
+        [
+            (
+                "udp_queries",
+                self.udp_queries,
+                "Queries received over UDP.",
+            ),
+            (
+                "tcp_queries",
+                self.tcp_queries,
+                "Queries received over TCP.",
+            ),
+            (
+                "blocked",
+                self.blocked,
+                "Queries answered NXDOMAIN from the block patterns.",
+            ),
+            (
+                "overloaded",
+                self.overloaded,
+                "Queries refused because max-inflight was reached.",
+            ),
+            (
+                "upstreams_failed",
+                self.upstreams_failed,
+                "Queries no upstream of their zone answered.",
+            ),
+            ("no_route", self.no_route, "Queries no zone covers."),
+            ("truncated", self.truncated, "Answers sent with TC set."),
+        ]
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub evictions: u64,
+    pub size: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct KernelCacheStats {
+    pub stored: u64,
+    pub skipped: u64,
+    pub errors: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UpstreamStats {
+    pub addr: String,
+    pub up: bool,
+    pub queries: u64,
+    pub failures: u64,
+    pub tcp_retries: u64,
+    pub mismatched: u64,
+    /// Upper bounds of the latency buckets, in microseconds.
+    pub latency_buckets_us: Vec<u64>,
+    /// Cumulative counts per bucket; one more than the bounds, the last
+    /// being +Inf (the total).
+    pub latency_cumulative: Vec<u64>,
+    pub latency_sum_us: u64,
+}
+
+impl UpstreamStats {
+    /// Answers timed (the +Inf bucket).
+    pub fn latency_count(&self) -> u64 {
+        self.latency_cumulative.last().copied().unwrap_or(0)
+    }
+}
+
+/// Who runs, where the program is, what it holds.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub started: u64,
+    pub uptime_s: u64,
+    pub ready: bool,
+    pub pin_dir: String,
+    pub program_id: u32,
+    pub keep_attached: bool,
+    pub iface_specs: Vec<String>,
+    pub ifaces: Vec<IfaceStatus>,
+    pub patterns: Option<PatternCounts>,
+    pub tlds: usize,
+    pub listeners: Vec<String>,
+    pub upstreams: Vec<UpstreamHealth>,
+    pub config: Option<ReloadStatus>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    /// `driver`, `skb`, or `adopted` (a link taken over from a previous
+    /// agent, in whatever mode that one chose).
+    pub mode: String,
+    pub program_id: u32,
+    pub attached_at: u64,
+    pub attached_for_s: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PatternCounts {
+    pub block: usize,
+    pub allow: usize,
+    pub suffix: usize,
+    pub total: usize,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UpstreamHealth {
+    pub addr: String,
+    pub up: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    pub reloads: u64,
+    pub refused: u64,
+    pub last_error: Option<String>,
+    pub last_reload: Option<u64>,
+}
+
+fn forwarder_stats(r: &Resolver) -> ForwarderStats {
+    let m = &r.metrics;
+    let g = Metrics::get;
+    let rcodes = m
+        .rcodes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| g(c) > 0)
+        .map(|(i, c)| {
+            (
+                rcode_name(hickory_proto::op::ResponseCode::from(0, i as u8)),
+                g(c),
+            )
+        })
+        .collect();
+    let live = r.live.load();
+    let zones = live
+        .router
+        .zones
+        .iter()
+        .map(|z| (z.name.clone(), z.queries.load(Ordering::Relaxed)))
+        .collect();
+    let upstreams = live
+        .router
+        .upstreams
+        .iter()
+        .map(|u| {
+            let (latency_cumulative, latency_sum_us) = u.latency.snapshot();
+            UpstreamStats {
+                addr: u.addr.to_string(),
+                up: u.is_up(),
+                queries: g(&u.queries),
+                failures: g(&u.failures),
+                tcp_retries: g(&u.tcp_retries),
+                mismatched: g(&u.mismatched),
+                latency_buckets_us: LATENCY_BUCKETS_US.to_vec(),
+                latency_cumulative,
+                latency_sum_us,
+            }
+        })
+        .collect();
+    ForwarderStats {
+        udp_queries: g(&m.udp_queries),
+        tcp_queries: g(&m.tcp_queries),
+        blocked: g(&m.blocked),
+        overloaded: g(&m.overloaded),
+        upstreams_failed: g(&m.upstreams_failed),
+        no_route: g(&m.no_route),
+        truncated: g(&m.truncated),
+        rcodes,
+        cache: CacheStats {
+            hits: g(&r.cache.hits),
+            misses: g(&r.cache.misses),
+            evictions: r.cache.evictions(),
+            size: r.cache.len(),
+        },
+        kernel_cache: r.kernel_cache.get().map(|k| KernelCacheStats {
+            stored: g(&k.stored),
+            skipped: g(&k.skipped),
+            errors: g(&k.errors),
+        }),
+        zones,
+        upstreams,
+    }
+}
+
+/// Counters: the kernel's (summed over CPUs) and the forwarder's.
+pub fn stats(a: &Agent) -> Stats {
+    let kernel = match a.dp.lock() {
+        Ok(dp) => match dp.counters() {
+            Ok(c) => KernelCounters::from(&c),
+            Err(e) => KernelCounters::Unreadable {
+                error: format!("{e:#}"),
+            },
+        },
+        Err(_) => KernelCounters::Unreadable {
+            error: "the dataplane lock is poisoned".into(),
+        },
+    };
+    let watch = match a.dp.lock().map(|dp| dp.watch_tally()) {
+        Ok(Ok((events, dropped))) => Some(WatchStats {
+            watchers: a.events.as_ref().map(|w| w.watchers()).unwrap_or(0),
+            events,
+            dropped,
+        }),
+        _ => None,
+    };
+    Stats {
+        time: Some(unix_secs(SystemTime::now())),
+        kernel,
+        watch,
+        forwarder: a.forwarder.as_deref().map(forwarder_stats),
+        agent: None,
+    }
+}
+
+/// Who runs, where the program is, what it holds.
+pub fn status(a: &Agent) -> Status {
+    let now = SystemTime::now();
+    let since = |t: SystemTime| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
+    let mut s = Status {
+        pid: a.pid,
+        started: unix_secs(a.started),
+        uptime_s: since(a.started),
+        ready: a.ready.load(Ordering::Relaxed),
+        pin_dir: a.pin_dir.display().to_string(),
+        program_id: a.program_id,
+        keep_attached: a.keep_attached,
+        listeners: a.listeners.iter().map(|l| l.to_string()).collect(),
+        config: a.applied.lock().map(|r| r.status()).ok(),
+        ..Default::default()
+    };
+    if let (Ok(mut dp), Ok(ifs)) = (a.dp.lock(), a.ifaces.lock()) {
+        s.iface_specs = ifs.specs.iter().map(|s| s.0.clone()).collect();
+        s.ifaces = ifs
+            .attached
+            .iter()
+            .map(|(name, at)| IfaceStatus {
+                name: name.clone(),
+                ifindex: at.ifindex,
+                mode: at
+                    .mode
+                    .map(|m| format!("{m:?}").to_lowercase())
+                    .unwrap_or_else(|| "adopted".into()),
+                program_id: a.program_id,
+                attached_at: unix_secs(at.since),
+                attached_for_s: since(at.since),
+            })
+            .collect();
+        let mut counts = [0usize; 4];
+        let rules = dp.rules().unwrap_or_default();
+        for r in rules.values() {
+            counts[(r.action as usize).min(3)] += 1;
+        }
+        s.patterns = Some(PatternCounts {
+            block: counts[Action::Block.code() as usize],
+            allow: counts[Action::Allow.code() as usize],
+            suffix: counts[Action::Suffix.code() as usize],
+            total: rules.len(),
+        });
+        s.tlds = dp.tld_count().unwrap_or(0);
+    }
+    if let Some(r) = a.forwarder.as_deref() {
+        s.upstreams = r
+            .live
+            .load()
+            .router
+            .upstreams
+            .iter()
+            .map(|u| UpstreamHealth {
+                addr: u.addr.to_string(),
+                up: u.is_up(),
+            })
+            .collect();
+    }
+    s
+}

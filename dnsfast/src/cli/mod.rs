@@ -1,0 +1,32 @@
+//! The command line, one file per command group; `main.rs` holds only the
+//! clap tree and the dispatch.
+//!
+//! - `load`: `dnsfast load` (the agent) and `serve`: `dnsfast serve` (the
+//!   forwarder alone);
+//! - `check`: `check-config`, `suggest`, `example-config`, `tld-list`;
+//! - `patterns`: `block` and `allow`, on the pinned table;
+//! - `ops`: `stats`, `status`, `watch`, `unload`, on the running agent;
+//! - `explain`: the loaded program's verdict on one name.
+//!
+//! The top of the crate: it may use every module below it.
+
+pub mod check;
+pub mod explain;
+pub mod load;
+pub mod ops;
+pub mod patterns;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::paths::PIN_DIR;
+
+#[derive(Args, Debug, Clone)]
+pub struct PinArgs {
+    /// Where `dnsfast load` pinned its maps (and names its control socket,
+    /// /run/dnsfast/<DIR below /sys/fs/bpf, / as -->.sock).
+    #[arg(long, value_name = "DIR", default_value = PIN_DIR, global = true)]
+    pub pin_dir: PathBuf,
+}
