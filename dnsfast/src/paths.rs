@@ -12,25 +12,25 @@ use dnsfast_common::{
 
 /// The default pin directory (`--pin-dir`); kept in `dnsfast-common` with
 /// the map names it holds.
-pub use dnsfast_common::PIN_DIR;
+pub(crate) use dnsfast_common::PIN_DIR;
 
 /// Where the kernel's BPF filesystem is mounted; a pin directory below it
 /// gets the filesystem mounted if it is not there yet.
-pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+pub(crate) const BPFFS_ROOT: &str = "/sys/fs/bpf";
 
 /// `statfs` magic of bpffs (`BPF_FS_MAGIC` in linux/magic.h).
-pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+pub(crate) const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Where control sockets live.
-pub const RUN_DIR: &str = "/run/dnsfast";
+pub(crate) const RUN_DIR: &str = "/run/dnsfast";
 
 /// Where `dnsfast load` pins the main program, for `dnsfast explain`.
-pub const PINNED_PROG: &str = "prog";
+pub(crate) const PINNED_PROG: &str = "prog";
 
 /// Maps pinned by `dnsfast load` (file names are the lower-cased map
 /// names: a pin name cannot hold a `.`); the scratch map is private to the
 /// program.
-pub const PINNED_MAPS: [&str; 8] = [
+pub(crate) const PINNED_MAPS: [&str; 8] = [
     MAP_PATTERNS,
     MAP_PATTERN_DEPTHS,
     MAP_PATTERN_TAILS,
@@ -42,20 +42,20 @@ pub const PINNED_MAPS: [&str; 8] = [
 ];
 
 /// Where pinned links live under the pin directory, one per interface.
-pub const LINKS_DIR: &str = "links";
+pub(crate) const LINKS_DIR: &str = "links";
 
 /// The pin of map `name` under `pin_dir`.
-pub fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
     pin_dir.join(name.to_ascii_lowercase())
 }
 
 /// The pinned main program under `pin_dir`.
-pub fn prog_pin(pin_dir: &Path) -> PathBuf {
+pub(crate) fn prog_pin(pin_dir: &Path) -> PathBuf {
     pin_dir.join(PINNED_PROG)
 }
 
 /// The directory of pinned links under `pin_dir`.
-pub fn links_dir(pin_dir: &Path) -> PathBuf {
+pub(crate) fn links_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(LINKS_DIR)
 }
 
@@ -63,7 +63,7 @@ pub fn links_dir(pin_dir: &Path) -> PathBuf {
 /// path below /sys/fs/bpf (or its whole path elsewhere), `/` written as
 /// `--`: `/sys/fs/bpf/dnsfast` → `/run/dnsfast/dnsfast.sock`. Two agents
 /// with different pin dirs never share a socket.
-pub fn control_socket(pin_dir: &Path) -> PathBuf {
+pub(crate) fn control_socket(pin_dir: &Path) -> PathBuf {
     let rel = pin_dir.strip_prefix(BPFFS_ROOT).unwrap_or(pin_dir);
     let name: Vec<String> = rel
         .components()

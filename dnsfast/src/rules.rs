@@ -23,7 +23,7 @@ pub fn rules_of(patterns: &PatternTable) -> RuleSet {
 }
 
 /// The forwarder's view of the same rules.
-pub fn suffix_map(rules: &RuleSet) -> SuffixMap<Action> {
+pub(crate) fn suffix_map(rules: &RuleSet) -> SuffixMap<Action> {
     let mut m = SuffixMap::new();
     for (k, r) in rules {
         if let Some(a) = Action::from_code(r.action) {
@@ -44,7 +44,7 @@ pub fn suffix_map(rules: &RuleSet) -> SuffixMap<Action> {
 /// the set, else P, as before. Only plain suffix children fold (a block or
 /// allow at `<L>.P` stays in the table and, being longer, wins there), only
 /// under the parent with the most of them, and only from two children up.
-pub fn fold_namespaces(rules: &RuleSet) -> (RuleSet, BTreeSet<String>) {
+pub(crate) fn fold_namespaces(rules: &RuleSet) -> (RuleSet, BTreeSet<String>) {
     let is_suffix = |r: &Rule| r.action == ACTION_SUFFIX;
     // parent key -> labels of its one-label-longer suffix children
     let mut children: BTreeMap<&[u8], Vec<&[u8]>> = BTreeMap::new();
@@ -85,7 +85,7 @@ pub fn fold_namespaces(rules: &RuleSet) -> (RuleSet, BTreeSet<String>) {
 
 /// The rule set a folded table and namespace set stand for (what the
 /// forwarder and `status` use).
-pub fn unfold_namespaces(folded: &RuleSet, namespaces: &BTreeSet<String>) -> RuleSet {
+pub(crate) fn unfold_namespaces(folded: &RuleSet, namespaces: &BTreeSet<String>) -> RuleSet {
     let mut out = folded.clone();
     for (k, r) in folded {
         if r.action != ACTION_SUFFIX_NS {

@@ -21,11 +21,11 @@ const SETTLE: Duration = Duration::from_millis(200);
 
 /// SIGHUP, caught from now on (call inside the runtime, before anything
 /// can send it: its default action ends the process).
-pub fn hangup() -> Result<Signal> {
+pub(crate) fn hangup() -> Result<Signal> {
     signal(SignalKind::hangup()).context("installing the SIGHUP handler")
 }
 
-pub async fn watch(agent: Arc<Agent>, mut hup: Signal) -> Result<()> {
+pub(crate) async fn watch(agent: Arc<Agent>, mut hup: Signal) -> Result<()> {
     let mut changes = match &agent.inputs.config {
         Some(file) => Some(watch_dir(file)?),
         None => None,

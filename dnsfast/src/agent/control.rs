@@ -26,7 +26,7 @@ use super::{stats, Agent};
 use crate::paths;
 
 /// The control socket, removed when dropped.
-pub struct Socket {
+pub(crate) struct Socket {
     path: PathBuf,
     listener: Option<std::os::unix::net::UnixListener>,
 }
@@ -35,7 +35,7 @@ impl Socket {
     /// Binds the socket (root only: it can unload the program). A stale
     /// file from a killed agent is replaced; a live agent was ruled out by
     /// the caller.
-    pub fn bind(pin_dir: &Path) -> Result<Self> {
+    pub(crate) fn bind(pin_dir: &Path) -> Result<Self> {
         let path = paths::control_socket(pin_dir);
         std::fs::create_dir_all(paths::RUN_DIR)
             .with_context(|| format!("creating {}", paths::RUN_DIR))?;
@@ -54,7 +54,7 @@ impl Socket {
     }
 
     /// The listener, for `serve` (call inside the runtime).
-    pub fn take_listener(&mut self) -> Result<Option<UnixListener>> {
+    pub(crate) fn take_listener(&mut self) -> Result<Option<UnixListener>> {
         self.listener
             .take()
             .map(|l| UnixListener::from_std(l).context("registering the control socket"))
@@ -69,7 +69,7 @@ impl Drop for Socket {
 }
 
 /// Answers requests until the runtime ends.
-pub async fn serve(listener: UnixListener, agent: Arc<Agent>) -> Result<()> {
+pub(crate) async fn serve(listener: UnixListener, agent: Arc<Agent>) -> Result<()> {
     loop {
         let (stream, _) = listener
             .accept()
@@ -145,7 +145,7 @@ fn ok(mut v: Value) -> Value {
 
 /// Sends one request to the agent of `pin_dir`. `Ok(None)` when no agent
 /// listens there (no socket, or a stale one of a killed agent).
-pub fn ask(pin_dir: &Path, request: &str) -> Result<Option<Value>> {
+pub(crate) fn ask(pin_dir: &Path, request: &str) -> Result<Option<Value>> {
     let path = paths::control_socket(pin_dir);
     let mut stream = match StdUnixStream::connect(&path) {
         Ok(s) => s,
@@ -180,7 +180,10 @@ pub fn ask(pin_dir: &Path, request: &str) -> Result<Option<Value>> {
 }
 
 /// [`ask`], with the answer read as a `T` (a typed snapshot).
-pub fn ask_as<T: serde::de::DeserializeOwned>(pin_dir: &Path, request: &str) -> Result<Option<T>> {
+pub(crate) fn ask_as<T: serde::de::DeserializeOwned>(
+    pin_dir: &Path,
+    request: &str,
+) -> Result<Option<T>> {
     match ask(pin_dir, request)? {
         Some(v) => serde_json::from_value(v)
             .map(Some)

@@ -37,14 +37,14 @@ use crate::forward::kernel_cache::monotonic_ns;
 /// Events buffered per watcher before it starts skipping.
 const BACKLOG: usize = 4096;
 
-pub struct Events {
+pub(crate) struct Events {
     tx: broadcast::Sender<Arc<str>>,
     watchers: Mutex<usize>,
 }
 
 impl Events {
     /// Starts the reader thread on the program's event ring.
-    pub fn start(ring: RingBuf<MapData>) -> Result<Self> {
+    pub(crate) fn start(ring: RingBuf<MapData>) -> Result<Self> {
         let (tx, _) = broadcast::channel(BACKLOG);
         let out = tx.clone();
         std::thread::Builder::new()
@@ -57,7 +57,7 @@ impl Events {
         })
     }
 
-    pub fn watchers(&self) -> usize {
+    pub(crate) fn watchers(&self) -> usize {
         self.watchers.lock().map(|n| *n).unwrap_or(0)
     }
 }
@@ -85,7 +85,7 @@ fn read_ring(mut ring: RingBuf<MapData>, tx: broadcast::Sender<Arc<str>>) {
 
 /// An event as JSON: wall-clock time, client, name as asked, type,
 /// verdict, and the rule that decided.
-pub fn describe(e: &WatchEvent) -> Value {
+pub(crate) fn describe(e: &WatchEvent) -> Value {
     let ago = monotonic_ns().saturating_sub(e.time_ns);
     let wall = SystemTime::now()
         .checked_sub(Duration::from_nanos(ago))
@@ -157,7 +157,7 @@ fn dotted(wire: &[u8]) -> String {
 }
 
 /// Streams events to one watcher until it disconnects.
-pub async fn serve_watcher(agent: Arc<Agent>, stream: UnixStream) -> Result<()> {
+pub(crate) async fn serve_watcher(agent: Arc<Agent>, stream: UnixStream) -> Result<()> {
     let Some(w) = agent.events.as_ref() else {
         let (_, mut wr) = stream.into_split();
         let _ = wr

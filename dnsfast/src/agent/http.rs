@@ -16,7 +16,7 @@ use super::{openmetrics, stats, Agent};
 /// Longest request head read; scrapers send a few hundred bytes.
 const MAX_HEAD: usize = 8192;
 
-pub async fn serve(listener: TcpListener, agent: Arc<Agent>) -> Result<()> {
+pub(crate) async fn serve(listener: TcpListener, agent: Arc<Agent>) -> Result<()> {
     loop {
         let (stream, _) = listener
             .accept()

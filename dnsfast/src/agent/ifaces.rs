@@ -23,14 +23,14 @@ use crate::{
 
 /// One `--iface` value: a name, or a glob with `*` and `?`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IfaceSpec(pub String);
+pub(crate) struct IfaceSpec(pub String);
 
 impl IfaceSpec {
-    pub fn is_glob(&self) -> bool {
+    pub(crate) fn is_glob(&self) -> bool {
         self.0.contains(['*', '?'])
     }
 
-    pub fn matches(&self, name: &str) -> bool {
+    pub(crate) fn matches(&self, name: &str) -> bool {
         wildcard(self.0.as_bytes(), name.as_bytes())
     }
 }
@@ -65,28 +65,28 @@ fn wildcard(p: &[u8], s: &[u8]) -> bool {
 
 /// An interface the program is on.
 #[derive(Debug)]
-pub struct Attached {
-    pub ifindex: u32,
+pub(crate) struct Attached {
+    pub(crate) ifindex: u32,
     /// `None` for a link adopted from a previous agent (its mode is
     /// whatever that agent chose).
-    pub mode: Option<XdpMode>,
-    pub since: SystemTime,
-    pub link: XdpLinkId,
+    pub(crate) mode: Option<XdpMode>,
+    pub(crate) since: SystemTime,
+    pub(crate) link: XdpLinkId,
 }
 
 /// The wanted set and what is attached.
-pub struct Ifaces {
-    pub specs: Vec<IfaceSpec>,
-    pub mode: AttachMode,
-    pub attached: BTreeMap<String, Attached>,
+pub(crate) struct Ifaces {
+    pub(crate) specs: Vec<IfaceSpec>,
+    pub(crate) mode: AttachMode,
+    pub(crate) attached: BTreeMap<String, Attached>,
     /// Detached on request: not attached again though a glob matches.
-    pub excluded: std::collections::BTreeSet<String>,
+    pub(crate) excluded: std::collections::BTreeSet<String>,
 }
 
 impl Ifaces {
     /// Checks the flags: each exact name must exist now; a glob may match
     /// nothing yet (pods come later).
-    pub fn new(values: &[String], mode: AttachMode) -> Result<Self> {
+    pub(crate) fn new(values: &[String], mode: AttachMode) -> Result<Self> {
         let mut specs: Vec<IfaceSpec> = Vec::new();
         for v in values {
             let s = IfaceSpec(v.clone());
@@ -108,7 +108,7 @@ impl Ifaces {
         })
     }
 
-    pub fn wanted(&self, name: &str) -> bool {
+    pub(crate) fn wanted(&self, name: &str) -> bool {
         !self.excluded.contains(name) && self.specs.iter().any(|s| s.matches(name))
     }
 }
@@ -126,7 +126,7 @@ fn present() -> Result<BTreeMap<String, u32>> {
 /// attachments whose interface went away (or came back as a new one).
 /// One interface failing does not stop the others; it is logged and tried
 /// again at the next change.
-pub fn sync(dp: &mut Dataplane, ifs: &mut Ifaces) -> Result<()> {
+pub(crate) fn sync(dp: &mut Dataplane, ifs: &mut Ifaces) -> Result<()> {
     let now = present()?;
     let gone: Vec<String> = ifs
         .attached
@@ -167,7 +167,7 @@ pub fn sync(dp: &mut Dataplane, ifs: &mut Ifaces) -> Result<()> {
 }
 
 /// Detaches one interface on request (`dnsfast unload --iface`).
-pub fn detach(dp: &mut Dataplane, ifs: &mut Ifaces, name: &str) -> Result<()> {
+pub(crate) fn detach(dp: &mut Dataplane, ifs: &mut Ifaces, name: &str) -> Result<()> {
     let Some(a) = ifs.attached.remove(name) else {
         bail!("{name}: not attached");
     };
@@ -179,7 +179,7 @@ pub fn detach(dp: &mut Dataplane, ifs: &mut Ifaces, name: &str) -> Result<()> {
 }
 
 /// Links a previous agent left pinned with `--keep-attached`.
-pub fn kept_links(pin_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+pub(crate) fn kept_links(pin_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let dir = links_dir(pin_dir);
     if !dir.exists() {
         return Ok(vec![]);
@@ -197,7 +197,7 @@ pub fn kept_links(pin_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
 /// wanted, the new program replaces the old in one step; the others are
 /// let go (removing the pin detaches them). The pins are removed either
 /// way: from here on this agent owns the links.
-pub fn adopt_kept(dp: &mut Dataplane, ifs: &mut Ifaces, pin_dir: &Path) -> Result<usize> {
+pub(crate) fn adopt_kept(dp: &mut Dataplane, ifs: &mut Ifaces, pin_dir: &Path) -> Result<usize> {
     let now = present()?;
     let mut adopted = 0;
     for (name, path) in kept_links(pin_dir)? {
@@ -226,7 +226,7 @@ pub fn adopt_kept(dp: &mut Dataplane, ifs: &mut Ifaces, pin_dir: &Path) -> Resul
 
 /// Pins every link so the program stays attached after this process ends
 /// (`--keep-attached`).
-pub fn keep_all(dp: &mut Dataplane, ifs: &mut Ifaces, pin_dir: &Path) -> Result<()> {
+pub(crate) fn keep_all(dp: &mut Dataplane, ifs: &mut Ifaces, pin_dir: &Path) -> Result<()> {
     let dir = links_dir(pin_dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (name, a) in std::mem::take(&mut ifs.attached) {

@@ -23,7 +23,7 @@ const RTMGRP_LINK: u32 = 1;
 /// attached as soon as it exists, with no polling. The messages are only a
 /// wake-up; `sync` reads the current list itself. Runs on a thread of its
 /// own, blocked in recv(2).
-pub fn watch(agent: Arc<Agent>) -> Result<()> {
+pub(crate) fn watch(agent: Arc<Agent>) -> Result<()> {
     let fd: OwnedFd = socket(
         AddressFamily::Netlink,
         SockType::Raw,

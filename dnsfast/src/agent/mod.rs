@@ -13,15 +13,15 @@
 //! Uses the dataplane, the forwarder, the rules and the config; the CLI
 //! uses it, never the other way round.
 
-pub mod config_watch;
-pub mod control;
-pub mod events;
-pub mod http;
-pub mod ifaces;
-pub mod link_watch;
-pub mod openmetrics;
-pub mod runtime;
-pub mod stats;
+pub(crate) mod config_watch;
+pub(crate) mod control;
+pub(crate) mod events;
+pub(crate) mod http;
+pub(crate) mod ifaces;
+pub(crate) mod link_watch;
+pub(crate) mod openmetrics;
+pub(crate) mod runtime;
+pub(crate) mod stats;
 
 use std::{
     net::SocketAddr,
@@ -45,41 +45,41 @@ use ifaces::Ifaces;
 
 /// What `dnsfast load` was asked to do (its command line).
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Interface names and globs to attach to.
-    pub ifaces: Vec<String>,
-    pub config: Option<PathBuf>,
+    pub(crate) ifaces: Vec<String>,
+    pub(crate) config: Option<PathBuf>,
     /// dnsmasq-style `--address` values.
-    pub addresses: Vec<String>,
-    pub mode: AttachMode,
-    pub pin_dir: PathBuf,
-    pub no_forward: bool,
-    pub keep_attached: bool,
-    pub metrics: Option<SocketAddr>,
-    pub forward: ForwardFlags,
+    pub(crate) addresses: Vec<String>,
+    pub(crate) mode: AttachMode,
+    pub(crate) pin_dir: PathBuf,
+    pub(crate) no_forward: bool,
+    pub(crate) keep_attached: bool,
+    pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) forward: ForwardFlags,
 }
 
 /// What the config is rebuilt from at a reload: the file and the flags.
-pub struct Inputs {
-    pub config: Option<PathBuf>,
-    pub addresses: Vec<String>,
-    pub forward: ForwardFlags,
+pub(crate) struct Inputs {
+    pub(crate) config: Option<PathBuf>,
+    pub(crate) addresses: Vec<String>,
+    pub(crate) forward: ForwardFlags,
 }
 
 /// The config in force, and how reloads went.
-pub struct Applied {
-    pub cfg: Config,
+pub(crate) struct Applied {
+    pub(crate) cfg: Config,
     /// The file's bytes when it was applied, to tell a real change from
     /// a touch.
-    pub file: Option<Vec<u8>>,
-    pub reloads: u64,
-    pub refused: u64,
-    pub last_error: Option<String>,
-    pub last_reload: Option<SystemTime>,
+    pub(crate) file: Option<Vec<u8>>,
+    pub(crate) reloads: u64,
+    pub(crate) refused: u64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_reload: Option<SystemTime>,
 }
 
 impl Applied {
-    pub fn status(&self) -> stats::ReloadStatus {
+    pub(crate) fn status(&self) -> stats::ReloadStatus {
         stats::ReloadStatus {
             reloads: self.reloads,
             refused: self.refused,
@@ -89,23 +89,23 @@ impl Applied {
     }
 }
 
-pub struct Agent {
-    pub pid: u32,
-    pub started: SystemTime,
-    pub pin_dir: PathBuf,
-    pub keep_attached: bool,
-    pub inputs: Inputs,
+pub(crate) struct Agent {
+    pub(crate) pid: u32,
+    pub(crate) started: SystemTime,
+    pub(crate) pin_dir: PathBuf,
+    pub(crate) keep_attached: bool,
+    pub(crate) inputs: Inputs,
     /// Lock order: `dp`, then `ifaces`, then `applied`.
-    pub dp: Mutex<Dataplane>,
-    pub ifaces: Mutex<Ifaces>,
-    pub applied: Mutex<Applied>,
-    pub forwarder: Option<Arc<Resolver>>,
-    pub listeners: Vec<SocketAddr>,
-    pub program_id: u32,
+    pub(crate) dp: Mutex<Dataplane>,
+    pub(crate) ifaces: Mutex<Ifaces>,
+    pub(crate) applied: Mutex<Applied>,
+    pub(crate) forwarder: Option<Arc<Resolver>>,
+    pub(crate) listeners: Vec<SocketAddr>,
+    pub(crate) program_id: u32,
     /// Query events for `dnsfast watch` (none if the ring is unavailable).
-    pub events: Option<events::Events>,
+    pub(crate) events: Option<events::Events>,
     /// Attached, pinned and serving.
-    pub ready: AtomicBool,
+    pub(crate) ready: AtomicBool,
     /// `dnsfast unload` asked: detach even with `--keep-attached`.
     unloading: AtomicBool,
     stop: tokio::sync::Notify,
@@ -117,13 +117,13 @@ fn poisoned<T>(_: T) -> anyhow::Error {
 
 impl Agent {
     /// Attaches to new matching interfaces, forgets vanished ones.
-    pub fn sync_ifaces(&self) -> Result<()> {
+    pub(crate) fn sync_ifaces(&self) -> Result<()> {
         let mut dp = self.dp.lock().map_err(poisoned)?;
         let mut ifs = self.ifaces.lock().map_err(poisoned)?;
         ifaces::sync(&mut dp, &mut ifs)
     }
 
-    pub fn detach_iface(&self, name: &str) -> Result<()> {
+    pub(crate) fn detach_iface(&self, name: &str) -> Result<()> {
         let mut dp = self.dp.lock().map_err(poisoned)?;
         let mut ifs = self.ifaces.lock().map_err(poisoned)?;
         ifaces::detach(&mut dp, &mut ifs, name)
@@ -131,7 +131,7 @@ impl Agent {
 
     /// After `dnsfast block|allow` changed the kernel pattern table: the
     /// forwarder takes the same table. Returns the number of rules.
-    pub fn resync_rules(&self) -> Result<usize> {
+    pub(crate) fn resync_rules(&self) -> Result<usize> {
         let mut dp = self.dp.lock().map_err(poisoned)?;
         // Read while no CLI writes: a scan racing a cuckoo move could miss
         // the moved entry.
@@ -150,7 +150,7 @@ impl Agent {
     /// Rebuilds the config from the file and flags and applies the
     /// difference. A config that does not validate changes nothing, and the
     /// old one keeps serving.
-    pub fn reload(&self, why: &str) -> Result<String> {
+    pub(crate) fn reload(&self, why: &str) -> Result<String> {
         let t = std::time::Instant::now();
         let result = self
             .try_reload()
@@ -269,7 +269,7 @@ impl Agent {
     }
 
     /// `dnsfast unload`: detach everything, remove the pins, exit.
-    pub fn request_stop(&self) {
+    pub(crate) fn request_stop(&self) {
         self.unloading
             .store(true, std::sync::atomic::Ordering::Relaxed);
         self.stop.notify_one();
@@ -278,7 +278,7 @@ impl Agent {
 
 /// `dnsfast load`: validate, load, fill, attach (or adopt), pin, serve
 /// until told to stop, then detach (or leave attached) and clean up.
-pub fn run(args: Options) -> Result<()> {
+pub(crate) fn run(args: Options) -> Result<()> {
     // Everything that can be checked without touching the kernel is checked
     // first, so a bad input never leaves a half-applied state behind.
     let cfg = config::build(args.config.as_deref(), &args.addresses, &args.forward)?;

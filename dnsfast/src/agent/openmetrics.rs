@@ -17,10 +17,10 @@ use prometheus_client::{
 use super::stats::{KernelCounters, Stats};
 
 /// The content type of [`render`]'s output.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// `stats` as an OpenMetrics exposition.
-pub fn render(stats: Stats) -> String {
+pub(crate) fn render(stats: Stats) -> String {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(Snapshot(stats)));
     let mut out = String::new();

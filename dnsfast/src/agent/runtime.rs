@@ -9,7 +9,7 @@ use crate::forward::Forwarder;
 
 /// A runtime with `threads` workers (the forwarder's UDP sockets each get
 /// one to themselves when the kernel spreads load evenly).
-pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads.max(1))
         .enable_all()
@@ -20,14 +20,14 @@ pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
 /// SIGTERM and SIGINT, caught from the moment this is created: create it
 /// before touching the kernel, so a signal that comes early still takes
 /// the clean way out (detach, unpin).
-pub struct Shutdown {
+pub(crate) struct Shutdown {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Shutdown {
     /// Must run inside the runtime (`rt.enter()`).
-    pub fn install() -> Result<Self> {
+    pub(crate) fn install() -> Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Self {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
@@ -44,7 +44,7 @@ impl Shutdown {
 }
 
 /// Serves until SIGINT/SIGTERM; an error if the forwarder fails first.
-pub async fn serve_until_signal(
+pub(crate) async fn serve_until_signal(
     shutdown: &mut Shutdown,
     forwarder: Option<&mut Forwarder>,
 ) -> Result<()> {
@@ -66,14 +66,14 @@ pub async fn serve_until_signal(
 /// Copies the XDP program's aya-log records into the agent's log, from a
 /// thread of its own that sleeps in poll(2) until the ring has data.
 #[cfg(feature = "ebpf-log")]
-pub fn forward_ebpf_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+pub(crate) fn forward_ebpf_logs(mut logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     std::thread::spawn(move || loop {
         {
             let mut fds = [PollFd::new(logger.as_fd(), PollFlags::POLLIN)];
             if let Err(e) = poll(&mut fds, PollTimeout::from(1000u16)) {
-                warn!("eBPF log ring: {e}");
+                log::warn!("eBPF log ring: {e}");
                 return;
             }
         }

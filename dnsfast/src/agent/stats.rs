@@ -19,7 +19,7 @@ use crate::forward::{
     resolver::Resolver,
 };
 
-pub fn unix_secs(t: SystemTime) -> u64 {
+pub(crate) fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
@@ -27,25 +27,25 @@ pub fn unix_secs(t: SystemTime) -> u64 {
 
 /// The counters: the kernel's (summed over CPUs) and the forwarder's.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Stats {
+pub(crate) struct Stats {
     /// Unix seconds when taken; absent when read from the pins (no agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub time: Option<u64>,
-    pub kernel: KernelCounters,
+    pub(crate) time: Option<u64>,
+    pub(crate) kernel: KernelCounters,
     #[serde(default)]
-    pub watch: Option<WatchStats>,
+    pub(crate) watch: Option<WatchStats>,
     /// `None` with `--no-forward`, or when no agent runs.
-    pub forwarder: Option<ForwarderStats>,
+    pub(crate) forwarder: Option<ForwarderStats>,
     /// `Some(false)` when no agent runs and only the pins were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<bool>,
+    pub(crate) agent: Option<bool>,
 }
 
 /// The XDP program's counters by field name, or why they could not be
 /// read.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum KernelCounters {
+pub(crate) enum KernelCounters {
     Read(BTreeMap<String, u64>),
     Unreadable { error: String },
 }
@@ -68,35 +68,35 @@ impl From<&Counters> for KernelCounters {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct WatchStats {
+pub(crate) struct WatchStats {
     /// Clients running `dnsfast watch`.
-    pub watchers: usize,
+    pub(crate) watchers: usize,
     /// Events the kernel emitted, and those it dropped.
-    pub events: u64,
-    pub dropped: u64,
+    pub(crate) events: u64,
+    pub(crate) dropped: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ForwarderStats {
-    pub udp_queries: u64,
-    pub tcp_queries: u64,
-    pub blocked: u64,
-    pub overloaded: u64,
-    pub upstreams_failed: u64,
-    pub no_route: u64,
-    pub truncated: u64,
+pub(crate) struct ForwarderStats {
+    pub(crate) udp_queries: u64,
+    pub(crate) tcp_queries: u64,
+    pub(crate) blocked: u64,
+    pub(crate) overloaded: u64,
+    pub(crate) upstreams_failed: u64,
+    pub(crate) no_route: u64,
+    pub(crate) truncated: u64,
     /// Answers by RCODE name (only those seen).
-    pub rcodes: BTreeMap<String, u64>,
-    pub cache: CacheStats,
-    pub kernel_cache: Option<KernelCacheStats>,
+    pub(crate) rcodes: BTreeMap<String, u64>,
+    pub(crate) cache: CacheStats,
+    pub(crate) kernel_cache: Option<KernelCacheStats>,
     /// Queries routed to each zone.
-    pub zones: BTreeMap<String, u64>,
-    pub upstreams: Vec<UpstreamStats>,
+    pub(crate) zones: BTreeMap<String, u64>,
+    pub(crate) upstreams: Vec<UpstreamStats>,
 }
 
 impl ForwarderStats {
     /// The scalar counters, by name, in the order they are shown.
-    pub fn counters(&self) -> [(&'static str, u64, &'static str); 7] {
+    pub(crate) fn counters(&self) -> [(&'static str, u64, &'static str); 7] {
         [
             (
                 "udp_queries",
@@ -130,94 +130,94 @@ impl ForwarderStats {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct CacheStats {
-    pub hits: u64,
-    pub misses: u64,
-    pub evictions: u64,
-    pub size: usize,
+pub(crate) struct CacheStats {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) evictions: u64,
+    pub(crate) size: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct KernelCacheStats {
-    pub stored: u64,
-    pub skipped: u64,
-    pub errors: u64,
+pub(crate) struct KernelCacheStats {
+    pub(crate) stored: u64,
+    pub(crate) skipped: u64,
+    pub(crate) errors: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct UpstreamStats {
-    pub addr: String,
-    pub up: bool,
-    pub queries: u64,
-    pub failures: u64,
-    pub tcp_retries: u64,
-    pub mismatched: u64,
+pub(crate) struct UpstreamStats {
+    pub(crate) addr: String,
+    pub(crate) up: bool,
+    pub(crate) queries: u64,
+    pub(crate) failures: u64,
+    pub(crate) tcp_retries: u64,
+    pub(crate) mismatched: u64,
     /// Upper bounds of the latency buckets, in microseconds.
-    pub latency_buckets_us: Vec<u64>,
+    pub(crate) latency_buckets_us: Vec<u64>,
     /// Cumulative counts per bucket; one more than the bounds, the last
     /// being +Inf (the total).
-    pub latency_cumulative: Vec<u64>,
-    pub latency_sum_us: u64,
+    pub(crate) latency_cumulative: Vec<u64>,
+    pub(crate) latency_sum_us: u64,
 }
 
 impl UpstreamStats {
     /// Answers timed (the +Inf bucket).
-    pub fn latency_count(&self) -> u64 {
+    pub(crate) fn latency_count(&self) -> u64 {
         self.latency_cumulative.last().copied().unwrap_or(0)
     }
 }
 
 /// Who runs, where the program is, what it holds.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Status {
-    pub pid: u32,
-    pub started: u64,
-    pub uptime_s: u64,
-    pub ready: bool,
-    pub pin_dir: String,
-    pub program_id: u32,
-    pub keep_attached: bool,
-    pub iface_specs: Vec<String>,
-    pub ifaces: Vec<IfaceStatus>,
-    pub patterns: Option<PatternCounts>,
-    pub tlds: usize,
-    pub listeners: Vec<String>,
-    pub upstreams: Vec<UpstreamHealth>,
-    pub config: Option<ReloadStatus>,
+pub(crate) struct Status {
+    pub(crate) pid: u32,
+    pub(crate) started: u64,
+    pub(crate) uptime_s: u64,
+    pub(crate) ready: bool,
+    pub(crate) pin_dir: String,
+    pub(crate) program_id: u32,
+    pub(crate) keep_attached: bool,
+    pub(crate) iface_specs: Vec<String>,
+    pub(crate) ifaces: Vec<IfaceStatus>,
+    pub(crate) patterns: Option<PatternCounts>,
+    pub(crate) tlds: usize,
+    pub(crate) listeners: Vec<String>,
+    pub(crate) upstreams: Vec<UpstreamHealth>,
+    pub(crate) config: Option<ReloadStatus>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct IfaceStatus {
-    pub name: String,
-    pub ifindex: u32,
+pub(crate) struct IfaceStatus {
+    pub(crate) name: String,
+    pub(crate) ifindex: u32,
     /// `driver`, `skb`, or `adopted` (a link taken over from a previous
     /// agent, in whatever mode that one chose).
-    pub mode: String,
-    pub program_id: u32,
-    pub attached_at: u64,
-    pub attached_for_s: u64,
+    pub(crate) mode: String,
+    pub(crate) program_id: u32,
+    pub(crate) attached_at: u64,
+    pub(crate) attached_for_s: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct PatternCounts {
-    pub block: usize,
-    pub allow: usize,
-    pub suffix: usize,
-    pub total: usize,
+pub(crate) struct PatternCounts {
+    pub(crate) block: usize,
+    pub(crate) allow: usize,
+    pub(crate) suffix: usize,
+    pub(crate) total: usize,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct UpstreamHealth {
-    pub addr: String,
-    pub up: bool,
+pub(crate) struct UpstreamHealth {
+    pub(crate) addr: String,
+    pub(crate) up: bool,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct ReloadStatus {
-    pub reloads: u64,
-    pub refused: u64,
-    pub last_error: Option<String>,
-    pub last_reload: Option<u64>,
+pub(crate) struct ReloadStatus {
+    pub(crate) reloads: u64,
+    pub(crate) refused: u64,
+    pub(crate) last_error: Option<String>,
+    pub(crate) last_reload: Option<u64>,
 }
 
 fn forwarder_stats(r: &Resolver) -> ForwarderStats {
@@ -287,7 +287,7 @@ fn forwarder_stats(r: &Resolver) -> ForwarderStats {
 }
 
 /// Counters: the kernel's (summed over CPUs) and the forwarder's.
-pub fn stats(a: &Agent) -> Stats {
+pub(crate) fn stats(a: &Agent) -> Stats {
     let kernel = match a.dp.lock() {
         Ok(dp) => match dp.counters() {
             Ok(c) => KernelCounters::from(&c),
@@ -317,7 +317,7 @@ pub fn stats(a: &Agent) -> Stats {
 }
 
 /// Who runs, where the program is, what it holds.
-pub fn status(a: &Agent) -> Status {
+pub(crate) fn status(a: &Agent) -> Status {
     let now = SystemTime::now();
     let since = |t: SystemTime| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0);
     let mut s = Status {

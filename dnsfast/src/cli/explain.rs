@@ -31,16 +31,16 @@ use crate::{
 #[derive(Args, Debug)]
 pub struct ExplainArgs {
     /// The name to ask about, e.g. api.github.com.default.svc.cluster.local.
-    pub name: String,
+    pub(crate) name: String,
     /// Query type.
     #[arg(long = "type", default_value = "A")]
-    pub qtype: String,
+    pub(crate) qtype: String,
     /// Destination of the synthesized query (matters with xdp.server-addrs).
     #[arg(long, default_value = "127.0.0.1")]
-    pub to: std::net::Ipv4Addr,
+    pub(crate) to: std::net::Ipv4Addr,
     /// Where `dnsfast load` pinned its program and maps.
     #[arg(long, value_name = "DIR", default_value = PIN_DIR)]
-    pub pin_dir: PathBuf,
+    pub(crate) pin_dir: PathBuf,
 }
 
 const XDP_PASS: u32 = 2;

@@ -13,37 +13,37 @@ pub struct LoadArgs {
     /// and `?`); repeat for several. Interfaces that match a glob later (a
     /// new pod's veth) are attached as they appear.
     #[arg(long = "iface", required = true, value_name = "IFACE|GLOB")]
-    pub ifaces: Vec<String>,
+    pub(crate) ifaces: Vec<String>,
     /// TOML config file (see `dnsfast example-config`).
     #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// dnsmasq-style NXDOMAIN suffixes, e.g. --address=/com.svc.cluster.local/;
     /// repeatable, several domains per flag as in dnsmasq.
     #[arg(long = "address", value_name = "/DOMAIN[/DOMAIN…]/")]
-    pub addresses: Vec<String>,
+    pub(crate) addresses: Vec<String>,
     /// XDP attach mode. `auto` picks native on physical NICs and SKB
     /// (generic) on virtual ones such as veths, where native XDP_TX would
     /// need a program on the peer.
     #[arg(long, value_enum, default_value_t = AttachMode::Auto)]
-    pub mode: AttachMode,
+    pub(crate) mode: AttachMode,
     /// Where the maps are pinned, for the CLI and bpftool.
     #[arg(long, value_name = "DIR", default_value = PIN_DIR)]
-    pub pin_dir: PathBuf,
+    pub(crate) pin_dir: PathBuf,
     /// Run only the XDP program; no DNS forwarder in user space.
     #[arg(long)]
-    pub no_forward: bool,
+    pub(crate) no_forward: bool,
     /// On SIGTERM/SIGINT leave the program attached and the maps pinned
     /// (links pinned in PIN_DIR/links), for an upgrade without a gap: the
     /// next `dnsfast load` adopts them in place. Without it, exit detaches
     /// everything and DNS takes the normal path.
     #[arg(long)]
-    pub keep_attached: bool,
+    pub(crate) keep_attached: bool,
     /// Serve OpenMetrics /metrics, /health and /ready over HTTP on ADDR
     /// (e.g. 127.0.0.1:9253). Off by default.
     #[arg(long, value_name = "ADDR")]
-    pub metrics: Option<std::net::SocketAddr>,
+    pub(crate) metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
-    pub forward: ForwardFlags,
+    pub(crate) forward: ForwardFlags,
 }
 
 impl From<LoadArgs> for agent::Options {

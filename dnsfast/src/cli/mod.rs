@@ -28,5 +28,5 @@ pub struct PinArgs {
     /// Where `dnsfast load` pinned its maps (and names its control socket,
     /// /run/dnsfast/<DIR below /sys/fs/bpf, / as -->.sock).
     #[arg(long, value_name = "DIR", default_value = PIN_DIR, global = true)]
-    pub pin_dir: PathBuf,
+    pub(crate) pin_dir: PathBuf,
 }

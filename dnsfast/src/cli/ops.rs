@@ -26,13 +26,13 @@ use crate::{
 pub struct StatsArgs {
     /// One JSON object (one per line with --watch).
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Print again every --interval seconds, with rates.
     #[arg(long)]
-    pub watch: bool,
+    pub(crate) watch: bool,
     /// Seconds between prints with --watch.
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
-    pub interval: f64,
+    pub(crate) interval: f64,
 }
 
 /// The agent's stats, or the pinned kernel counters when no agent runs.
@@ -151,7 +151,7 @@ fn print_stats(s: &Stats, prev: Option<(&Stats, f64)>) {
 pub struct StatusArgs {
     /// The agent's status as one JSON object.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 pub fn status(a: StatusArgs, pins: &PinArgs) -> Result<()> {
@@ -244,7 +244,7 @@ pub fn status(a: StatusArgs, pins: &PinArgs) -> Result<()> {
 pub struct UnloadArgs {
     /// Detach from this interface only; the agent keeps running.
     #[arg(long = "iface", value_name = "IFACE")]
-    pub iface: Option<String>,
+    pub(crate) iface: Option<String>,
 }
 
 /// Detaches and removes pins: through the agent when one runs, directly
@@ -308,10 +308,10 @@ pub fn unload(a: UnloadArgs, pins: &PinArgs) -> Result<()> {
 pub struct WatchArgs {
     /// One JSON object per event.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Exit after N events.
     #[arg(long, value_name = "N")]
-    pub count: Option<u64>,
+    pub(crate) count: Option<u64>,
 }
 
 /// Streams the kernel's query events from the running agent until

@@ -18,13 +18,13 @@ use crate::{
 pub struct ServeArgs {
     /// TOML config file (see `dnsfast example-config`).
     #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// dnsmasq-style NXDOMAIN suffixes, answered here instead of in the
     /// kernel, e.g. --address=/com.svc.cluster.local/; repeatable.
     #[arg(long = "address", value_name = "/DOMAIN[/DOMAIN…]/")]
-    pub addresses: Vec<String>,
+    pub(crate) addresses: Vec<String>,
     #[command(flatten)]
-    pub forward: ForwardFlags,
+    pub(crate) forward: ForwardFlags,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {

@@ -24,11 +24,11 @@ use crate::config::{Origin, PatternTable};
 
 /// The ICANN top-level domains of the Public Suffix List, in ASCII
 /// (punycode for IDNs). Regenerate with `cargo xtask update-tlds`.
-pub const BUILTIN_TLDS: &str = include_str!("../../data/tlds.txt");
+pub(crate) const BUILTIN_TLDS: &str = include_str!("../../data/tlds.txt");
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawAuto {
+pub(crate) struct RawAuto {
     enabled: Option<bool>,
     cluster_domain: Option<Spanned<String>>,
     namespaces: Option<Vec<Spanned<String>>>,
@@ -111,11 +111,11 @@ pub struct Derived {
     pub suffixes: Vec<(Pattern, String)>,
     /// Suffixes left out because a hand-written pattern equals or covers
     /// them (an explicit allow always wins; a block covers them anyway).
-    pub shadowed: Vec<(Pattern, String)>,
+    pub(crate) shadowed: Vec<(Pattern, String)>,
     pub tlds: BTreeSet<String>,
     /// Labels added to the TLD set beyond the list, and why.
-    pub extra_tlds: Vec<(String, String)>,
-    pub tld_source: String,
+    pub(crate) extra_tlds: Vec<(String, String)>,
+    pub(crate) tld_source: String,
 }
 
 impl Derived {
@@ -241,7 +241,7 @@ fn search_line(path: &Path) -> Result<Vec<String>> {
 
 /// The single-label entries of the ICANN section of a Public Suffix List,
 /// in ASCII (IDNs in punycode).
-pub fn tlds_from_psl(text: &str) -> Result<BTreeSet<String>> {
+pub(crate) fn tlds_from_psl(text: &str) -> Result<BTreeSet<String>> {
     let mut out = BTreeSet::new();
     let mut icann = false;
     for line in text.lines().map(str::trim) {

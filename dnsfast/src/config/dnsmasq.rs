@@ -13,7 +13,7 @@ use crate::config::{Origin, PatternTable};
 /// dnsmasq answers NXDOMAIN for `--address=/d/` (empty target). A target
 /// address (`/d/1.2.3.4`, `/d/#`) means "answer with this address", which
 /// dnsfast does not do; it is refused rather than silently changed.
-pub fn add_address(table: &mut PatternTable, value: &str) -> Result<()> {
+pub(crate) fn add_address(table: &mut PatternTable, value: &str) -> Result<()> {
     let flag = format!("--address={value}");
     let Some(rest) = value.strip_prefix('/') else {
         bail!("{flag}: expected the form /domain[/domain…]/ (dnsmasq syntax)");
@@ -43,7 +43,7 @@ pub fn add_address(table: &mut PatternTable, value: &str) -> Result<()> {
 /// Adds one `--server=` value: `IP[#PORT]` for the default zone,
 /// `/zone/[zone/…]IP[#PORT]` for zones, `/zone/#` for "this zone uses the
 /// default upstreams". Repeated flags for one zone add upstreams in order.
-pub fn add_server(fwd: &mut ForwardSettings, value: &str) -> Result<()> {
+pub(crate) fn add_server(fwd: &mut ForwardSettings, value: &str) -> Result<()> {
     let flag = format!("--server={value}");
     let (zones, target): (Vec<&str>, &str) = match value.strip_prefix('/') {
         None => (vec!["."], value),

@@ -15,25 +15,25 @@ pub struct ForwardFlags {
     /// IP for port 53. Repeat for several; replaces forward.listen from the
     /// config. Default 127.0.0.1:53.
     #[arg(long = "listen", value_name = "ADDR")]
-    pub listen: Vec<String>,
+    pub(crate) listen: Vec<String>,
     /// Upstream, dnsmasq style: IP[#PORT] for every name,
     /// /ZONE/[ZONE/…]IP[#PORT] for names under the zones (longest zone
     /// wins), /ZONE/# for "the default upstreams". Repeat to add upstreams,
     /// tried in order.
     #[arg(long = "server", value_name = "[/ZONE/]IP[#PORT]")]
-    pub servers: Vec<String>,
+    pub(crate) servers: Vec<String>,
     /// Answer cache capacity in entries (0 turns it off). Default 10000.
     #[arg(long = "cache-size", value_name = "N")]
-    pub cache_size: Option<usize>,
+    pub(crate) cache_size: Option<usize>,
     /// Do not cache NXDOMAIN or NODATA (the default; accepted for dnsmasq
     /// compatibility, and overrides cache.neg-cache = true).
     #[arg(long)]
-    pub no_negcache: bool,
+    pub(crate) no_negcache: bool,
     /// Do not take default upstreams from /etc/resolv.conf.
     #[arg(long)]
-    pub no_resolv: bool,
+    pub(crate) no_resolv: bool,
     /// Log one line per query: client, name, type, route, upstream, rcode,
     /// cache outcome and latency.
     #[arg(long)]
-    pub log_queries: bool,
+    pub(crate) log_queries: bool,
 }

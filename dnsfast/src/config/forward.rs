@@ -14,17 +14,17 @@ use toml::Spanned;
 
 use crate::config::Origin;
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:53";
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-pub const DEFAULT_CACHE_SIZE: usize = 10_000;
-pub const DEFAULT_MAX_TTL: u32 = 86_400;
-pub const DEFAULT_NEG_TTL: u32 = 60;
-pub const DEFAULT_MAX_INFLIGHT: usize = 4096;
-pub const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:53";
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_CACHE_SIZE: usize = 10_000;
+pub(crate) const DEFAULT_MAX_TTL: u32 = 86_400;
+pub(crate) const DEFAULT_NEG_TTL: u32 = 60;
+pub(crate) const DEFAULT_MAX_INFLIGHT: usize = 4096;
+pub(crate) const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawForward {
+pub(crate) struct RawForward {
     listen: Option<Vec<Spanned<String>>>,
     workers: Option<Spanned<usize>>,
     timeout_ms: Option<Spanned<u64>>,
@@ -36,7 +36,7 @@ pub struct RawForward {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawCache {
+pub(crate) struct RawCache {
     size: Option<usize>,
     min_ttl: Option<Spanned<u32>>,
     max_ttl: Option<Spanned<u32>>,
@@ -46,7 +46,7 @@ pub struct RawCache {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct RawZone {
+pub(crate) struct RawZone {
     name: Spanned<String>,
     upstreams: Vec<Spanned<RawUpstream>>,
     policy: Option<Spanned<String>>,
@@ -65,7 +65,7 @@ enum RawUpstream {
 
 /// How a zone spreads queries over its upstreams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Policy {
+pub(crate) enum Policy {
     /// The first healthy upstream; the next one only when it fails.
     Sequential,
     /// A random healthy upstream first, then the others in random order.
@@ -73,32 +73,32 @@ pub enum Policy {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UpstreamSpec {
-    pub addr: SocketAddr,
-    pub timeout: Duration,
+pub(crate) struct UpstreamSpec {
+    pub(crate) addr: SocketAddr,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ZoneSpec {
+pub(crate) struct ZoneSpec {
     /// Canonical zone name; `.` is the default zone.
-    pub name: String,
-    pub upstreams: Vec<UpstreamSpec>,
-    pub policy: Policy,
+    pub(crate) name: String,
+    pub(crate) upstreams: Vec<UpstreamSpec>,
+    pub(crate) policy: Policy,
     /// dnsmasq's `--server=/zone/#`: this zone uses the default upstreams.
-    pub use_default: bool,
-    pub origin: Origin,
+    pub(crate) use_default: bool,
+    pub(crate) origin: Origin,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheSettings {
     /// Entries; 0 turns the cache off.
-    pub size: usize,
-    pub min_ttl: u32,
-    pub max_ttl: u32,
+    pub(crate) size: usize,
+    pub(crate) min_ttl: u32,
+    pub(crate) max_ttl: u32,
     /// Cache NXDOMAIN and NODATA (off by default, as kube-dns ran dnsmasq
     /// with `--no-negcache`).
-    pub neg_cache: bool,
-    pub neg_ttl: u32,
+    pub(crate) neg_cache: bool,
+    pub(crate) neg_ttl: u32,
 }
 
 impl Default for CacheSettings {
@@ -114,17 +114,17 @@ impl Default for CacheSettings {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ForwardSettings {
-    pub listen: Vec<SocketAddr>,
+pub(crate) struct ForwardSettings {
+    pub(crate) listen: Vec<SocketAddr>,
     /// UDP sockets (SO_REUSEPORT) and runtime threads; 0 = one per CPU.
-    pub workers: usize,
-    pub timeout: Duration,
-    pub max_inflight: usize,
-    pub log_queries: bool,
-    pub no_resolv: bool,
-    pub resolv_conf: PathBuf,
-    pub cache: CacheSettings,
-    pub zones: Vec<ZoneSpec>,
+    pub(crate) workers: usize,
+    pub(crate) timeout: Duration,
+    pub(crate) max_inflight: usize,
+    pub(crate) log_queries: bool,
+    pub(crate) no_resolv: bool,
+    pub(crate) resolv_conf: PathBuf,
+    pub(crate) cache: CacheSettings,
+    pub(crate) zones: Vec<ZoneSpec>,
 }
 
 impl Default for ForwardSettings {
@@ -145,7 +145,7 @@ impl Default for ForwardSettings {
 
 /// `1.2.3.4`, `1.2.3.4#5353` (dnsmasq), `1.2.3.4:5353`, `fd00::1`,
 /// `fd00::1#5353` or `[fd00::1]:5353`. The port defaults to 53.
-pub fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_upstream(text: &str) -> Result<SocketAddr, String> {
     let t = text.trim();
     if let Some((ip, port)) = t.split_once('#') {
         let ip: IpAddr = ip
@@ -174,7 +174,7 @@ fn parse_port(p: &str) -> Result<u16, String> {
 }
 
 /// A listen address: `IP:PORT`, `[IPv6]:PORT`, or a bare IP for port 53.
-pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_listen(text: &str) -> Result<SocketAddr, String> {
     let t = text.trim();
     if let Ok(ip) = t.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, 53));
@@ -184,7 +184,7 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 }
 
 /// Canonical zone name: lower case without the trailing dot; `.` for the root.
-pub fn parse_zone(text: &str) -> Result<String, String> {
+pub(crate) fn parse_zone(text: &str) -> Result<String, String> {
     let t = text.trim();
     if t == "." || t.is_empty() {
         return Ok(".".into());
@@ -299,7 +299,7 @@ impl ForwardSettings {
     }
 
     /// Adds a zone, or appends upstreams to one already named.
-    pub fn add_zone(&mut self, z: ZoneSpec) -> Result<()> {
+    pub(crate) fn add_zone(&mut self, z: ZoneSpec) -> Result<()> {
         if let Some(prev) = self.zones.iter_mut().find(|p| p.name == z.name) {
             if prev.use_default != z.use_default {
                 bail!(
@@ -321,7 +321,7 @@ impl ForwardSettings {
     }
 
     /// Listeners and UDP workers actually used.
-    pub fn worker_count(&self) -> usize {
+    pub(crate) fn worker_count(&self) -> usize {
         if self.workers > 0 {
             self.workers
         } else {
@@ -334,7 +334,7 @@ impl ForwardSettings {
     /// The zones with the default zone completed from resolv.conf (unless
     /// `no-resolv`). Nameservers that are one of our own listen addresses
     /// are skipped: forwarding to ourselves would loop.
-    pub fn resolved_zones(&self) -> Result<Vec<ZoneSpec>> {
+    pub(crate) fn resolved_zones(&self) -> Result<Vec<ZoneSpec>> {
         let mut zones = self.zones.clone();
         if self.no_resolv {
             return Ok(zones);
@@ -396,7 +396,7 @@ fn timeout(ms: u64) -> Result<Duration, String> {
 }
 
 /// The `nameserver` lines of a resolv.conf.
-pub fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>> {
+pub(crate) fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>> {
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "reading {} for the default upstreams (set no-resolv to do without)",
@@ -406,7 +406,7 @@ pub fn read_resolv_conf(path: &Path) -> Result<Vec<SocketAddr>> {
     Ok(parse_resolv_conf(&text))
 }
 
-pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+pub(crate) fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
     text.lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();

@@ -5,8 +5,8 @@
 //! file and line, or the flag. Uses nothing else of the crate.
 
 pub mod auto;
-pub mod dnsmasq;
-pub mod flags;
+pub(crate) mod dnsmasq;
+pub(crate) mod flags;
 pub mod forward;
 
 use std::{
@@ -27,7 +27,7 @@ pub use flags::ForwardFlags;
 
 /// An example configuration, documented; `dnsfast load` without `--config`
 /// uses the same defaults.
-pub const EXAMPLE: &str = include_str!("../../../examples/dnsfast.toml");
+pub(crate) const EXAMPLE: &str = include_str!("../../../examples/dnsfast.toml");
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,11 +65,11 @@ struct RawPatterns {
 
 /// Settings for the XDP data path.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct XdpSettings {
-    pub ports: Vec<u16>,
+pub(crate) struct XdpSettings {
+    pub(crate) ports: Vec<u16>,
     /// Empty: answer queries to any destination.
-    pub server_addrs: Vec<IpAddr>,
-    pub max_patterns: u32,
+    pub(crate) server_addrs: Vec<IpAddr>,
+    pub(crate) max_patterns: u32,
 }
 
 impl Default for XdpSettings {
@@ -84,7 +84,7 @@ impl Default for XdpSettings {
 
 /// Where a pattern came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Origin {
+pub(crate) enum Origin {
     File { path: PathBuf, line: usize },
     Flag(String),
 }
@@ -101,13 +101,13 @@ impl std::fmt::Display for Origin {
 
 /// A validated configuration.
 #[derive(Clone, Debug, Default)]
-pub struct Config {
-    pub xdp: XdpSettings,
-    pub patterns: PatternTable,
-    pub forward: ForwardSettings,
-    pub auto: auto::AutoSettings,
+pub(crate) struct Config {
+    pub(crate) xdp: XdpSettings,
+    pub(crate) patterns: PatternTable,
+    pub(crate) forward: ForwardSettings,
+    pub(crate) auto: auto::AutoSettings,
     /// What auto mode derived (filled by `load::build_config`).
-    pub derived: Option<auto::Derived>,
+    pub(crate) derived: Option<auto::Derived>,
 }
 
 /// Patterns with their actions; a name in both lists is an error.
@@ -117,7 +117,7 @@ pub struct PatternTable {
 }
 
 impl PatternTable {
-    pub fn add(&mut self, text: &str, action: Action, origin: Origin) -> Result<()> {
+    pub(crate) fn add(&mut self, text: &str, action: Action, origin: Origin) -> Result<()> {
         let p =
             Pattern::parse(text).map_err(|e| anyhow::anyhow!("{origin}: pattern '{text}': {e}"))?;
         if let Some((prev, prev_origin)) = self.entries.get(&p) {
@@ -131,35 +131,36 @@ impl PatternTable {
     }
 
     /// The action of the pattern written exactly `name` (canonical form).
-    pub fn action_of(&self, name: &str) -> Option<Action> {
+    pub(crate) fn action_of(&self, name: &str) -> Option<Action> {
         let key = Pattern {
             name: name.to_string(),
         };
         self.entries.get(&key).map(|(a, _)| *a)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Pattern, Action)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Pattern, Action)> {
         self.entries.iter().map(|(p, (a, _))| (p, *a))
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 }
 
 impl Config {
-    pub fn load(path: &Path) -> Result<Config> {
+    pub(crate) fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
         Self::parse(&text, path)
     }
 
     /// Parses `text`, reporting errors against `path`.
-    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Config> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()
@@ -237,7 +238,11 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// Config file plus flags, fully validated.
-pub fn build(file: Option<&Path>, addresses: &[String], fwd: &ForwardFlags) -> Result<Config> {
+pub(crate) fn build(
+    file: Option<&Path>,
+    addresses: &[String],
+    fwd: &ForwardFlags,
+) -> Result<Config> {
     let mut cfg = match file {
         Some(f) => Config::load(f)?,
         None => Config::default(),

@@ -13,17 +13,17 @@ use log::{debug, info};
 /// (generic) on virtual ones such as veths, where native XDP_TX would need
 /// a program on the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AttachMode {
+pub(crate) enum AttachMode {
     Auto,
     Native,
     Skb,
 }
 
-pub fn ifindex(iface: &str) -> Result<u32> {
+pub(crate) fn ifindex(iface: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(iface).map_err(|_| anyhow::anyhow!("no such interface: {iface}"))
 }
 
-pub fn xdp_mode(mode: AttachMode, iface: &str) -> XdpMode {
+pub(crate) fn xdp_mode(mode: AttachMode, iface: &str) -> XdpMode {
     match mode {
         AttachMode::Native => XdpMode::Driver,
         AttachMode::Skb => XdpMode::Skb,
@@ -58,7 +58,7 @@ fn auto_mode(iface: &str) -> XdpMode {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK. Newer ones use
 /// memcg, and some sandboxes refuse the raise, so failure is only logged.
-pub fn raise_memlock() {
+pub(crate) fn raise_memlock() {
     use nix::sys::resource::{setrlimit, Resource, RLIM_INFINITY};
     if let Err(e) = setrlimit(Resource::RLIMIT_MEMLOCK, RLIM_INFINITY, RLIM_INFINITY) {
         debug!("could not raise RLIMIT_MEMLOCK ({e}); fine on kernels >= 5.11");

@@ -15,13 +15,13 @@ const MAX_PATH: usize = 5;
 
 /// A slot's place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Place {
-    pub bucket: u32,
-    pub slot: usize,
+pub(crate) struct Place {
+    pub(crate) bucket: u32,
+    pub(crate) slot: usize,
 }
 
 /// A bucket, as placement sees it.
-pub trait Slots: Copy {
+pub(crate) trait Slots: Copy {
     const SLOTS: usize;
     fn is_free(&self, slot: usize) -> bool;
     fn fp(&self, slot: usize) -> u64;
@@ -30,7 +30,7 @@ pub trait Slots: Copy {
 }
 
 /// Where the buckets live.
-pub trait Store<B> {
+pub(crate) trait Store<B> {
     fn read(&self, i: u32) -> Result<B>;
     fn write(&mut self, i: u32, b: &B) -> Result<()>;
 }
@@ -40,7 +40,7 @@ pub trait Store<B> {
 /// are full; `other(fp, b)` is the bucket an entry of fingerprint `fp` has
 /// besides `b`. False when no path of up to `MAX_PATH` moves frees a slot
 /// (nothing is written then).
-pub fn place<B: Slots, S: Store<B>>(
+pub(crate) fn place<B: Slots, S: Store<B>>(
     store: &mut S,
     entry: &B,
     first: (u32, u32),

@@ -8,23 +8,23 @@ use anyhow::{bail, Context, Result};
 /// BTF-defined maps and read-only global data (5.2), bounded loops (5.3),
 /// jmp32 (5.1, `-Ctarget-cpu=v3`), and a verifier that follows its
 /// map-memory round trips within the 1M-instruction budget (6.1 walks 42 %).
-pub const MIN_KERNEL: (u32, u32) = (6, 1);
+pub(crate) const MIN_KERNEL: (u32, u32) = (6, 1);
 
 /// `(major, minor)` of a release string such as `6.1.0-50-cloud-amd64`.
-pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+pub(crate) fn parse_release(release: &str) -> Option<(u32, u32)> {
     let mut it = release.trim().split(['.', '-']);
     let major = it.next()?.parse().ok()?;
     let minor = it.next()?.parse().ok()?;
     Some((major, minor))
 }
 
-pub fn check_running_kernel() -> Result<()> {
+pub(crate) fn check_running_kernel() -> Result<()> {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .context("reading /proc/sys/kernel/osrelease")?;
     check(release.trim())
 }
 
-pub fn check(release: &str) -> Result<()> {
+pub(crate) fn check(release: &str) -> Result<()> {
     let Some(v) = parse_release(release) else {
         bail!("cannot tell the kernel version from '{release}'");
     };

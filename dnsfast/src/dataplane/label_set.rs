@@ -15,7 +15,7 @@ use dnsfast_common::{
 use super::cuckoo::{self, Place};
 
 /// Where a set's buckets live.
-pub trait Buckets {
+pub(crate) trait Buckets {
     /// Bucket count minus one.
     fn mask(&self) -> u32;
     fn bucket(&self, i: u32) -> Result<LabelBucket>;
@@ -37,7 +37,7 @@ impl<T: std::borrow::BorrowMut<MapData>> Buckets for Array<T, LabelBucket> {
 }
 
 /// A label set.
-pub struct LabelTable<B>(pub B);
+pub(crate) struct LabelTable<B>(pub B);
 
 impl cuckoo::Slots for LabelBucket {
     const SLOTS: usize = LABEL_SLOTS;
@@ -82,13 +82,13 @@ impl<B: Buckets> LabelTable<B> {
         Ok(None)
     }
 
-    pub fn contains(&self, label: &str) -> Result<bool> {
+    pub(crate) fn contains(&self, label: &str) -> Result<bool> {
         let k = key_of(label)?;
         Ok(self.find(&k, label_fp(&k))?.is_some())
     }
 
     /// Adds `label`; false if it was there.
-    pub fn insert(&mut self, label: &str) -> Result<bool> {
+    pub(crate) fn insert(&mut self, label: &str) -> Result<bool> {
         let k = key_of(label)?;
         let fp = label_fp(&k);
         if self.find(&k, fp)?.is_some() {
@@ -116,7 +116,7 @@ impl<B: Buckets> LabelTable<B> {
     }
 
     /// Removes `label`; false if it was not there.
-    pub fn remove(&mut self, label: &str) -> Result<bool> {
+    pub(crate) fn remove(&mut self, label: &str) -> Result<bool> {
         let k = key_of(label)?;
         let Some(at) = self.find(&k, label_fp(&k))? else {
             return Ok(false);
@@ -129,7 +129,7 @@ impl<B: Buckets> LabelTable<B> {
     }
 
     /// Every label in the set.
-    pub fn labels(&self) -> Result<BTreeSet<String>> {
+    pub(crate) fn labels(&self) -> Result<BTreeSet<String>> {
         let mut out = BTreeSet::new();
         for b in 0..=self.0.mask() {
             let bucket = self.0.bucket(b)?;
@@ -146,10 +146,10 @@ impl<B: Buckets> LabelTable<B> {
 }
 
 /// A set of labels (`TLDS`, `NAMESPACES`): buckets of label keys.
-pub type LabelSet<T> = LabelTable<Array<T, LabelBucket>>;
+pub(crate) type LabelSet<T> = LabelTable<Array<T, LabelBucket>>;
 
 /// Adds the labels of `want` the set lacks; returns how many.
-pub fn add_labels<T: BorrowMut<MapData>>(
+pub(crate) fn add_labels<T: BorrowMut<MapData>>(
     m: &mut LabelSet<T>,
     want: &BTreeSet<String>,
 ) -> Result<usize> {
@@ -165,7 +165,7 @@ pub fn add_labels<T: BorrowMut<MapData>>(
 }
 
 /// Removes the labels not in `want`; returns how many.
-pub fn remove_other_labels<T: BorrowMut<MapData>>(
+pub(crate) fn remove_other_labels<T: BorrowMut<MapData>>(
     m: &mut LabelSet<T>,
     want: &BTreeSet<String>,
 ) -> Result<usize> {

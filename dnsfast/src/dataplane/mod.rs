@@ -11,12 +11,12 @@
 //!
 //! Uses `rules` and `config` (what to write) and `paths`; nothing above.
 
-pub mod attach;
-pub mod cuckoo;
-pub mod kernel_version;
-pub mod label_set;
-pub mod pattern_table;
-pub mod pins;
+pub(crate) mod attach;
+pub(crate) mod cuckoo;
+pub(crate) mod kernel_version;
+pub(crate) mod label_set;
+pub(crate) mod pattern_table;
+pub(crate) mod pins;
 
 use std::{borrow::Borrow, net::IpAddr, path::Path};
 
@@ -53,7 +53,7 @@ use pattern_table::{reconcile_rules, MapStore, Patterns, Table};
 
 /// The XDP object, built by `build.rs` and embedded so that one binary is
 /// all a node needs.
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DNSFAST_BPF_OBJ"));
+pub(crate) static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("DNSFAST_BPF_OBJ"));
 
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
@@ -66,7 +66,7 @@ pub struct LoadOptions {
 }
 
 /// The kernel answer cache: the XDP program's `ANSWERS` map.
-pub type AnswerMap = HashMap<MapData, AnswerKey, CachedAnswer>;
+pub(crate) type AnswerMap = HashMap<MapData, AnswerKey, CachedAnswer>;
 
 impl Default for LoadOptions {
     fn default() -> Self {
@@ -83,7 +83,7 @@ pub struct Dataplane {
     ebpf: Ebpf,
     /// Reader of the program's aya-log ring buffer (feature `ebpf-log`).
     #[cfg(feature = "ebpf-log")]
-    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    pub(crate) logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Dataplane {
@@ -131,7 +131,7 @@ impl Dataplane {
     /// Loads the cache program and puts it in the main program's jump
     /// table: from then on, queries no block pattern covers are looked up
     /// in `ANSWERS` before they go up.
-    pub fn enable_answer_cache(&mut self) -> Result<()> {
+    pub(crate) fn enable_answer_cache(&mut self) -> Result<()> {
         let fd = self.loaded(CACHE_PROG_NAME)?.fd()?.try_clone()?;
         let mut jumps: ProgramArray<&mut MapData> =
             ProgramArray::try_from(self.map_mut(MAP_JUMPS)?)?;
@@ -197,7 +197,7 @@ impl Dataplane {
         Ok(HashMap::try_from(m)?)
     }
 
-    pub fn program(&mut self) -> Result<&mut Xdp> {
+    pub(crate) fn program(&mut self) -> Result<&mut Xdp> {
         Ok(self
             .ebpf
             .program_mut(PROG_NAME)
@@ -242,14 +242,14 @@ impl Dataplane {
 
     /// Attaches to `iface`; the link lives as long as `self`, or until
     /// `detach`.
-    pub fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpLinkId> {
+    pub(crate) fn attach(&mut self, iface: &str, mode: XdpMode) -> Result<XdpLinkId> {
         self.program()?
             .attach(iface, mode)
             .map_err(|e| anyhow!("attaching XDP ({mode:?}) to {iface}: {}", error_chain(&e)))
     }
 
     /// Detaches one link made by `attach` or `adopt`.
-    pub fn detach(&mut self, link: XdpLinkId) -> Result<()> {
+    pub(crate) fn detach(&mut self, link: XdpLinkId) -> Result<()> {
         self.program()?
             .detach(link)
             .map_err(|e| anyhow!("detaching XDP: {}", error_chain(&e)))
@@ -258,7 +258,7 @@ impl Dataplane {
     /// Pins a link at `path`, where it outlives this process (and keeps
     /// the program attached) until a new agent adopts it or the pin is
     /// removed.
-    pub fn pin_link(&mut self, link: XdpLinkId, path: &Path) -> Result<()> {
+    pub(crate) fn pin_link(&mut self, link: XdpLinkId, path: &Path) -> Result<()> {
         let link = self
             .program()?
             .take_link(link)
@@ -283,7 +283,7 @@ impl Dataplane {
     /// program replaces the old one on it in one step (`BPF_LINK_UPDATE`),
     /// so the interface is never without a program. The pin itself is left
     /// to the caller.
-    pub fn adopt(&mut self, path: &Path) -> Result<XdpLinkId> {
+    pub(crate) fn adopt(&mut self, path: &Path) -> Result<XdpLinkId> {
         let pinned = PinnedLink::from_pin(path).map_err(|e| {
             anyhow!(
                 "opening the pinned link {}: {}",
@@ -303,7 +303,7 @@ impl Dataplane {
     }
 
     /// The kernel's id of the main program (what `bpftool prog show` lists).
-    pub fn program_id(&mut self) -> Result<u32> {
+    pub(crate) fn program_id(&mut self) -> Result<u32> {
         Ok(self.program()?.info()?.id())
     }
 
@@ -400,7 +400,7 @@ impl Dataplane {
         Ok(unfold_namespaces(&folded, &ns))
     }
 
-    pub fn tld_count(&mut self) -> Result<usize> {
+    pub(crate) fn tld_count(&mut self) -> Result<usize> {
         Ok(self.tlds()?.labels()?.len())
     }
 
@@ -449,7 +449,7 @@ impl Dataplane {
     }
 
     /// Pins the main program under `dir`, so `dnsfast explain` can run it.
-    pub fn pin_program(&mut self, dir: &Path) -> Result<()> {
+    pub(crate) fn pin_program(&mut self, dir: &Path) -> Result<()> {
         let path = paths::prog_pin(dir);
         self.program()?
             .pin(&path)
@@ -556,13 +556,13 @@ impl std::fmt::Display for TableDiff {
 }
 
 /// The `COUNTERS` map summed over CPUs.
-pub fn sum_counters<T: Borrow<MapData>>(a: &PerCpuArray<T, Counters>) -> Result<Counters> {
+pub(crate) fn sum_counters<T: Borrow<MapData>>(a: &PerCpuArray<T, Counters>) -> Result<Counters> {
     let v = a.get(&0, 0).context("reading the COUNTERS map")?;
     Ok(Counters::sum(v.iter()))
 }
 
 /// The XDP program's settings and server addresses from `cfg`.
-pub fn apply_xdp(dp: &mut Dataplane, cfg: &FileConfig) -> Result<()> {
+pub(crate) fn apply_xdp(dp: &mut Dataplane, cfg: &FileConfig) -> Result<()> {
     let mut xc = XdpConfig::default();
     if cfg.xdp.ports.len() > MAX_PORTS {
         bail!("at most {MAX_PORTS} DNS ports");
@@ -575,7 +575,7 @@ pub fn apply_xdp(dp: &mut Dataplane, cfg: &FileConfig) -> Result<()> {
 }
 
 /// The TLD labels of the auto rules (none without auto mode).
-pub fn tlds_of(cfg: &FileConfig) -> BTreeSet<String> {
+pub(crate) fn tlds_of(cfg: &FileConfig) -> BTreeSet<String> {
     cfg.derived
         .as_ref()
         .map(|d| d.tlds.clone())
@@ -583,7 +583,7 @@ pub fn tlds_of(cfg: &FileConfig) -> BTreeSet<String> {
 }
 
 /// Writes settings, server addresses, TLDs and patterns into the maps.
-pub fn apply(dp: &mut Dataplane, cfg: &FileConfig) -> Result<()> {
+pub(crate) fn apply(dp: &mut Dataplane, cfg: &FileConfig) -> Result<()> {
     dp.reconcile(&rules_of(&cfg.patterns), &tlds_of(cfg))?;
     apply_xdp(dp, cfg)
 }
@@ -629,7 +629,7 @@ fn explain_load_error(e: ProgramError) -> anyhow::Error {
     }
 }
 
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut src = e.source();
     while let Some(c) = src {
@@ -642,7 +642,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Fails early, in one line, when not running with the privileges loading
 /// needs.
-pub fn require_root(what: &str) -> Result<()> {
+pub(crate) fn require_root(what: &str) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let uid = std::fs::metadata("/proc/self")
         .map(|m| m.uid())

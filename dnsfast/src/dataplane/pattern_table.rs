@@ -26,7 +26,7 @@ use super::{
 use crate::rules::RuleSet;
 
 /// Where the table's three maps live.
-pub trait Store {
+pub(crate) trait Store {
     /// Bucket count minus one.
     fn mask(&self) -> u32;
     fn bucket(&self, i: u32) -> Result<Bucket>;
@@ -37,7 +37,7 @@ pub trait Store {
     fn set_depths(&mut self, d: &Depths) -> Result<()>;
 }
 
-pub struct Table<S>(pub S);
+pub(crate) struct Table<S>(pub S);
 
 impl cuckoo::Slots for Bucket {
     const SLOTS: usize = BUCKET_SLOTS;
@@ -111,14 +111,14 @@ impl<S: Store> Table<S> {
     }
 
     /// The rule stored for exactly `key`.
-    pub fn get(&self, key: &[u8]) -> Result<Option<Rule>> {
+    pub(crate) fn get(&self, key: &[u8]) -> Result<Option<Rule>> {
         Ok(self.find(key, fingerprint(key)?)?.map(|(_, r)| r))
     }
 
     /// The longest stored key that is a prefix of `name_key` at a label
     /// boundary, and its rule: what the XDP program finds. (The root, the
     /// empty key, is never a pattern.)
-    pub fn longest(&self, name_key: &[u8]) -> Result<Option<(Vec<u8>, Rule)>> {
+    pub(crate) fn longest(&self, name_key: &[u8]) -> Result<Option<(Vec<u8>, Rule)>> {
         let (ends, n) = label_ends(name_key);
         for j in (1..=n).rev() {
             let k = &name_key[..ends[j] as usize];
@@ -131,7 +131,7 @@ impl<S: Store> Table<S> {
 
     /// Stores `rule` for `key`; true if the key is new. A changed rule is
     /// one slot write, so a name switches verdict at once.
-    pub fn insert(&mut self, key: &[u8], rule: Rule) -> Result<bool> {
+    pub(crate) fn insert(&mut self, key: &[u8], rule: Rule) -> Result<bool> {
         let fp = fingerprint(key)?;
         if let Some((at, _)) = self.find(key, fp)? {
             let mut b = self.0.bucket(at.bucket)?;
@@ -224,7 +224,7 @@ impl<S: Store> Table<S> {
     }
 
     /// Removes `key`; false if it was not there.
-    pub fn remove(&mut self, key: &[u8]) -> Result<bool> {
+    pub(crate) fn remove(&mut self, key: &[u8]) -> Result<bool> {
         let fp = fingerprint(key)?;
         let Some((at, _)) = self.find(key, fp)? else {
             return Ok(false);
@@ -259,7 +259,7 @@ impl<S: Store> Table<S> {
     }
 
     /// Every rule in the table.
-    pub fn rules(&self) -> Result<RuleSet> {
+    pub(crate) fn rules(&self) -> Result<RuleSet> {
         let mut out = RuleSet::new();
         for b in 0..=self.0.mask() {
             let bucket = self.0.bucket(b)?;
@@ -294,14 +294,14 @@ fn copy_slot(dst: &mut Bucket, d: usize, src: &Bucket, s: usize) {
 /// The table in plain memory, for tests.
 /// The pattern table's maps (`PATTERNS`, `PATTERN_DEPTHS`,
 /// `PATTERN_TAILS`).
-pub struct MapStore<T> {
-    pub buckets: Array<T, Bucket>,
-    pub depths: Array<T, Depths>,
-    pub tails: HashMap<T, u64, LongKey>,
+pub(crate) struct MapStore<T> {
+    pub(crate) buckets: Array<T, Bucket>,
+    pub(crate) depths: Array<T, Depths>,
+    pub(crate) tails: HashMap<T, u64, LongKey>,
 }
 
 /// The kernel pattern table.
-pub type Patterns<T> = Table<MapStore<T>>;
+pub(crate) type Patterns<T> = Table<MapStore<T>>;
 
 impl<T: BorrowMut<MapData>> Store for MapStore<T> {
     fn mask(&self) -> u32 {
@@ -351,7 +351,7 @@ impl<T: BorrowMut<MapData>> Store for MapStore<T> {
 /// Makes the pattern table hold exactly `want`: new and changed rules
 /// first, then the removals, so a rule present before and after is never
 /// missing, and a name covered by a changed rule switches in one write.
-pub fn reconcile_rules<S: Store>(t: &mut Table<S>, want: &RuleSet) -> Result<Diff> {
+pub(crate) fn reconcile_rules<S: Store>(t: &mut Table<S>, want: &RuleSet) -> Result<Diff> {
     let have = t.rules()?;
     let mut d = Diff::default();
     for (k, r) in want {
@@ -372,15 +372,15 @@ pub fn reconcile_rules<S: Store>(t: &mut Table<S>, want: &RuleSet) -> Result<Dif
 }
 
 #[cfg(test)]
-pub struct MemStore {
-    pub buckets: Vec<Bucket>,
-    pub long: std::collections::HashMap<u64, LongKey>,
-    pub depths: Depths,
+pub(crate) struct MemStore {
+    pub(crate) buckets: Vec<Bucket>,
+    pub(crate) long: std::collections::HashMap<u64, LongKey>,
+    pub(crate) depths: Depths,
 }
 
 #[cfg(test)]
 impl MemStore {
-    pub fn new(buckets: u32) -> Self {
+    pub(crate) fn new(buckets: u32) -> Self {
         Self {
             buckets: vec![Bucket::EMPTY; buckets as usize],
             long: std::collections::HashMap::new(),

@@ -23,20 +23,20 @@ use crate::paths::{self, BPFFS_ROOT, BPF_FS_MAGIC};
 /// An exclusive `flock` on `dir`, released when dropped: the pattern
 /// table's writers (the agent, `dnsfast block|allow`) take turns, since a
 /// cuckoo insert moves entries other writers might be moving too.
-pub fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<nix::fcntl::Flock<std::fs::File>> {
     let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
     nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| anyhow!("locking {}: {e}", dir.display()))
 }
 
 /// The maps `dnsfast load` pinned, opened by the control CLI.
-pub struct Pins {
-    pub dir: PathBuf,
+pub(crate) struct Pins {
+    pub(crate) dir: PathBuf,
 }
 
 impl Pins {
     /// The pin directory, or a clear error when nothing is loaded there.
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub(crate) fn open(dir: &Path) -> Result<Self> {
         if !paths::map_pin(dir, MAP_PATTERNS).exists() {
             bail!(
                 "nothing loaded: no dnsfast maps pinned in {} (is `dnsfast load` running{}?)",
@@ -54,7 +54,7 @@ impl Pins {
         })
     }
 
-    pub fn map(&self, name: &str) -> Result<Map> {
+    pub(crate) fn map(&self, name: &str) -> Result<Map> {
         let p = paths::map_pin(&self.dir, name);
         let data = MapData::from_pin(&p)
             .with_context(|| format!("opening the pinned map {}", p.display()))?;
@@ -62,7 +62,7 @@ impl Pins {
     }
 
     /// The pinned pattern table. Writers hold [`Pins::lock`] first.
-    pub fn patterns(&self) -> Result<Patterns<MapData>> {
+    pub(crate) fn patterns(&self) -> Result<Patterns<MapData>> {
         Ok(Table(MapStore {
             buckets: Array::try_from(self.map(MAP_PATTERNS)?)?,
             depths: Array::try_from(self.map(MAP_PATTERN_DEPTHS)?)?,
@@ -72,26 +72,26 @@ impl Pins {
 
     /// Serializes the writers of the pinned pattern table (the agent and
     /// `dnsfast block|allow`): held until dropped.
-    pub fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
+    pub(crate) fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>> {
         lock_dir(&self.dir)
     }
 
-    pub fn tlds(&self) -> Result<LabelSet<MapData>> {
+    pub(crate) fn tlds(&self) -> Result<LabelSet<MapData>> {
         Ok(LabelTable(Array::try_from(self.map(MAP_TLDS)?)?))
     }
 
-    pub fn namespaces(&self) -> Result<LabelSet<MapData>> {
+    pub(crate) fn namespaces(&self) -> Result<LabelSet<MapData>> {
         Ok(LabelTable(Array::try_from(self.map(MAP_NAMESPACES)?)?))
     }
 
     /// Kernel counters summed over CPUs.
-    pub fn counters(&self) -> Result<Counters> {
+    pub(crate) fn counters(&self) -> Result<Counters> {
         sum_counters(&PerCpuArray::try_from(self.map(MAP_COUNTERS)?)?)
     }
 }
 
 /// Mounts bpffs on the pin directory's bpffs root if it is not there yet.
-pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+pub(crate) fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let root = Path::new(BPFFS_ROOT);
     if !pin_dir.starts_with(root) {
         return Ok(()); // the caller chose its own bpffs
@@ -114,8 +114,8 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
 
 /// The pin directory; removes what it pinned when dropped, unless told
 /// to keep it.
-pub struct PinDir {
-    pub dir: PathBuf,
+pub(crate) struct PinDir {
+    pub(crate) dir: PathBuf,
     keep: bool,
 }
 
@@ -125,7 +125,7 @@ impl PinDir {
     /// died with it, so nothing was attached) and are removed; pins kept
     /// with `--keep-attached` (`adopting`) stay until the new program has
     /// taken over the links.
-    pub fn prepare(dir: &Path, adopting: bool) -> Result<Self> {
+    pub(crate) fn prepare(dir: &Path, adopting: bool) -> Result<Self> {
         if dir.exists() && !adopting {
             let stale: Vec<String> = std::fs::read_dir(dir)
                 .with_context(|| format!("reading {}", dir.display()))?
@@ -150,20 +150,20 @@ impl PinDir {
 
     /// Removes the previous agent's map and program pins (after adoption),
     /// so this agent's can take their names.
-    pub fn remove_old(&self) {
+    pub(crate) fn remove_old(&self) {
         remove_pins(&self.dir);
         let _ = std::fs::create_dir_all(&self.dir);
     }
 
     /// Leaves everything pinned at drop (`--keep-attached`).
-    pub fn keep(&mut self) {
+    pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
 }
 
 /// Removes the pins dnsfast makes under `dir`, and `dir` if that leaves it
 /// empty. Anything else there is left alone.
-pub fn remove_pins(dir: &Path) {
+pub(crate) fn remove_pins(dir: &Path) {
     let pins = paths::PINNED_MAPS
         .iter()
         .map(|m| paths::map_pin(dir, m))

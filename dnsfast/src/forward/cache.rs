@@ -19,7 +19,7 @@ use super::wire::{Answer, Cacheability, ClientQuery};
 use crate::config::forward::CacheSettings;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct CacheKey {
+pub(crate) struct CacheKey {
     name: Box<[u8]>,
     qtype: u16,
     qclass: u16,
@@ -28,7 +28,7 @@ pub struct CacheKey {
 }
 
 impl CacheKey {
-    pub fn of(q: &ClientQuery) -> Self {
+    pub(crate) fn of(q: &ClientQuery) -> Self {
         let r = CacheKeyRef::of(q);
         Self {
             name: r.name.into(),
@@ -42,7 +42,7 @@ impl CacheKey {
 /// The same key borrowing the query's name, for lookups: no allocation on
 /// the per-query path. Its fields hash exactly like `CacheKey`'s.
 #[derive(Hash)]
-pub struct CacheKeyRef<'a> {
+pub(crate) struct CacheKeyRef<'a> {
     name: &'a [u8],
     qtype: u16,
     qclass: u16,
@@ -50,7 +50,7 @@ pub struct CacheKeyRef<'a> {
 }
 
 impl<'a> CacheKeyRef<'a> {
-    pub fn of(q: &'a ClientQuery) -> Self {
+    pub(crate) fn of(q: &'a ClientQuery) -> Self {
         Self {
             name: &q.key,
             qtype: q.qtype,
@@ -66,8 +66,8 @@ impl Equivalent<CacheKey> for CacheKeyRef<'_> {
     }
 }
 
-pub struct Entry {
-    pub answer: Arc<Answer>,
+pub(crate) struct Entry {
+    pub(crate) answer: Arc<Answer>,
     stored: Instant,
     lifetime: u32,
 }
@@ -85,16 +85,16 @@ impl Lifecycle<CacheKey, Arc<Entry>> for CountEvictions {
 
 type Inner = sync::Cache<CacheKey, Arc<Entry>, UnitWeighter, DefaultHashBuilder, CountEvictions>;
 
-pub struct Cache {
+pub(crate) struct Cache {
     inner: Option<Inner>,
     evictions: CountEvictions,
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub expired: AtomicU64,
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) expired: AtomicU64,
 }
 
 impl Cache {
-    pub fn new(settings: &CacheSettings) -> Self {
+    pub(crate) fn new(settings: &CacheSettings) -> Self {
         let evictions = CountEvictions::default();
         let inner = (settings.size > 0).then(|| {
             Inner::with(
@@ -115,7 +115,7 @@ impl Cache {
     }
 
     /// A live entry and its age in whole seconds.
-    pub fn get<Q>(&self, key: &Q) -> Option<(Arc<Entry>, u32)>
+    pub(crate) fn get<Q>(&self, key: &Q) -> Option<(Arc<Entry>, u32)>
     where
         Q: std::hash::Hash + Equivalent<CacheKey> + ?Sized,
     {
@@ -140,7 +140,7 @@ impl Cache {
     }
 
     /// Stores `answer` if its cacheability allows.
-    pub fn put(&self, key: CacheKey, answer: &Arc<Answer>) {
+    pub(crate) fn put(&self, key: CacheKey, answer: &Arc<Answer>) {
         let Some(inner) = &self.inner else { return };
         let lifetime = match answer.cacheability {
             Cacheability::Positive(t) | Cacheability::Negative(t) => t,
@@ -156,15 +156,16 @@ impl Cache {
         );
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner.as_ref().map_or(0, |c| c.len())
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn evictions(&self) -> u64 {
+    pub(crate) fn evictions(&self) -> u64 {
         self.evictions.0.load(Ordering::Relaxed)
     }
 }

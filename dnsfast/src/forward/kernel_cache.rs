@@ -21,17 +21,17 @@ use aya::maps::{HashMap, MapData};
 /// The XDP program's `ANSWERS` map, handed over by the dataplane.
 pub type AnswerMap = HashMap<MapData, AnswerKey, CachedAnswer>;
 
-pub struct KernelCache {
+pub(crate) struct KernelCache {
     map: Mutex<AnswerMap>,
-    pub stored: AtomicU64,
+    pub(crate) stored: AtomicU64,
     /// Answers too large (body over 512 bytes, more than 16 TTLs) to hand
     /// to the kernel; user space keeps serving those.
-    pub skipped: AtomicU64,
-    pub errors: AtomicU64,
+    pub(crate) skipped: AtomicU64,
+    pub(crate) errors: AtomicU64,
 }
 
 impl KernelCache {
-    pub fn new(map: AnswerMap) -> Self {
+    pub(crate) fn new(map: AnswerMap) -> Self {
         Self {
             map: Mutex::new(map),
             stored: AtomicU64::new(0),
@@ -40,7 +40,7 @@ impl KernelCache {
         }
     }
 
-    pub fn put(&self, q: &ClientQuery, a: &Answer) {
+    pub(crate) fn put(&self, q: &ClientQuery, a: &Answer) {
         let Some((key, value)) = kernel_entry(q, a, monotonic_ns()) else {
             self.skipped.fetch_add(1, Ordering::Relaxed);
             return;

@@ -26,7 +26,7 @@ const MAX_TCP_CONNECTIONS: usize = 1024;
 const TCP_PIPELINE: usize = 64;
 
 /// Binds `workers` UDP sockets on `addr` that share it through SO_REUSEPORT.
-pub fn bind_udp(addr: SocketAddr, workers: usize) -> Result<Vec<UdpSocket>> {
+pub(crate) fn bind_udp(addr: SocketAddr, workers: usize) -> Result<Vec<UdpSocket>> {
     (0..workers)
         .map(|_| {
             let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -42,7 +42,7 @@ pub fn bind_udp(addr: SocketAddr, workers: usize) -> Result<Vec<UdpSocket>> {
         .with_context(|| format!("listening on udp {addr}"))
 }
 
-pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener> {
+pub(crate) fn bind_tcp(addr: SocketAddr) -> Result<TcpListener> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .and_then(|s| {
             if addr.is_ipv6() {
@@ -58,7 +58,7 @@ pub fn bind_tcp(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::from_std(s.into()).with_context(|| format!("listening on tcp {addr}"))
 }
 
-pub async fn serve_udp(sock: UdpSocket, r: Arc<Resolver>) -> Result<()> {
+pub(crate) async fn serve_udp(sock: UdpSocket, r: Arc<Resolver>) -> Result<()> {
     let sock = Arc::new(sock);
     let mut buf = vec![0u8; 4096];
     let mut out = Vec::with_capacity(1500);
@@ -101,7 +101,7 @@ async fn send(sock: &UdpSocket, b: &[u8], peer: SocketAddr) {
     }
 }
 
-pub async fn serve_tcp(listener: TcpListener, r: Arc<Resolver>) -> Result<()> {
+pub(crate) async fn serve_tcp(listener: TcpListener, r: Arc<Resolver>) -> Result<()> {
     let slots = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
         let permit = slots.clone().acquire_owned().await?;

@@ -6,25 +6,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use hickory_proto::op::ResponseCode;
 
 #[derive(Default)]
-pub struct Metrics {
-    pub udp_queries: AtomicU64,
-    pub tcp_queries: AtomicU64,
+pub(crate) struct Metrics {
+    pub(crate) udp_queries: AtomicU64,
+    pub(crate) tcp_queries: AtomicU64,
     /// Answered NXDOMAIN from the block patterns.
-    pub blocked: AtomicU64,
+    pub(crate) blocked: AtomicU64,
     /// Refused because `max-inflight` upstream queries were already out.
-    pub overloaded: AtomicU64,
+    pub(crate) overloaded: AtomicU64,
     /// SERVFAIL because every upstream of the zone was down or failed.
-    pub upstreams_failed: AtomicU64,
+    pub(crate) upstreams_failed: AtomicU64,
     /// REFUSED because no zone covers the name.
-    pub no_route: AtomicU64,
+    pub(crate) no_route: AtomicU64,
     /// Answers by RCODE (0–15).
-    pub rcodes: [AtomicU64; 16],
+    pub(crate) rcodes: [AtomicU64; 16],
     /// Answers sent with TC because they exceeded the client's payload size.
-    pub truncated: AtomicU64,
+    pub(crate) truncated: AtomicU64,
 }
 
 impl Metrics {
-    pub fn answered(&self, rcode: ResponseCode, truncated: bool) {
+    pub(crate) fn answered(&self, rcode: ResponseCode, truncated: bool) {
         let i = (u16::from(rcode) as usize).min(15);
         self.rcodes[i].fetch_add(1, Ordering::Relaxed);
         if truncated {
@@ -32,12 +32,12 @@ impl Metrics {
         }
     }
 
-    pub fn get(c: &AtomicU64) -> u64 {
+    pub(crate) fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
     }
 
     /// "NOERROR=12 NXDOMAIN=3" for the RCODEs seen.
-    pub fn rcode_summary(&self) -> String {
+    pub(crate) fn rcode_summary(&self) -> String {
         (0..16u16)
             .filter_map(|i| {
                 let n = Self::get(&self.rcodes[i as usize]);
@@ -48,7 +48,7 @@ impl Metrics {
     }
 }
 
-pub fn rcode_name(r: ResponseCode) -> String {
+pub(crate) fn rcode_name(r: ResponseCode) -> String {
     match r {
         ResponseCode::NoError => "NOERROR".into(),
         ResponseCode::FormErr => "FORMERR".into(),
@@ -62,21 +62,21 @@ pub fn rcode_name(r: ResponseCode) -> String {
 
 /// Upper bounds of the upstream latency buckets, in microseconds
 /// (Prometheus `le` labels are these in seconds).
-pub const LATENCY_BUCKETS_US: [u64; 12] = [
+pub(crate) const LATENCY_BUCKETS_US: [u64; 12] = [
     500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
     2_500_000,
 ];
 
 /// A latency histogram: one relaxed add per observation.
 #[derive(Default, Debug)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     /// Per bucket (not cumulative); the last slot is +Inf.
     buckets: [AtomicU64; LATENCY_BUCKETS_US.len() + 1],
     sum_us: AtomicU64,
 }
 
 impl Histogram {
-    pub fn observe(&self, us: u64) {
+    pub(crate) fn observe(&self, us: u64) {
         let i = LATENCY_BUCKETS_US.partition_point(|&b| b < us);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
@@ -84,7 +84,7 @@ impl Histogram {
 
     /// Cumulative counts per bucket (the last is +Inf, the total count),
     /// and the sum in microseconds.
-    pub fn snapshot(&self) -> (Vec<u64>, u64) {
+    pub(crate) fn snapshot(&self) -> (Vec<u64>, u64) {
         let mut acc = 0;
         let cum = self
             .buckets

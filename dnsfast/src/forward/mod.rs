@@ -9,13 +9,13 @@
 //! Uses `rules` (what to block) and `config` (its settings); never the
 //! dataplane: the kernel answer cache's map is handed in.
 
-pub mod cache;
+pub(crate) mod cache;
 pub mod kernel_cache;
-pub mod listener;
-pub mod metrics;
-pub mod resolver;
-pub mod router;
-pub mod upstream;
+pub(crate) mod listener;
+pub(crate) mod metrics;
+pub(crate) mod resolver;
+pub(crate) mod router;
+pub(crate) mod upstream;
 pub mod wire;
 
 use std::{sync::Arc, time::Duration};
@@ -42,8 +42,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// The forwarder: bound by `bind`, serving after `start`. Its tasks end
 /// when the runtime is dropped or when one of them fails.
-pub struct Forwarder {
-    pub resolver: Arc<Resolver>,
+pub(crate) struct Forwarder {
+    pub(crate) resolver: Arc<Resolver>,
     sockets: Vec<(
         std::net::SocketAddr,
         Vec<tokio::net::UdpSocket>,
@@ -56,7 +56,7 @@ pub struct Forwarder {
 impl Forwarder {
     /// Binds every listener, so that a taken port fails here, before
     /// anything else is set up; nothing is served until `start`.
-    pub fn bind(
+    pub(crate) fn bind(
         s: &ForwardSettings,
         rules: &RuleSet,
         derived: Option<&Derived>,
@@ -86,7 +86,7 @@ impl Forwarder {
     /// Spawns the serving tasks on the current runtime. `load` calls it
     /// once the XDP program and its answer cache are in place, so that the
     /// first answers already reach the kernel's cache.
-    pub fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         for (addr, udp, tcp) in self.sockets.drain(..) {
             let workers = udp.len();
             for sock in udp {
@@ -102,7 +102,7 @@ impl Forwarder {
     }
 
     /// Waits until a serving task fails; normally never returns.
-    pub async fn run(&mut self) -> Result<()> {
+    pub(crate) async fn run(&mut self) -> Result<()> {
         match self.tasks.join_next().await {
             Some(Ok(r)) => r,
             Some(Err(e)) => Err(anyhow::anyhow!("forwarder task: {e}")),
@@ -111,12 +111,12 @@ impl Forwarder {
     }
 
     /// The addresses it answers on.
-    pub fn listen_addrs(&self) -> Vec<std::net::SocketAddr> {
+    pub(crate) fn listen_addrs(&self) -> Vec<std::net::SocketAddr> {
         self.listening.clone()
     }
 
     /// One log line with the counters, for the end of a run.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let r = &self.resolver;
         let m = &r.metrics;
         let g = Metrics::get;

@@ -42,7 +42,7 @@ const TCP_ANSWER_LIMIT: usize = 65_535;
 
 /// Where an answer came from, for the query log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
+pub(crate) enum Source {
     Blocked,
     Cache,
     Upstream,
@@ -51,37 +51,37 @@ pub enum Source {
 }
 
 /// An answer and how it was reached.
-pub struct Outcome {
-    pub answer: Arc<Answer>,
+pub(crate) struct Outcome {
+    pub(crate) answer: Arc<Answer>,
     /// Seconds to take off the TTLs (cache age).
-    pub age: u32,
-    pub source: Source,
-    pub zone: Option<String>,
-    pub upstream: Option<SocketAddr>,
+    pub(crate) age: u32,
+    pub(crate) source: Source,
+    pub(crate) zone: Option<String>,
+    pub(crate) upstream: Option<SocketAddr>,
 }
 
 /// What a reload replaces, swapped whole: a query keeps the version it
 /// started with to the end, so a reload never drops one in flight.
-pub struct Live {
-    pub router: Arc<Router>,
-    pub patterns: Arc<SuffixMap<Action>>,
+pub(crate) struct Live {
+    pub(crate) router: Arc<Router>,
+    pub(crate) patterns: Arc<SuffixMap<Action>>,
     /// Labels that make a name before a search suffix look fully qualified.
-    pub tlds: Arc<HashSet<Vec<u8>>>,
-    pub cache_settings: CacheSettings,
-    pub log_queries: bool,
+    pub(crate) tlds: Arc<HashSet<Vec<u8>>>,
+    pub(crate) cache_settings: CacheSettings,
+    pub(crate) log_queries: bool,
 }
 
-pub struct Resolver {
-    pub live: ArcSwap<Live>,
-    pub cache: Cache,
-    pub inflight: Arc<Semaphore>,
-    pub metrics: Metrics,
+pub(crate) struct Resolver {
+    pub(crate) live: ArcSwap<Live>,
+    pub(crate) cache: Cache,
+    pub(crate) inflight: Arc<Semaphore>,
+    pub(crate) metrics: Metrics,
     /// The XDP program's answer cache, when `load` runs one.
-    pub kernel_cache: std::sync::OnceLock<KernelCache>,
+    pub(crate) kernel_cache: std::sync::OnceLock<KernelCache>,
 }
 
 #[derive(Clone, Copy, Debug)]
-pub enum Transport {
+pub(crate) enum Transport {
     Udp,
     Tcp,
 }
@@ -89,17 +89,17 @@ pub enum Transport {
 /// Who asked and how: where the answer goes, how large it may be, and
 /// when the query arrived (only kept for the query log).
 #[derive(Clone, Copy, Debug)]
-pub struct Client {
-    pub addr: SocketAddr,
-    pub transport: Transport,
+pub(crate) struct Client {
+    pub(crate) addr: SocketAddr,
+    pub(crate) transport: Transport,
     /// Bytes the answer may take before it goes out truncated.
-    pub limit: usize,
+    pub(crate) limit: usize,
     /// When the query arrived; `Some` only with `--log-queries` on.
-    pub start: Option<Instant>,
+    pub(crate) start: Option<Instant>,
 }
 
 /// What [`Resolver::handle`] made of one message.
-pub enum Handled {
+pub(crate) enum Handled {
     /// The answer is in the caller's buffer: send it.
     Answered,
     /// Not a query (too short, or a response): send nothing, so two
@@ -110,7 +110,7 @@ pub enum Handled {
 }
 
 /// A query admitted to go upstream (it holds one `max-inflight` permit).
-pub struct Pending {
+pub(crate) struct Pending {
     q: Box<ClientQuery>,
     client: Client,
     permit: OwnedSemaphorePermit,
@@ -118,14 +118,14 @@ pub struct Pending {
 
 /// An upstream answer rendered for its client; once it is sent,
 /// [`Resolved::sent`] hands it to the kernel's answer cache.
-pub struct Resolved {
-    pub bytes: Vec<u8>,
+pub(crate) struct Resolved {
+    pub(crate) bytes: Vec<u8>,
     q: Box<ClientQuery>,
     o: Outcome,
 }
 
 impl Pending {
-    pub async fn resolve(self, r: &Resolver) -> Resolved {
+    pub(crate) async fn resolve(self, r: &Resolver) -> Resolved {
         let o = r.forward(&self.q).await;
         drop(self.permit);
         let bytes = r.answer_bytes(&self.q, &o, &self.client);
@@ -140,14 +140,18 @@ impl Pending {
 impl Resolved {
     /// After the client has its answer: the kernel cache gets it too (a
     /// map update, a system call, so it waits until then).
-    pub fn sent(self, r: &Resolver) {
+    pub(crate) fn sent(self, r: &Resolver) {
         r.share_with_kernel(&self.q, &self.o);
     }
 }
 
 /// Routes, patterns and the settings a reload may change, resolved from
 /// `s`. Fails (and changes nothing) on a zone that does not resolve.
-pub fn live(s: &ForwardSettings, rules: &RuleSet, derived: Option<&Derived>) -> Result<Live> {
+pub(crate) fn live(
+    s: &ForwardSettings,
+    rules: &RuleSet,
+    derived: Option<&Derived>,
+) -> Result<Live> {
     let zones = s.resolved_zones()?;
     if !zones.iter().any(|z| z.name == ".") {
         warn!("no default upstreams (no-resolv, and no --server=IP or zone \".\"): names outside the zones get REFUSED");
@@ -174,7 +178,7 @@ impl Resolver {
     /// One message from a client, over either transport: parsed, counted,
     /// answered here when it can be (into `out`), or admitted to go
     /// upstream. Past `max-inflight` it is answered REFUSED at once.
-    pub fn handle(
+    pub(crate) fn handle(
         &self,
         msg: &[u8],
         addr: SocketAddr,
@@ -219,13 +223,13 @@ impl Resolver {
     /// Swaps in a reloaded configuration. Queries in flight finish on the
     /// old one; the cache keeps its entries (its capacity and the listen
     /// addresses change only with a restart).
-    pub fn reload(&self, next: Live) {
+    pub(crate) fn reload(&self, next: Live) {
         self.live.store(Arc::new(next));
     }
 
     /// Swaps in a new block/allow table, keeping everything else (after
     /// `dnsfast block|allow` changed the kernel's).
-    pub fn set_rules(&self, rules: &RuleSet) {
+    pub(crate) fn set_rules(&self, rules: &RuleSet) {
         let cur = self.live.load();
         self.live.store(Arc::new(Live {
             router: cur.router.clone(),
@@ -236,12 +240,12 @@ impl Resolver {
         }));
     }
     /// Whether `--log-queries` is on (a reload may switch it).
-    pub fn log_queries(&self) -> bool {
+    pub(crate) fn log_queries(&self) -> bool {
         self.live.load().log_queries
     }
 
     /// Answers without leaving the process: a block pattern or the cache.
-    pub fn answer_locally(&self, q: &ClientQuery) -> Option<Outcome> {
+    pub(crate) fn answer_locally(&self, q: &ClientQuery) -> Option<Outcome> {
         let live = self.live.load();
         if let Some((Action::Block, _)) = decide(&live.patterns, &live.tlds, &q.key) {
             self.metrics.blocked.fetch_add(1, Ordering::Relaxed);
@@ -258,7 +262,7 @@ impl Resolver {
     }
 
     /// A permit for one more upstream query, or `None` past `max-inflight`.
-    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+    pub(crate) fn admit(&self) -> Option<OwnedSemaphorePermit> {
         let p = self.inflight.clone().try_acquire_owned().ok();
         if p.is_none() {
             self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
@@ -266,7 +270,7 @@ impl Resolver {
         p
     }
 
-    pub fn overloaded(&self, q: &ClientQuery) -> Outcome {
+    pub(crate) fn overloaded(&self, q: &ClientQuery) -> Outcome {
         // REFUSED sends a stub to its next nameserver at once.
         self.made_here(q, ResponseCode::Refused, Source::Local)
     }
@@ -274,7 +278,7 @@ impl Resolver {
     /// Asks the zone's upstreams in policy order until one answers.
     /// SERVFAIL and REFUSED from one upstream move on to the next; only
     /// timeouts and network errors count against an upstream's health.
-    pub async fn forward(&self, q: &ClientQuery) -> Outcome {
+    pub(crate) async fn forward(&self, q: &ClientQuery) -> Outcome {
         let live = self.live.load_full();
         let Some(zone) = live.router.route(&q.key) else {
             self.metrics.no_route.fetch_add(1, Ordering::Relaxed);
@@ -342,7 +346,7 @@ impl Resolver {
 
     /// Renders `o` for `q` into `out`, counts it and, with
     /// `--log-queries`, logs it.
-    pub fn finish(&self, q: &ClientQuery, o: &Outcome, c: &Client, out: &mut Vec<u8>) {
+    pub(crate) fn finish(&self, q: &ClientQuery, o: &Outcome, c: &Client, out: &mut Vec<u8>) {
         let tc = o.answer.render(q, o.age, c.limit, out);
         self.metrics.answered(o.answer.rcode, tc);
         // Set at arrival exactly when the query log was on.
@@ -354,7 +358,7 @@ impl Resolver {
     /// After a fresh upstream answer has gone out: hand it to the kernel's
     /// answer cache too (a map update, a system call, so it waits until the
     /// client has its answer).
-    pub fn share_with_kernel(&self, q: &ClientQuery, o: &Outcome) {
+    pub(crate) fn share_with_kernel(&self, q: &ClientQuery, o: &Outcome) {
         // Only `load` with a cache sets the kernel cache.
         if o.source != Source::Upstream || o.answer.cacheability == Cacheability::Never {
             return;
@@ -365,7 +369,7 @@ impl Resolver {
     }
 
     /// `finish` into a new buffer.
-    pub fn answer_bytes(&self, q: &ClientQuery, o: &Outcome, c: &Client) -> Vec<u8> {
+    pub(crate) fn answer_bytes(&self, q: &ClientQuery, o: &Outcome, c: &Client) -> Vec<u8> {
         let mut out = Vec::new();
         self.finish(q, o, c, &mut out);
         out

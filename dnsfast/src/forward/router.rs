@@ -14,17 +14,17 @@ use rand::seq::SliceRandom;
 use super::upstream::Upstream;
 use crate::config::forward::{Policy, UpstreamSpec, ZoneSpec};
 
-pub struct Zone {
+pub(crate) struct Zone {
     /// `.` for the default zone.
-    pub name: String,
-    pub upstreams: Vec<Arc<Upstream>>,
-    pub policy: Policy,
-    pub queries: AtomicU64,
+    pub(crate) name: String,
+    pub(crate) upstreams: Vec<Arc<Upstream>>,
+    pub(crate) policy: Policy,
+    pub(crate) queries: AtomicU64,
 }
 
 impl Zone {
     /// Healthy upstreams in the order to try them.
-    pub fn candidates(&self) -> Vec<Arc<Upstream>> {
+    pub(crate) fn candidates(&self) -> Vec<Arc<Upstream>> {
         let mut v: Vec<Arc<Upstream>> = self
             .upstreams
             .iter()
@@ -38,14 +38,14 @@ impl Zone {
     }
 }
 
-pub struct Router {
+pub(crate) struct Router {
     by_suffix: SuffixMap<usize>,
-    pub zones: Vec<Arc<Zone>>,
-    pub upstreams: Vec<Arc<Upstream>>,
+    pub(crate) zones: Vec<Arc<Zone>>,
+    pub(crate) upstreams: Vec<Arc<Upstream>>,
 }
 
 impl Router {
-    pub fn new(specs: &[ZoneSpec]) -> Self {
+    pub(crate) fn new(specs: &[ZoneSpec]) -> Self {
         let mut shared: HashMap<SocketAddr, Arc<Upstream>> = HashMap::new();
         let mut upstreams = Vec::new();
         let mut get = |u: &UpstreamSpec| {
@@ -91,7 +91,7 @@ impl Router {
 
     /// The zone for a name's key, or `None` when no zone (not even a
     /// default) covers it.
-    pub fn route(&self, key: &[u8]) -> Option<&Arc<Zone>> {
+    pub(crate) fn route(&self, key: &[u8]) -> Option<&Arc<Zone>> {
         self.by_suffix.longest(key).map(|(i, _)| &self.zones[*i])
     }
 }

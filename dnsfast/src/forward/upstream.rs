@@ -18,12 +18,12 @@ use super::wire::{reply_matches, truncated, upstream_query, ClientQuery};
 
 /// Consecutive failures (timeouts, refused connections) that mark an
 /// upstream down. A prober brings it back on its first answer.
-pub const DOWN_AFTER: u32 = 3;
+pub(crate) const DOWN_AFTER: u32 = 3;
 /// Receive buffer for one upstream reply over UDP.
 const RECV_BUF: usize = 4096;
 
 #[derive(Debug)]
-pub enum ExchangeError {
+pub(crate) enum ExchangeError {
     Timeout,
     Io(std::io::Error),
 }
@@ -44,22 +44,22 @@ impl From<std::io::Error> for ExchangeError {
 }
 
 #[derive(Debug)]
-pub struct Upstream {
-    pub addr: SocketAddr,
-    pub timeout: Duration,
+pub(crate) struct Upstream {
+    pub(crate) addr: SocketAddr,
+    pub(crate) timeout: Duration,
     consecutive_failures: AtomicU32,
     down: AtomicBool,
-    pub queries: AtomicU64,
-    pub failures: AtomicU64,
-    pub tcp_retries: AtomicU64,
+    pub(crate) queries: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) tcp_retries: AtomicU64,
     /// Replies that did not match what we sent (wrong ID or question).
-    pub mismatched: AtomicU64,
+    pub(crate) mismatched: AtomicU64,
     /// Answer latencies (UDP, plus the TCP retry when truncated).
-    pub latency: super::metrics::Histogram,
+    pub(crate) latency: super::metrics::Histogram,
 }
 
 impl Upstream {
-    pub fn new(addr: SocketAddr, timeout: Duration) -> Self {
+    pub(crate) fn new(addr: SocketAddr, timeout: Duration) -> Self {
         Self {
             addr,
             timeout,
@@ -73,18 +73,18 @@ impl Upstream {
         }
     }
 
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         !self.down.load(Ordering::Relaxed)
     }
 
-    pub fn mark_success(&self) {
+    pub(crate) fn mark_success(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
         if self.down.swap(false, Ordering::Relaxed) {
             info!("upstream {} answers again: restored", self.addr);
         }
     }
 
-    pub fn mark_failure(&self) {
+    pub(crate) fn mark_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= DOWN_AFTER && !self.down.swap(true, Ordering::Relaxed) {
@@ -97,7 +97,7 @@ impl Upstream {
 
     /// Sends `q` and returns the matching reply. A truncated UDP reply is
     /// retried over TCP. Health is updated by the caller.
-    pub async fn exchange(&self, q: &ClientQuery) -> Result<Vec<u8>, ExchangeError> {
+    pub(crate) async fn exchange(&self, q: &ClientQuery) -> Result<Vec<u8>, ExchangeError> {
         self.queries.fetch_add(1, Ordering::Relaxed);
         let start = std::time::Instant::now();
         let reply = self.exchange_udp(q).await?;
@@ -113,7 +113,7 @@ impl Upstream {
 
     /// A fresh socket per query: the kernel picks a random source port, and
     /// `connect` makes it drop datagrams from any other address.
-    pub async fn exchange_udp(&self, q: &ClientQuery) -> Result<Vec<u8>, ExchangeError> {
+    pub(crate) async fn exchange_udp(&self, q: &ClientQuery) -> Result<Vec<u8>, ExchangeError> {
         let id: u16 = rand::random();
         let msg = upstream_query(q, id);
         let local: SocketAddr = if self.addr.is_ipv4() {
@@ -144,7 +144,7 @@ impl Upstream {
         }
     }
 
-    pub async fn exchange_tcp(&self, q: &ClientQuery) -> Result<Vec<u8>, ExchangeError> {
+    pub(crate) async fn exchange_tcp(&self, q: &ClientQuery) -> Result<Vec<u8>, ExchangeError> {
         let id: u16 = rand::random();
         let msg = upstream_query(q, id);
         let work = async {

@@ -17,47 +17,47 @@ use crate::config::forward::CacheSettings;
 
 /// The UDP payload size dnsfast advertises, upstream and to clients: the
 /// DNS flag day 2020 value, which avoids IP fragmentation.
-pub const OUR_UDP_PAYLOAD: u16 = 1232;
+pub(crate) const OUR_UDP_PAYLOAD: u16 = 1232;
 /// Without EDNS a UDP answer holds at most 512 bytes.
-pub const PLAIN_UDP_LIMIT: usize = 512;
+pub(crate) const PLAIN_UDP_LIMIT: usize = 512;
 const OPT_RR_LEN: usize = 11;
 const TYPE_OPT: u16 = 41;
 
 /// A client's query, parsed and checked.
 #[derive(Clone, Debug)]
 pub struct ClientQuery {
-    pub id: u16,
-    pub rd: bool,
-    pub cd: bool,
+    pub(crate) id: u16,
+    pub(crate) rd: bool,
+    pub(crate) cd: bool,
     /// The question name in wire form, in the client's letter case.
-    pub qname: Vec<u8>,
+    pub(crate) qname: Vec<u8>,
     /// The shared label-reversed, lower-cased key of the name.
-    pub key: Vec<u8>,
-    pub qtype: u16,
-    pub qclass: u16,
+    pub(crate) key: Vec<u8>,
+    pub(crate) qtype: u16,
+    pub(crate) qclass: u16,
     /// The client's EDNS: its UDP payload size and DO bit.
-    pub edns: Option<(u16, bool)>,
+    pub(crate) edns: Option<(u16, bool)>,
     pub query: Query,
 }
 
 impl ClientQuery {
-    pub fn dnssec_ok(&self) -> bool {
+    pub(crate) fn dnssec_ok(&self) -> bool {
         self.edns.is_some_and(|(_, d)| d)
     }
 
     /// How many bytes an answer over UDP may take.
-    pub fn udp_limit(&self) -> usize {
+    pub(crate) fn udp_limit(&self) -> usize {
         match self.edns {
             Some((size, _)) => (size as usize).max(PLAIN_UDP_LIMIT),
             None => PLAIN_UDP_LIMIT,
         }
     }
 
-    pub fn name_text(&self) -> String {
+    pub(crate) fn name_text(&self) -> String {
         self.query.name().to_ascii()
     }
 
-    pub fn type_text(&self) -> String {
+    pub(crate) fn type_text(&self) -> String {
         RecordType::from(self.qtype).to_string()
     }
 }
@@ -121,7 +121,7 @@ pub fn parse_query(buf: &[u8]) -> Incoming {
 /// The query dnsfast sends upstream for `q`: a fresh random ID, RD set, the
 /// client's CD bit and question (letter case included), and EDNS with our
 /// payload size and the client's DO bit, whatever the client sent.
-pub fn upstream_query(q: &ClientQuery, id: u16) -> Vec<u8> {
+pub(crate) fn upstream_query(q: &ClientQuery, id: u16) -> Vec<u8> {
     let mut m = Message::query();
     m.metadata.id = id;
     m.metadata.recursion_desired = true;
@@ -136,7 +136,7 @@ pub fn upstream_query(q: &ClientQuery, id: u16) -> Vec<u8> {
 
 /// Whether `reply` answers the query we sent with `id` for `q`: same ID, a
 /// response, and the same question (name compared without case).
-pub fn reply_matches(reply: &[u8], id: u16, q: &ClientQuery) -> bool {
+pub(crate) fn reply_matches(reply: &[u8], id: u16, q: &ClientQuery) -> bool {
     let n = q.qname.len();
     reply.len() >= 12 + n + 4
         && u16::from_be_bytes([reply[0], reply[1]]) == id
@@ -148,13 +148,13 @@ pub fn reply_matches(reply: &[u8], id: u16, q: &ClientQuery) -> bool {
 }
 
 /// The TC bit of a raw message.
-pub fn truncated(reply: &[u8]) -> bool {
+pub(crate) fn truncated(reply: &[u8]) -> bool {
     reply.len() > 2 && reply[2] & 0x02 != 0
 }
 
 /// How long an answer may be cached, in seconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cacheability {
+pub(crate) enum Cacheability {
     Positive(u32),
     Negative(u32),
     Never,
@@ -166,9 +166,9 @@ pub struct Answer {
     /// ID 0, no OPT record, TTLs clamped.
     pub wire: Vec<u8>,
     /// Offset and clamped value of every TTL in `wire`.
-    pub ttls: Vec<(usize, u32)>,
-    pub rcode: ResponseCode,
-    pub cacheability: Cacheability,
+    pub(crate) ttls: Vec<(usize, u32)>,
+    pub(crate) rcode: ResponseCode,
+    pub(crate) cacheability: Cacheability,
 }
 
 impl Answer {
@@ -204,7 +204,7 @@ impl Answer {
 
     /// An answer made here (NXDOMAIN for a blocked name, SERVFAIL,
     /// REFUSED): header and question only, RA set.
-    pub fn synthesized(q: &ClientQuery, rcode: ResponseCode) -> Answer {
+    pub(crate) fn synthesized(q: &ClientQuery, rcode: ResponseCode) -> Answer {
         let mut m = Message::new(0, MessageType::Response, OpCode::Query);
         m.metadata.recursion_available = true;
         m.metadata.checking_disabled = q.cd;
@@ -221,7 +221,13 @@ impl Answer {
     /// The bytes for client `q`, with `elapsed` seconds taken off every TTL.
     /// Over UDP (`limit` = the client's payload size) an answer that does
     /// not fit goes out with TC set and only the question; `true` then.
-    pub fn render(&self, q: &ClientQuery, elapsed: u32, limit: usize, out: &mut Vec<u8>) -> bool {
+    pub(crate) fn render(
+        &self,
+        q: &ClientQuery,
+        elapsed: u32,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> bool {
         out.clear();
         let opt = if q.edns.is_some() { OPT_RR_LEN } else { 0 };
         let qend = 12 + q.qname.len() + 4;
