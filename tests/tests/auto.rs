@@ -206,9 +206,15 @@ fn run_provider(cloud: &[&str]) {
                 "{stub_name:<5} {name:<40} search list {short:>8.1?}   FQDN {fqdn:>8.1?}   ratio {ratio:.2}   ({})",
                 cloud.join(" ")
             );
+            // What the search list may not add is an upstream round trip:
+            // an artifact that went up costs DELAY_MS (or a timeout), while
+            // a shared machine's scheduling noise is a few to tens of ms.
+            // (A ratio bound here failed on noise alone: Go 184 vs 162 ms.)
+            let extra_trips = (short.as_secs_f64() - fqdn.as_secs_f64()) / (DELAY_MS as f64 / 1e3);
             assert!(
-                ratio <= 1.1,
-                "{stub_name}: {name}: {short:?} through the search list vs {fqdn:?} as FQDN"
+                extra_trips < 0.5,
+                "{stub_name}: {name}: {short:?} through the search list vs {fqdn:?} as FQDN \
+                 ({extra_trips:.2} upstream round trips more)"
             );
         }
     }

@@ -240,24 +240,15 @@ fn dig_stream(ns: &str, names: &[String], file: &Path) -> (Vec<(String, String)>
     (got, lost)
 }
 
-/// Reload by symlink swap with 10k patterns under a steady query stream,
-/// a refused bad config, the pattern CLI, explain, stats and /metrics.
-#[test]
-fn live_changes_under_traffic() {
-    require_root!();
+/// The agent every test below starts the same way: the ConfigMap-style
+/// config (`patterns`), the veth, dnsmasq on :5300, `/metrics` on
+/// `metrics` when given.
+fn running(patterns: std::ops::Range<usize>, metrics: Option<&str>) -> (Setup, ConfigMapDir, u32) {
     let mut s = Setup::new();
-    let mut cm = ConfigMapDir::new(&s.tmp.join("configmap"), &config(0..10_000));
-    let metrics_port = 19253;
-    let metrics = format!("127.0.0.1:{metrics_port}");
+    let cm = ConfigMapDir::new(&s.tmp.join("configmap"), &config(patterns));
     let srv_if = s.srv_if.clone();
     let cfg_file = cm.file();
-    // A second upstream, for a zone the new config routes to it.
-    let srv = s.srv.clone();
-    let dlog = s.tmp.join("dnsmasq2.log");
-    s.lab
-        .dnsmasq_answering_all(&srv, 5301, "192.0.2.77", dlog.to_str().unwrap())
-        .unwrap();
-    let agent = s.load(&[
+    let mut args = vec![
         "--iface",
         &srv_if,
         "--config",
@@ -267,9 +258,30 @@ fn live_changes_under_traffic() {
         "--server",
         "127.0.0.1#5300",
         "--no-resolv",
-        "--metrics",
-        &metrics,
-    ]);
+    ];
+    if let Some(m) = metrics {
+        args.extend(["--metrics", m]);
+    }
+    let agent = s.load(&args);
+    (s, cm, agent)
+}
+
+/// A zone the swapped-in config routes to a second upstream.
+const ROUTED: &str = "\n[[zone]]\nname = \"routed.test\"\nupstreams = [\"127.0.0.1#5301\"]\n";
+
+/// Reload by symlink swap with 10k patterns under a steady query stream:
+/// no query lost, none answered as neither config would, and the kernel,
+/// the forwarder and the routes all follow.
+#[test]
+fn a_reload_by_symlink_swap_changes_nothing_else_under_traffic() {
+    require_root!();
+    let (mut s, mut cm, _) = running(0..10_000, None);
+    // A second upstream, for a zone the new config routes to it.
+    let srv = s.srv.clone();
+    let dlog = s.tmp.join("dnsmasq2.log");
+    s.lab
+        .dnsmasq_answering_all(&srv, 5301, "192.0.2.77", dlog.to_str().unwrap())
+        .unwrap();
     assert_eq!(s.dig(&blocked(1), &[]), "NXDOMAIN");
     assert_eq!(s.dig("free.example", &[]), "NOERROR");
     assert_eq!(s.status().unwrap()["patterns"]["block"], 10_000);
@@ -288,8 +300,7 @@ fn live_changes_under_traffic() {
     };
     std::thread::sleep(Duration::from_millis(300));
     let t = Instant::now();
-    let routed = "\n[[zone]]\nname = \"routed.test\"\nupstreams = [\"127.0.0.1#5301\"]\n";
-    cm.swap(&(config(5000..15_000) + routed));
+    cm.swap(&(config(5000..15_000) + ROUTED));
     let reloaded = wait_until(Duration::from_secs(30), || {
         s.status().is_some_and(|v| v["config"]["reloads"] == 1)
     });
@@ -337,8 +348,19 @@ fn live_changes_under_traffic() {
         "192.0.2.77",
         "the new zone's route"
     );
+}
 
-    // A bad config is refused; the old one keeps serving.
+/// A bad config is refused and the old one keeps serving; `status` counts
+/// both kinds of reload.
+#[test]
+fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
+    require_root!();
+    let (s, mut cm, _) = running(0..10_000, None);
+    cm.swap(&config(5000..15_000));
+    let reloaded = wait_until(Duration::from_secs(30), || {
+        s.status().is_some_and(|v| v["config"]["reloads"] == 1)
+    });
+    assert!(reloaded, "no reload:\n{}", s.agent_log());
     cm.swap("[patterns]\nblock = [\"bad..name\"]\n");
     let refused = wait_until(Duration::from_secs(10), || {
         s.status().is_some_and(|v| v["config"]["refused"] == 1)
@@ -356,8 +378,19 @@ fn live_changes_under_traffic() {
     assert!(s
         .agent_log()
         .contains("refused, the previous config keeps serving"));
+    let status = s.ctl_ok(&["status"]);
+    assert!(
+        status.contains(&s.srv_if) && status.contains("1 reload(s), 1 refused"),
+        "{status}"
+    );
+}
 
-    // The pattern CLI: 10k adds at once, timed; the forwarder follows.
+/// `dnsfast block|allow`: 10k adds at once, timed; the kernel and the
+/// forwarder follow; bad input changes nothing; `explain` agrees with dig.
+#[test]
+fn block_and_allow_change_the_kernel_and_the_forwarder_at_once() {
+    require_root!();
+    let (s, _cm, _) = running(5000..15_000, None);
     let many: Vec<String> = (0..10_000).map(|i| format!("m{i}.cli.test")).collect();
     let mut args = vec!["block", "add"];
     args.extend(many.iter().map(String::as_str));
@@ -402,8 +435,16 @@ fn live_changes_under_traffic() {
         let out = s.ctl_ok(&["explain", &name]);
         assert!(out.contains(says), "explain {name}: {out}");
     }
+}
 
-    // watch: events for the test's own queries, and off again after.
+/// `dnsfast watch`: events for the test's own queries, with the rule that
+/// decided; the watch program leaves the jump table with the last watcher.
+#[test]
+fn watch_streams_the_kernels_decisions_while_someone_watches() {
+    require_root!();
+    let (s, _cm, _) = running(5000..15_000, None);
+    s.ctl_ok(&["block", "add", "m1.cli.test"]);
+    s.ctl_ok(&["allow", "add", "ok.m1.cli.test"]);
     let watcher = Command::new(dnsfast_bin())
         .args(["watch", "--json", "--count", "3", "--pin-dir"])
         .arg(&s.pins)
@@ -441,8 +482,20 @@ fn live_changes_under_traffic() {
     });
     assert!(off, "watch still on after the watcher left");
     assert!(s.agent_log().contains("watch off: nobody watches"));
+}
 
-    // /metrics parses as Prometheus text and matches stats --json.
+/// `/metrics` parses as OpenMetrics text (with the Prometheus parser too)
+/// and matches `stats --json`, after a few thousand queries.
+#[test]
+fn metrics_match_stats_after_traffic() {
+    require_root!();
+    let metrics = "127.0.0.1:19253";
+    let (s, _cm, _) = running(0..10_000, Some(metrics));
+    let names: Vec<String> = (0..3000)
+        .flat_map(|i| [blocked(i), format!("free{i}.example")])
+        .collect();
+    let (got, lost) = dig_stream(&s.cli, &names, &s.tmp.join("names.txt"));
+    assert_eq!((got.len(), lost), (names.len(), 0));
     let script = format!(
         r#"
 import json, urllib.request
@@ -492,16 +545,18 @@ print(json.dumps(out))
     );
     let human = s.ctl_ok(&["stats"]);
     assert!(human.contains("answered_nxdomain") && human.contains("upstream 127.0.0.1:5300"));
-    let status = s.ctl_ok(&["status"]);
-    assert!(
-        status.contains(&s.srv_if) && status.contains("1 reload(s), 1 refused"),
-        "{status}"
-    );
+}
 
-    // SIGHUP reloads. The good config goes back in place, where the watch
-    // on the ConfigMap directory does not see it: only the signal does. The
-    // config is the truth, so the run-time changes go.
-    cm.rewrite_in_place(&(config(5000..15_000) + routed));
+/// SIGHUP reloads, also when the file changed where the directory watch
+/// does not see it. The config is the truth: run-time changes go.
+#[test]
+fn sighup_reloads_and_the_config_wins_over_run_time_changes() {
+    require_root!();
+    let (s, cm, agent) = running(0..10_000, None);
+    s.ctl_ok(&["block", "add", "m42.cli.test"]);
+    s.ctl_ok(&["allow", "add", "ok.m1.cli.test"]);
+    assert_eq!(s.dig("x.m42.cli.test", &[]), "NXDOMAIN");
+    cm.rewrite_in_place(&config(5000..15_000));
     Command::new("kill")
         .args(["-HUP", &agent.to_string()])
         .status()
@@ -509,7 +564,7 @@ print(json.dumps(out))
     assert!(
         wait_until(Duration::from_secs(10), || s
             .status()
-            .is_some_and(|v| v["config"]["reloads"] == 2)),
+            .is_some_and(|v| v["config"]["reloads"] == 1)),
         "no reload on SIGHUP:\n{}",
         s.agent_log()
     );
@@ -521,11 +576,17 @@ print(json.dumps(out))
     );
     assert_eq!(s.dig(&blocked(12_000), &[]), "NXDOMAIN", "config kept");
     assert_eq!(s.ctl_ok(&["allow", "list"]), "");
+}
 
-    // unload: the agent detaches, removes its pins and exits.
+/// `dnsfast unload`: the agent detaches, removes its pins and exits.
+#[test]
+fn unload_detaches_removes_the_pins_and_exits() {
+    require_root!();
+    let (s, _cm, _) = running(0..10, None);
+    assert_eq!(s.dig(&blocked(1), &[]), "NXDOMAIN");
     s.ctl_ok(&["unload"]);
     assert!(wait_until(Duration::from_secs(10), || !s.pins.exists()));
-    assert_eq!(s.attached_prog(&s.srv, &srv_if), None);
+    assert_eq!(s.attached_prog(&s.srv, &s.srv_if), None);
     assert!(s.ctl_ok(&["status"]).contains("nothing loaded"));
 }
 

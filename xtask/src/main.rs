@@ -315,6 +315,18 @@ fn test() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     // Default members only: the eBPF crate builds for its own target (build.rs).
     run(cargo().args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The bench and demo binaries (feature `lab`) too.
+    run(cargo().args([
+        "clippy",
+        "-p",
+        "xtask",
+        "--features",
+        "lab",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // The feature-gated eBPF logging build must keep compiling too.
     run(cargo().args([
         "clippy",
@@ -354,12 +366,25 @@ fn fresh_tmp(name: &str) -> Result<PathBuf> {
     Ok(tmp)
 }
 
+/// Builds one of the lab binaries (bench, demo): they link the agent, so
+/// they need the toolchain `setup` installs, and live behind a feature.
+const LAB_BUILD: &[&str] = &[
+    "build",
+    "--release",
+    "-p",
+    "xtask",
+    "--features",
+    "lab",
+    "--bin",
+];
+
 fn bench(args: &[String]) -> Result<()> {
     setup()?;
     if !is_root() {
         bail!("bench needs root (BPF_PROG_TEST_RUN and network namespaces)");
     }
-    run(cargo().args(["build", "--release", "-p", "dnsfast", "-p", "dnsfast-tests"]))?;
+    run(cargo().args(["build", "--release", "-p", "dnsfast"]))?;
+    run(cargo().args(LAB_BUILD).arg("dnsfast-bench"))?;
     let dir = root().join("target/release");
     run(Command::new(dir.join("dnsfast-bench"))
         .args(args)
@@ -372,7 +397,8 @@ fn demo() -> Result<()> {
     if !is_root() {
         bail!("demo needs root (network namespaces and XDP)");
     }
-    run(cargo().args(["build", "--release", "-p", "dnsfast", "-p", "dnsfast-tests"]))?;
+    run(cargo().args(["build", "--release", "-p", "dnsfast"]))?;
+    run(cargo().args(LAB_BUILD).arg("dnsfast-demo"))?;
     let dir = root().join("target/release");
     run(Command::new(dir.join("dnsfast-demo"))
         .env("TMPDIR", fresh_tmp("demo-tmp")?)

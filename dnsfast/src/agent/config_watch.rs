@@ -13,7 +13,7 @@ use tokio::{
     sync::mpsc::{unbounded_channel, UnboundedReceiver},
 };
 
-use super::Agent;
+use super::state::Agent;
 
 /// Editors and kubelet write in several steps; changes closer together
 /// than this make one reload.

@@ -22,7 +22,7 @@ use tokio::{
     net::UnixListener,
 };
 
-use super::{stats, Agent};
+use super::{state::Agent, stats};
 use crate::paths;
 
 /// The control socket, removed when dropped.
@@ -88,7 +88,9 @@ pub(crate) async fn serve(listener: UnixListener, agent: Arc<Agent>) -> Result<(
             if line.trim() == "watch" {
                 // The connection stays open: events until the client leaves.
                 if let Ok(stream) = rd.into_inner().reunite(wr) {
-                    if let Err(e) = super::events::serve_watcher(agent, stream).await {
+                    if let Err(e) =
+                        super::events::serve_watcher(agent.events.as_ref(), &agent.dp, stream).await
+                    {
                         warn!("watch: {e:#}");
                     }
                 }

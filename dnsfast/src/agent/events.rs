@@ -31,7 +31,7 @@ use tokio::{
     sync::broadcast,
 };
 
-use super::Agent;
+use crate::dataplane::Dataplane;
 use crate::forward::kernel_cache::monotonic_ns;
 
 /// Events buffered per watcher before it starts skipping.
@@ -157,8 +157,12 @@ fn dotted(wire: &[u8]) -> String {
 }
 
 /// Streams events to one watcher until it disconnects.
-pub(crate) async fn serve_watcher(agent: Arc<Agent>, stream: UnixStream) -> Result<()> {
-    let Some(w) = agent.events.as_ref() else {
+pub(crate) async fn serve_watcher(
+    events: Option<&Events>,
+    dp: &Mutex<Dataplane>,
+    stream: UnixStream,
+) -> Result<()> {
+    let Some(w) = events else {
         let (_, mut wr) = stream.into_split();
         let _ = wr
             .write_all(b"{\"ok\":false,\"error\":\"the watch ring is not available\"}\n")
@@ -166,7 +170,7 @@ pub(crate) async fn serve_watcher(agent: Arc<Agent>, stream: UnixStream) -> Resu
         return Ok(());
     };
     let mut rx = w.tx.subscribe();
-    set_watchers(&agent, 1)?;
+    set_watchers(w, dp, 1)?;
     let (mut rd, mut wr) = stream.into_split();
     // Ends when the watcher goes away; a write error just means it did.
     let _gone: std::io::Result<()> = async {
@@ -195,15 +199,12 @@ pub(crate) async fn serve_watcher(agent: Arc<Agent>, stream: UnixStream) -> Resu
         }
     }
     .await;
-    set_watchers(&agent, -1)
+    set_watchers(w, dp, -1)
 }
 
 /// Counts watchers; the first one puts the watch program in the jump
 /// table, the last one takes it out.
-fn set_watchers(agent: &Agent, delta: isize) -> Result<()> {
-    let Some(w) = agent.events.as_ref() else {
-        return Ok(());
-    };
+fn set_watchers(w: &Events, dp: &Mutex<Dataplane>, delta: isize) -> Result<()> {
     let mut n = w
         .watchers
         .lock()
@@ -212,9 +213,7 @@ fn set_watchers(agent: &Agent, delta: isize) -> Result<()> {
     *n = before.saturating_add_signed(delta);
     if (before == 0) != (*n == 0) {
         let on = *n > 0;
-        agent
-            .dp
-            .lock()
+        dp.lock()
             .map_err(|_| anyhow::anyhow!("dataplane lock poisoned"))?
             .set_watch(on)?;
         info!(

@@ -11,7 +11,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 
-use super::{openmetrics, stats, Agent};
+use super::{openmetrics, state::Agent, stats};
 
 /// Longest request head read; scrapers send a few hundred bytes.
 const MAX_HEAD: usize = 8192;

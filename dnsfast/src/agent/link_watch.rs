@@ -13,7 +13,7 @@ use nix::sys::socket::{
     bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
 };
 
-use super::Agent;
+use super::state::Agent;
 
 /// `RTMGRP_LINK`: the multicast group that announces links coming and going.
 const RTMGRP_LINK: u32 = 1;

@@ -21,6 +21,7 @@ pub(crate) mod ifaces;
 pub(crate) mod link_watch;
 pub(crate) mod openmetrics;
 pub(crate) mod runtime;
+pub(crate) mod state;
 pub(crate) mod stats;
 
 use std::{
@@ -34,14 +35,15 @@ use anyhow::{anyhow, bail, Context, Result};
 use log::{info, warn};
 
 use crate::{
-    config::{self, Config, ForwardFlags},
+    config::{self, ForwardFlags},
     dataplane::{
         self, attach::AttachMode, kernel_version, pins, require_root, Dataplane, LoadOptions,
     },
-    forward::{kernel_cache::KernelCache, resolver::Resolver, Forwarder},
+    forward::{kernel_cache::KernelCache, Forwarder},
     paths, rules,
 };
 use ifaces::Ifaces;
+use state::{poisoned, Agent, Applied, Inputs};
 
 /// What `dnsfast load` was asked to do (its command line).
 #[derive(Debug, Clone)]
@@ -57,223 +59,6 @@ pub(crate) struct Options {
     pub(crate) keep_attached: bool,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) forward: ForwardFlags,
-}
-
-/// What the config is rebuilt from at a reload: the file and the flags.
-pub(crate) struct Inputs {
-    pub(crate) config: Option<PathBuf>,
-    pub(crate) addresses: Vec<String>,
-    pub(crate) forward: ForwardFlags,
-}
-
-/// The config in force, and how reloads went.
-pub(crate) struct Applied {
-    pub(crate) cfg: Config,
-    /// The file's bytes when it was applied, to tell a real change from
-    /// a touch.
-    pub(crate) file: Option<Vec<u8>>,
-    pub(crate) reloads: u64,
-    pub(crate) refused: u64,
-    pub(crate) last_error: Option<String>,
-    pub(crate) last_reload: Option<SystemTime>,
-}
-
-impl Applied {
-    pub(crate) fn status(&self) -> stats::ReloadStatus {
-        stats::ReloadStatus {
-            reloads: self.reloads,
-            refused: self.refused,
-            last_error: self.last_error.clone(),
-            last_reload: self.last_reload.map(stats::unix_secs),
-        }
-    }
-}
-
-pub(crate) struct Agent {
-    pub(crate) pid: u32,
-    pub(crate) started: SystemTime,
-    pub(crate) pin_dir: PathBuf,
-    pub(crate) keep_attached: bool,
-    pub(crate) inputs: Inputs,
-    /// Lock order: `dp`, then `ifaces`, then `applied`.
-    pub(crate) dp: Mutex<Dataplane>,
-    pub(crate) ifaces: Mutex<Ifaces>,
-    pub(crate) applied: Mutex<Applied>,
-    pub(crate) forwarder: Option<Arc<Resolver>>,
-    pub(crate) listeners: Vec<SocketAddr>,
-    pub(crate) program_id: u32,
-    /// Query events for `dnsfast watch` (none if the ring is unavailable).
-    pub(crate) events: Option<events::Events>,
-    /// Attached, pinned and serving.
-    pub(crate) ready: AtomicBool,
-    /// `dnsfast unload` asked: detach even with `--keep-attached`.
-    unloading: AtomicBool,
-    stop: tokio::sync::Notify,
-}
-
-fn poisoned<T>(_: T) -> anyhow::Error {
-    anyhow!("an agent lock is poisoned (a thread panicked)")
-}
-
-impl Agent {
-    /// Attaches to new matching interfaces, forgets vanished ones.
-    pub(crate) fn sync_ifaces(&self) -> Result<()> {
-        let mut dp = self.dp.lock().map_err(poisoned)?;
-        let mut ifs = self.ifaces.lock().map_err(poisoned)?;
-        ifaces::sync(&mut dp, &mut ifs)
-    }
-
-    pub(crate) fn detach_iface(&self, name: &str) -> Result<()> {
-        let mut dp = self.dp.lock().map_err(poisoned)?;
-        let mut ifs = self.ifaces.lock().map_err(poisoned)?;
-        ifaces::detach(&mut dp, &mut ifs, name)
-    }
-
-    /// After `dnsfast block|allow` changed the kernel pattern table: the
-    /// forwarder takes the same table. Returns the number of rules.
-    pub(crate) fn resync_rules(&self) -> Result<usize> {
-        let mut dp = self.dp.lock().map_err(poisoned)?;
-        // Read while no CLI writes: a scan racing a cuckoo move could miss
-        // the moved entry.
-        let rules = {
-            let _tables = pins::lock_dir(&self.pin_dir)?;
-            dp.rules()?
-        };
-        drop(dp);
-        if let Some(r) = &self.forwarder {
-            r.set_rules(&rules);
-        }
-        info!("pattern table changed from the CLI: {} rules", rules.len());
-        Ok(rules.len())
-    }
-
-    /// Rebuilds the config from the file and flags and applies the
-    /// difference. A config that does not validate changes nothing, and the
-    /// old one keeps serving.
-    pub(crate) fn reload(&self, why: &str) -> Result<String> {
-        let t = std::time::Instant::now();
-        let result = self
-            .try_reload()
-            .map(|s| format!("{s}; applied in {} ms", t.elapsed().as_millis()));
-        let mut a = self.applied.lock().map_err(poisoned)?;
-        a.last_reload = Some(SystemTime::now());
-        match &result {
-            Ok(summary) => {
-                a.reloads += 1;
-                a.last_error = None;
-                info!("config reloaded ({why}): {summary}");
-            }
-            Err(e) => {
-                a.refused += 1;
-                a.last_error = Some(format!("{e:#}"));
-                warn!("config reload ({why}) refused, the previous config keeps serving: {e:#}");
-            }
-        }
-        result
-    }
-
-    fn try_reload(&self) -> Result<String> {
-        let i = &self.inputs;
-        let file = match &i.config {
-            Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
-            None => None,
-        };
-        let cfg = config::build(i.config.as_deref(), &i.addresses, &i.forward)?;
-        // What is in force now: the baseline for the notes, the capacity
-        // check and the way back.
-        let old_cfg = self.applied.lock().map_err(poisoned)?.cfg.clone();
-        let notes: Vec<&str> = [
-            (
-                cfg.forward.listen != old_cfg.forward.listen,
-                "forward.listen changes take a restart",
-            ),
-            (
-                cfg.forward.cache.size != old_cfg.forward.cache.size,
-                "cache.size changes take a restart",
-            ),
-            (
-                cfg.forward.max_inflight != old_cfg.forward.max_inflight,
-                "forward.max-inflight changes take a restart",
-            ),
-            (
-                cfg.xdp.max_patterns != old_cfg.xdp.max_patterns,
-                "xdp.max-patterns changes take a restart",
-            ),
-        ]
-        .into_iter()
-        .filter_map(|(changed, note)| changed.then_some(note))
-        .collect();
-        let rules = rules::rules_of(&cfg.patterns);
-        let tlds = dataplane::tlds_of(&cfg);
-        // Everything that can fail without touching anything comes first.
-        let next = match &self.forwarder {
-            Some(_) => Some(crate::forward::resolver::live(
-                &cfg.forward,
-                &rules,
-                cfg.derived.as_ref(),
-            )?),
-            None => None,
-        };
-        let mut dp = self.dp.lock().map_err(poisoned)?;
-        // `dnsfast block|allow` writes the pinned table too: one at a time.
-        let _tables = pins::lock_dir(&self.pin_dir)?;
-        let old_rules = dp.rules()?;
-        let capacity = old_cfg.xdp.max_patterns as usize;
-        // The table holds both configs' entries for a moment (namespace
-        // suffixes folded).
-        let (new_table, _) = rules::fold_namespaces(&rules);
-        let (old_table, _) = rules::fold_namespaces(&old_rules);
-        let union = old_table.len()
-            + new_table
-                .keys()
-                .filter(|k| !old_table.contains_key(*k))
-                .count();
-        if union > capacity {
-            bail!(
-                "the old and new pattern tables hold {union} patterns together, more than the \
-                 loaded map's {capacity}: add-then-delete could not keep the old ones in place. \
-                 Raise xdp.max-patterns and restart"
-            );
-        }
-        let d = match dp
-            .reconcile(&rules, &tlds)
-            .and_then(|d| dataplane::apply_xdp(&mut dp, &cfg).map(|_| d))
-        {
-            Ok(d) => d,
-            Err(e) => {
-                // Put back what was there, so nothing is half-applied.
-                // (The old rules, not the old config's: they hold the
-                // run-time changes made since.)
-                if let Err(e2) = dp
-                    .reconcile(&old_rules, &dataplane::tlds_of(&old_cfg))
-                    .and_then(|_| dataplane::apply_xdp(&mut dp, &old_cfg))
-                {
-                    warn!("restoring the previous maps failed too: {e2:#}");
-                }
-                return Err(e);
-            }
-        };
-        drop(dp);
-        if let (Some(r), Some(n)) = (&self.forwarder, next) {
-            r.reload(n);
-        }
-        let mut a = self.applied.lock().map_err(poisoned)?;
-        a.cfg = cfg;
-        a.file = file;
-        let mut s = d.to_string();
-        for n in notes {
-            s.push_str("; note: ");
-            s.push_str(n);
-        }
-        Ok(s)
-    }
-
-    /// `dnsfast unload`: detach everything, remove the pins, exit.
-    pub(crate) fn request_stop(&self) {
-        self.unloading
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        self.stop.notify_one();
-    }
 }
 
 /// `dnsfast load`: validate, load, fill, attach (or adopt), pin, serve

@@ -13,7 +13,7 @@ use std::{
 use dnsfast_common::{pattern::Action, Counters};
 use serde::{Deserialize, Serialize};
 
-use super::Agent;
+use super::state::{Agent, Applied};
 use crate::forward::{
     metrics::{rcode_name, Metrics, LATENCY_BUCKETS_US},
     resolver::Resolver,
@@ -220,6 +220,15 @@ pub(crate) struct ReloadStatus {
     pub(crate) last_reload: Option<u64>,
 }
 
+fn reload_status(a: &Applied) -> ReloadStatus {
+    ReloadStatus {
+        reloads: a.reloads,
+        refused: a.refused,
+        last_error: a.last_error.clone(),
+        last_reload: a.last_reload.map(unix_secs),
+    }
+}
+
 fn forwarder_stats(r: &Resolver) -> ForwarderStats {
     let m = &r.metrics;
     let g = Metrics::get;
@@ -329,7 +338,7 @@ pub(crate) fn status(a: &Agent) -> Status {
         program_id: a.program_id,
         keep_attached: a.keep_attached,
         listeners: a.listeners.iter().map(|l| l.to_string()).collect(),
-        config: a.applied.lock().map(|r| r.status()).ok(),
+        config: a.applied.lock().map(|r| reload_status(&r)).ok(),
         ..Default::default()
     };
     if let (Ok(mut dp), Ok(ifs)) = (a.dp.lock(), a.ifaces.lock()) {

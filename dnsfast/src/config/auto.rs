@@ -20,7 +20,7 @@ use hickory_proto::rr::Name;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{Origin, PatternTable};
+use super::patterns::{Origin, PatternTable};
 
 /// The ICANN top-level domains of the Public Suffix List, in ASCII
 /// (punycode for IDNs). Regenerate with `cargo xtask update-tlds`.

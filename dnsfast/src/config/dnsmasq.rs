@@ -3,10 +3,10 @@
 use anyhow::{bail, Result};
 use dnsfast_common::pattern::Action;
 
+use super::patterns::{Origin, PatternTable};
 use crate::config::forward::{
     parse_upstream, parse_zone, ForwardSettings, Policy, UpstreamSpec, ZoneSpec,
 };
-use crate::config::{Origin, PatternTable};
 
 /// Adds the domains of one `--address=/d1/d2/…/` value as block patterns.
 ///

@@ -12,7 +12,7 @@ use dnsfast_common::pattern::Pattern;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::Origin;
+use super::patterns::Origin;
 
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:53";
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);

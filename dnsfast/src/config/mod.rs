@@ -8,22 +8,22 @@ pub mod auto;
 pub(crate) mod dnsmasq;
 pub(crate) mod flags;
 pub mod forward;
+pub mod patterns;
 
-use std::{
-    net::IpAddr,
-    path::{Path, PathBuf},
-};
+use std::{net::IpAddr, path::Path};
 
 use anyhow::{bail, Context, Result};
 use dnsfast_common::{
-    pattern::{Action, Pattern},
-    DEFAULT_DNS_PORT, DEFAULT_MAX_PATTERNS, MAX_MAX_PATTERNS, MAX_PORTS, MAX_SERVER_ADDRS,
+    pattern::Action, DEFAULT_DNS_PORT, DEFAULT_MAX_PATTERNS, MAX_MAX_PATTERNS, MAX_PORTS,
+    MAX_SERVER_ADDRS,
 };
 use serde::Deserialize;
 use toml::Spanned;
 
 use self::forward::{parse_listen, ForwardSettings};
 pub use flags::ForwardFlags;
+pub(crate) use patterns::Origin;
+pub use patterns::PatternTable;
 
 /// An example configuration, documented; `dnsfast load` without `--config`
 /// uses the same defaults.
@@ -82,23 +82,6 @@ impl Default for XdpSettings {
     }
 }
 
-/// Where a pattern came from, for error messages.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Origin {
-    File { path: PathBuf, line: usize },
-    Flag(String),
-}
-
-impl std::fmt::Display for Origin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Origin::File { path, line: 0 } => write!(f, "{}", path.display()),
-            Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
-            Origin::Flag(flag) => write!(f, "flag {flag}"),
-        }
-    }
-}
-
 /// A validated configuration.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Config {
@@ -108,48 +91,6 @@ pub(crate) struct Config {
     pub(crate) auto: auto::AutoSettings,
     /// What auto mode derived (filled by `load::build_config`).
     pub(crate) derived: Option<auto::Derived>,
-}
-
-/// Patterns with their actions; a name in both lists is an error.
-#[derive(Clone, Debug, Default)]
-pub struct PatternTable {
-    entries: std::collections::BTreeMap<Pattern, (Action, Origin)>,
-}
-
-impl PatternTable {
-    pub(crate) fn add(&mut self, text: &str, action: Action, origin: Origin) -> Result<()> {
-        let p =
-            Pattern::parse(text).map_err(|e| anyhow::anyhow!("{origin}: pattern '{text}': {e}"))?;
-        if let Some((prev, prev_origin)) = self.entries.get(&p) {
-            if *prev != action {
-                bail!("{origin}: pattern '{p}' is both {action} and {prev} (at {prev_origin}); pick one");
-            }
-            return Ok(());
-        }
-        self.entries.insert(p, (action, origin));
-        Ok(())
-    }
-
-    /// The action of the pattern written exactly `name` (canonical form).
-    pub(crate) fn action_of(&self, name: &str) -> Option<Action> {
-        let key = Pattern {
-            name: name.to_string(),
-        };
-        self.entries.get(&key).map(|(a, _)| *a)
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (&Pattern, Action)> {
-        self.entries.iter().map(|(p, (a, _))| (p, *a))
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 impl Config {

@@ -49,6 +49,7 @@ use dnsfast_common::{
     PROG_NAME, WATCH_PROG_NAME,
 };
 use label_set::{add_labels, remove_other_labels, LabelSet, LabelTable};
+pub use pattern_table::Diff;
 use pattern_table::{reconcile_rules, MapStore, Patterns, Table};
 
 /// The XDP object, built by `build.rs` and embedded so that one binary is
@@ -516,24 +517,6 @@ impl Dataplane {
         self.ebpf
             .map_mut(name)
             .ok_or_else(|| anyhow!("map {name} missing from the embedded object"))
-    }
-}
-
-/// What a reconcile changed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Diff {
-    pub added: usize,
-    pub changed: usize,
-    pub removed: usize,
-}
-
-impl std::fmt::Display for Diff {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "+{} added, {} changed, -{} removed",
-            self.added, self.changed, self.removed
-        )
     }
 }
 

@@ -19,10 +19,7 @@ use dnsfast_common::{
     Rule, KEY_DATA_LEN,
 };
 
-use super::{
-    cuckoo::{self, Place},
-    Diff,
-};
+use super::cuckoo::{self, Place};
 use crate::rules::RuleSet;
 
 /// Where the table's three maps live.
@@ -292,6 +289,24 @@ fn copy_slot(dst: &mut Bucket, d: usize, src: &Bucket, s: usize) {
 }
 
 /// The table in plain memory, for tests.
+/// What a reconcile changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+}
+
+impl std::fmt::Display for Diff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "+{} added, {} changed, -{} removed",
+            self.added, self.changed, self.removed
+        )
+    }
+}
+
 /// The pattern table's maps (`PATTERNS`, `PATTERN_DEPTHS`,
 /// `PATTERN_TAILS`).
 pub(crate) struct MapStore<T> {
