@@ -23,7 +23,7 @@ pub fn rules_of(patterns: &PatternTable) -> RuleSet {
 }
 
 /// The forwarder's view of the same rules.
-pub(crate) fn suffix_map(rules: &RuleSet) -> SuffixMap<Action> {
+pub fn suffix_map(rules: &RuleSet) -> SuffixMap<Action> {
     let mut m = SuffixMap::new();
     for (k, r) in rules {
         if let Some(a) = Action::from_code(r.action) {

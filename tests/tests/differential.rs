@@ -2,7 +2,10 @@
 //! matcher on 100k+ random and mutated names and packets.
 
 use dnsfast::dataplane::{Dataplane, LoadOptions};
-use dnsfast_common::pattern::{rule_entry, to_wire, Action, Pattern, ReferenceMatcher};
+use dnsfast_common::{
+    pattern::{rule_entry, to_wire, Action, Pattern, ReferenceMatcher},
+    suffix::{decide, name_key},
+};
 use dnsfast_tests::{
     pkt::{frame, parse, raw_query, Ip, Wrap},
     require_root,
@@ -112,6 +115,10 @@ fn kernel_matches_reference_on_100k_names_and_mutations() {
     for tld in &tlds {
         reference.insert_tld(tld);
     }
+    // The forwarder's copy of the same rules (unfolded), as it decides.
+    let fwd_rules = dnsfast::rules::suffix_map(&rules);
+    let fwd_tlds: std::collections::HashSet<Vec<u8>> =
+        tlds.iter().map(|t| t.as_bytes().to_vec()).collect();
     // The kernel tables as the agent writes them (namespace suffixes folded).
     let d = dp.reconcile(&rules, &tlds).unwrap();
     eprintln!("kernel tables: {d}");
@@ -185,6 +192,19 @@ fn kernel_matches_reference_on_100k_names_and_mutations() {
             if verdict != XDP_TX {
                 assert_eq!(out, f);
             }
+            // The forwarder (TCP, hosts without XDP) decides the same.
+            let forwarder = name_key(&wire)
+                .ok()
+                .and_then(|(k, _)| decide(&fwd_rules, &fwd_tlds, &k))
+                .map(|(a, _)| a)
+                == Some(Action::Block);
+            assert_eq!(
+                forwarder,
+                expected,
+                "name {:?}: forwarder blocks: {forwarder}, reference {:?} (seed {seed})",
+                String::from_utf8_lossy(&wire),
+                reference.decide_wire(&wire)
+            );
             tx += u64::from(verdict == XDP_TX);
             names += 1;
         }

@@ -1,5 +1,5 @@
-//! The docs stay true: every command in a `sh` block of README.md and
-//! deploy/README.md is run here, in a lab namespace, or named as covered
+//! The docs stay true: every command in a `sh` block of README.md, of every
+//! file in docs/ and of deploy/README.md is run here, in a lab namespace, or named as covered
 //! elsewhere (with the reason). A command this test does not know fails it,
 //! so a new doc command needs a way to run.
 //!
@@ -124,6 +124,7 @@ fn adapt(cmd: &str, lab: &Ctx) -> Plan {
                 Plan::Elsewhere("tests/tests/deploy.rs builds its context and runs buildah bud")
             }
             "demo" => Plan::Elsewhere("the demo; run by hand"),
+            "bench" => Plan::Elsewhere("a benchmark: run by hand, never timed in a test"),
             _ => panic!("unknown doc command: {cmd}"),
         },
         ("podman", "save") | ("ctr", _) => {
@@ -224,10 +225,20 @@ fn every_documented_command_runs() {
     let mut ctx = ctx;
 
     let mut plans = vec![];
-    for file in ["README.md", "deploy/README.md"] {
+    let mut files = vec!["README.md".to_string(), "deploy/README.md".to_string()];
+    let mut docs: Vec<String> = std::fs::read_dir(root().join("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".md"))
+        .map(|n| format!("docs/{n}"))
+        .collect();
+    docs.sort();
+    assert!(docs.len() >= 6, "docs/ lost its files: {docs:?}");
+    files.extend(docs);
+    for file in &files {
         for cmd in commands(&root().join(file)) {
             for v in variants(&cmd, &iface) {
-                plans.push((file, v.clone(), adapt(&v, &ctx)));
+                plans.push((file.as_str(), v.clone(), adapt(&v, &ctx)));
             }
         }
     }

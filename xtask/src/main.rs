@@ -348,6 +348,8 @@ fn test() -> Result<()> {
         .env("TMPDIR", &tmp)
         .env("DNSFAST_BIN", &bin)
         .env("DNSFAST_IMAGE_CONTEXT", &image_ctx))?;
+    // The lab binaries' own unit tests (the bench's history table).
+    run(cargo().args(["test", "-p", "xtask", "--features", "lab", "--bins"]))?;
     if is_root() {
         kernels::test_kernels(&root())?;
     }

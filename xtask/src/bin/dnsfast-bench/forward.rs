@@ -254,6 +254,7 @@ pub fn run(bin: &str, seconds: u32, rounds: usize) -> Result<()> {
         }
     }
     if let Some(Some(ours)) = rows.first() {
+        let mut hits = vec![];
         for (p, r) in peers.iter().zip(&rows).skip(2) {
             if let Some(r) = r {
                 println!(
@@ -262,8 +263,11 @@ pub fn run(bin: &str, seconds: u32, rounds: usize) -> Result<()> {
                     ours.hit_qps / r.hit_qps,
                     ours.miss_qps / r.miss_qps
                 );
+                hits.push(format!("{:.2}×", ours.hit_qps / r.hit_qps));
             }
         }
+        crate::history::note("cache_hits", hits.join(" / "));
+        crate::history::note("rss", format!("{:.1} MB", ours.rss_mb));
     }
     for f in [&hits, &misses, &unbound_peer, &upstream_conf] {
         let _ = std::fs::remove_file(f);

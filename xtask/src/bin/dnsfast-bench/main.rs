@@ -4,6 +4,7 @@
 //! same run. Not a test: nothing here asserts a time.
 
 mod forward;
+mod history;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -41,6 +42,10 @@ struct Args {
     /// `perf record` to profile one path.
     #[arg(long, value_name = "TEXT")]
     case: Option<String>,
+    /// Put this run's headline figures last in the history table of FILE
+    /// (docs/benchmarks.md); the row is printed either way.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
     /// Internal: run the latency probe against this server (the forwarder
     /// part starts it inside the client namespace) and print its summary.
     #[arg(long, hide = true, value_name = "ADDR")]
@@ -66,6 +71,7 @@ fn main() -> Result<()> {
     if let Some(server) = &args.probe {
         return forward::probe(server, args.seconds);
     }
+    history::stamp();
     if !args.forward_only {
         xdp(&args)?;
     }
@@ -73,6 +79,13 @@ fn main() -> Result<()> {
         let bin =
             std::env::var("DNSFAST_BIN").context("DNSFAST_BIN (cargo xtask bench sets it)")?;
         forward::run(&bin, args.seconds, args.runs.min(5))?;
+    }
+    let row = history::row();
+    println!("\n== History row (docs/benchmarks.md; `--record FILE` adds it there)");
+    println!("{}\n{row}", history::header());
+    if let Some(file) = &args.record {
+        history::record(file, &row)?;
+        println!("recorded in {}", file.display());
     }
     Ok(())
 }
@@ -272,6 +285,17 @@ fn xdp(args: &Args) -> Result<()> {
             "{:<34} {:>9} {:>10} {:>10.0} {:>16} {:>18}",
             c.what, c.patterns, c.name, m, net, low_net
         );
+        // The history keeps the fastest round minus the empty program's.
+        let key = match (c.what, c.patterns, c.name.as_str()) {
+            ("DNS, no match -> PASS", "10", _) => Some("no_match"),
+            (w, "100k", "25") if w.starts_with("block hit") => Some("block_100k"),
+            (w, _, _) if w.starts_with("auto: artifact") => Some("artifact"),
+            (w, _, _) if w.starts_with("auto: real name") => Some("real"),
+            _ => None,
+        };
+        if let Some(k) = key {
+            history::note(k, format!("{low_net} ns"));
+        }
     }
     println!(
         "auto rules for 1,000 namespaces: {} search suffixes, {} TLD labels; kernel map memory \
@@ -487,16 +511,22 @@ fn qps(a: &Args) -> Result<()> {
         "server", "qps", "dnsfast qps / this qps"
     );
     let mut first = None;
+    let mut ratios = vec![];
     for s in &servers {
         let r = measure(s, &bin, &names, a.seconds);
         match r {
             Ok(qps) => {
                 let base = *first.get_or_insert(qps);
                 println!("{:<34} {:>12.0} {:>21.2}x", s.name, qps, base / qps);
+                ratios.push(format!("{:.2}×", base / qps));
             }
-            Err(e) => println!("{:<34} failed: {e:#}", s.name),
+            Err(e) => {
+                println!("{:<34} failed: {e:#}", s.name);
+                ratios.push("failed".into());
+            }
         }
     }
+    history::note("blocked_qps", ratios[1..].join(" / "));
     let _ = std::fs::remove_file(&names);
     let _ = std::fs::remove_file(&unbound_file);
     Ok(())
