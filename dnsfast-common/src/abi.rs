@@ -98,7 +98,7 @@ pub struct Rule {
 /// agent can change them while traffic flows).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Config {
+pub struct XdpConfig {
     /// UDP destination ports treated as DNS; 0 marks an unused slot.
     pub ports: [u16; MAX_PORTS],
     /// Non-zero: answer only queries whose destination is in `SERVER_ADDRS`.
@@ -106,7 +106,7 @@ pub struct Config {
     pub _pad: u32,
 }
 
-impl Default for Config {
+impl Default for XdpConfig {
     fn default() -> Self {
         Self {
             ports: [DEFAULT_DNS_PORT, 0, 0, 0],
@@ -300,7 +300,7 @@ mod pod {
     // SAFETY: all of these are repr(C), Copy, contain only integers and byte
     // arrays, and every bit pattern is valid.
     unsafe impl aya::Pod for super::Rule {}
-    unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::AddrKey {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for crate::answer::AnswerKey {}

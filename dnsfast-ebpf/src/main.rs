@@ -22,10 +22,10 @@ use aya_ebpf::{
 };
 use dnsfast_common::{
     answer::{cq, AnswerKey, CachedAnswer, ListenKey},
-    opaque, park, AddrKey, Config, Counters, Rule, Scratch, WatchEvent, WatchState, ACTION_ALLOW,
-    ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS, EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6,
-    JUMP_CACHE, JUMP_WATCH, MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, VERDICT_ALLOWED, VERDICT_CACHE,
-    VERDICT_NXDOMAIN, VERDICT_PASS,
+    opaque, park, AddrKey, Counters, Rule, Scratch, WatchEvent, WatchState, XdpConfig,
+    ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS, EVENTS_RING_BYTES, FAMILY_V4,
+    FAMILY_V6, JUMP_CACHE, JUMP_WATCH, MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, VERDICT_ALLOWED,
+    VERDICT_CACHE, VERDICT_NXDOMAIN, VERDICT_PASS,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
@@ -34,7 +34,7 @@ use packet::{be16, Packet, DNS_HDR_LEN};
 static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
 #[btf_map]
-static CONFIG: Array<Config, 1> = Array::new();
+static CONFIG: Array<XdpConfig, 1> = Array::new();
 
 #[btf_map]
 static SERVER_ADDRS: HashMap<AddrKey, u32, { MAX_SERVER_ADDRS as usize }> = HashMap::new();

@@ -7,7 +7,7 @@ use network_types::{
     udp::UdpHdr,
 };
 
-use dnsfast_common::{opaque, park, Config, Scratch, MAX_PORTS};
+use dnsfast_common::{opaque, park, Scratch, XdpConfig, MAX_PORTS};
 
 use crate::Pass;
 
@@ -137,7 +137,7 @@ pub struct Headers {
 /// The port is checked before anything else about the datagram, so
 /// non-DNS traffic costs as little as possible and counts as "not DNS".
 #[inline(always)]
-pub fn parse_headers(pkt: &Packet, cfg: &Config) -> Result<Headers, Pass> {
+pub fn parse_headers(pkt: &Packet, cfg: &XdpConfig) -> Result<Headers, Pass> {
     let eth: *const EthHdr = pkt.ptr(0).ok_or(Pass::NotDns)?;
     // SAFETY: bounds checked by `ptr`.
     let mut proto = u16::from_be(unsafe { (*eth).ether_type });
@@ -223,7 +223,7 @@ pub fn parse_headers(pkt: &Packet, cfg: &Config) -> Result<Headers, Pass> {
 }
 
 #[inline(always)]
-fn is_dns_port(cfg: &Config, port: u16) -> bool {
+fn is_dns_port(cfg: &XdpConfig, port: u16) -> bool {
     let mut i = 0;
     while i < MAX_PORTS {
         if cfg.ports[i] != 0 && cfg.ports[i] == port {

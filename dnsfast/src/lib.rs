@@ -3,7 +3,7 @@
 //! Data flows one way: the command line builds a configuration, the
 //! configuration yields a rule set, and the rule set is written to the
 //! kernel (the dataplane) and matched by the forwarder. A module uses only
-//! the modules listed after it here; `tests/layout.rs` keeps this list, and
+//! the modules listed after it here; `tests/tests/layout.rs` keeps this list, and
 //! that rule, true.
 //!
 //! - [`cli`]: one file per command group; `main.rs` is clap and dispatch.

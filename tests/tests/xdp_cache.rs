@@ -249,7 +249,7 @@ fn misses_pass_untouched() {
 
     // Only queries to the forwarder's own addresses: port 5353 is a DNS
     // port for the program here, but the forwarder does not listen on it.
-    let mut cfg = dnsfast_common::Config::default();
+    let mut cfg = dnsfast_common::XdpConfig::default();
     cfg.ports[1] = 5353;
     dp.set_config(&cfg).unwrap();
     store(&mut map, &a, 1, 60, 0);

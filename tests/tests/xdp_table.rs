@@ -511,7 +511,7 @@ fn destination_and_port_filters_apply() {
     require_root!();
     let mut dp = dataplane();
     let q = Q::new("api.github.com.svc.cluster.local", RecordType::A);
-    let mut cfg = dnsfast_common::Config {
+    let mut cfg = dnsfast_common::XdpConfig {
         ports: [5353, 53, 0, 0],
         filter_dst: 1,
         _pad: 0,

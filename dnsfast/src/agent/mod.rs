@@ -247,7 +247,7 @@ pub(crate) fn run(args: Options) -> Result<()> {
         .ready
         .store(false, std::sync::atomic::Ordering::Relaxed);
     if let Some(f) = &forwarder {
-        info!("{}", f.summary());
+        info!("{}", stats::forwarder_stats(&f.resolver).summary());
     }
     drop(tasks);
     drop(rt); // stops the forwarder's tasks and closes its sockets

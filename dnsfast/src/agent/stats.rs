@@ -127,6 +127,39 @@ impl ForwarderStats {
             ("truncated", self.truncated, "Answers sent with TC set."),
         ]
     }
+
+    /// One log line with the counters, for the end of a run.
+    pub(crate) fn summary(&self) -> String {
+        let c = &self.cache;
+        let kernel = match &self.kernel_cache {
+            Some(k) => format!(
+                " kernel-cache stored={} skipped={} errors={}",
+                k.stored, k.skipped, k.errors
+            ),
+            None => String::new(),
+        };
+        let rcodes: Vec<String> = self
+            .rcodes
+            .iter()
+            .map(|(r, n)| format!("{r}={n}"))
+            .collect();
+        format!(
+            "forwarder: udp={} tcp={} blocked={} cache hits={} misses={} evictions={} size={}{kernel} \
+             upstream-failed={} overloaded={} no-route={} truncated={} rcodes: {}",
+            self.udp_queries,
+            self.tcp_queries,
+            self.blocked,
+            c.hits,
+            c.misses,
+            c.evictions,
+            c.size,
+            self.upstreams_failed,
+            self.overloaded,
+            self.no_route,
+            self.truncated,
+            rcodes.join(" ")
+        )
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -229,7 +262,7 @@ fn reload_status(a: &Applied) -> ReloadStatus {
     }
 }
 
-fn forwarder_stats(r: &Resolver) -> ForwarderStats {
+pub(crate) fn forwarder_stats(r: &Resolver) -> ForwarderStats {
     let m = &r.metrics;
     let g = Metrics::get;
     let rcodes = m

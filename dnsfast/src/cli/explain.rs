@@ -15,7 +15,7 @@ use dnsfast_common::{
     frame::Wrap,
     pattern::{key_labels, key_name, to_wire, Action, Pattern},
     suffix::name_key,
-    Config as XdpConfig, ACTION_SUFFIX_NS, MAP_CONFIG,
+    XdpConfig, ACTION_SUFFIX_NS, MAP_CONFIG,
 };
 use hickory_proto::{
     op::{Message, Query},

@@ -8,7 +8,10 @@ use clap::Args;
 use log::info;
 
 use crate::{
-    agent::runtime::{runtime, serve_until_signal, Shutdown},
+    agent::{
+        runtime::{runtime, serve_until_signal, Shutdown},
+        stats::forwarder_stats,
+    },
     config::{self, ForwardFlags},
     forward::Forwarder,
     rules,
@@ -46,6 +49,6 @@ pub fn run(args: ServeArgs) -> Result<()> {
     };
     info!("serving: {} block/allow pattern(s)", cfg.patterns.len());
     let result = rt.block_on(serve_until_signal(&mut shutdown, Some(&mut forwarder)));
-    info!("{}", forwarder.summary());
+    info!("{}", forwarder_stats(&forwarder.resolver).summary());
     result
 }

@@ -35,17 +35,6 @@ impl Metrics {
     pub(crate) fn get(c: &AtomicU64) -> u64 {
         c.load(Ordering::Relaxed)
     }
-
-    /// "NOERROR=12 NXDOMAIN=3" for the RCODEs seen.
-    pub(crate) fn rcode_summary(&self) -> String {
-        (0..16u16)
-            .filter_map(|i| {
-                let n = Self::get(&self.rcodes[i as usize]);
-                (n > 0).then(|| format!("{}={n}", rcode_name(ResponseCode::from(0, i as u8))))
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
 }
 
 pub(crate) fn rcode_name(r: ResponseCode) -> String {

@@ -114,38 +114,6 @@ impl Forwarder {
     pub(crate) fn listen_addrs(&self) -> Vec<std::net::SocketAddr> {
         self.listening.clone()
     }
-
-    /// One log line with the counters, for the end of a run.
-    pub(crate) fn summary(&self) -> String {
-        let r = &self.resolver;
-        let m = &r.metrics;
-        let g = Metrics::get;
-        let kernel = match r.kernel_cache.get() {
-            Some(k) => format!(
-                " kernel-cache stored={} skipped={} errors={}",
-                g(&k.stored),
-                g(&k.skipped),
-                g(&k.errors)
-            ),
-            None => String::new(),
-        };
-        format!(
-            "forwarder: udp={} tcp={} blocked={} cache hits={} misses={} evictions={} size={}{kernel} \
-             upstream-failed={} overloaded={} no-route={} truncated={} rcodes: {}",
-            g(&m.udp_queries),
-            g(&m.tcp_queries),
-            g(&m.blocked),
-            g(&r.cache.hits),
-            g(&r.cache.misses),
-            r.cache.evictions(),
-            r.cache.len(),
-            g(&m.upstreams_failed),
-            g(&m.overloaded),
-            g(&m.no_route),
-            g(&m.truncated),
-            m.rcode_summary()
-        )
-    }
 }
 
 /// Every second, asks each down upstream for the root NS; any answer

@@ -19,7 +19,7 @@ use std::{
 };
 
 fn src() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dnsfast/src")
 }
 
 /// Every module of the crate, as `a::b` (the root is ""), with its file.
