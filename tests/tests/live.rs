@@ -491,7 +491,7 @@ fn metrics_match_stats_after_traffic() {
     require_root!();
     let metrics = "127.0.0.1:19253";
     let (s, _cm, _) = running(0..10_000, Some(metrics));
-    let names: Vec<String> = (0..3000)
+    let names: Vec<String> = (0..3100)
         .flat_map(|i| [blocked(i), format!("free{i}.example")])
         .collect();
     let (got, lost) = dig_stream(&s.cli, &names, &s.tmp.join("names.txt"));
