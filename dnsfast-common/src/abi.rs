@@ -80,6 +80,25 @@ pub const ACTION_SUFFIX: u32 = 3;
 /// namespace; see the agent's `maps::fold_namespaces`). A name under P
 /// whose next label is in the set is judged against `<L>.P`.
 pub const ACTION_SUFFIX_NS: u32 = 4;
+/// A name that exists, from the Kubernetes API (the cluster domain's
+/// apex): the name itself passes, and a name below it that no longer rule
+/// covers does not exist, so it is answered NXDOMAIN.
+pub const ACTION_EXISTS: u32 = 5;
+/// The same, where CoreDNS also answers a wildcard (`*` or `any`) in the
+/// next label for whatever exists (`svc.<cd>`: a namespace wildcard;
+/// `<ns>.svc.<cd>`: a Service wildcard): a name whose label just below is
+/// one passes too.
+pub const ACTION_EXISTS_WILD: u32 = 6;
+
+/// The first 8 key bytes (length byte and text, zero padded) of the two
+/// wildcard labels CoreDNS answers in a namespace's or a service's place.
+pub const WILDCARD_STAR: u64 = u64::from_le_bytes([1, b'*', 0, 0, 0, 0, 0, 0]);
+pub const WILDCARD_ANY: u64 = u64::from_le_bytes([3, b'a', b'n', b'y', 0, 0, 0, 0]);
+
+/// Whether a label is a CoreDNS wildcard (`*`, `any`; lower-cased).
+pub const fn is_wildcard(label: &[u8]) -> bool {
+    matches!(label, [b'*'] | [b'a', b'n', b'y'])
+}
 pub const MAP_NAMESPACES: &str = "NAMESPACES";
 /// Capacity of the namespace set.
 pub const MAX_NAMESPACES: u32 = 16_384;

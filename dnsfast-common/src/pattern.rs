@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use crate::abi::{
-    Rule, ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, KEY_DATA_LEN, MAX_LABEL, MAX_NAME_WIRE,
+    is_wildcard, Rule, ACTION_ALLOW, ACTION_BLOCK, ACTION_EXISTS, ACTION_EXISTS_WILD,
+    ACTION_SUFFIX, KEY_DATA_LEN, MAX_LABEL, MAX_NAME_WIRE,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -15,6 +16,12 @@ pub enum Action {
     /// A search suffix (derived, not written by hand): a name below it is
     /// blocked when the label just before the suffix is in the TLD set.
     Suffix,
+    /// A name that exists (from the Kubernetes API): it passes, and a name
+    /// below it no longer rule covers is blocked.
+    Exists,
+    /// As `Exists`, but a name whose label just below it is a wildcard
+    /// (`*`, `any`) passes too.
+    ExistsWild,
 }
 
 impl Action {
@@ -23,6 +30,8 @@ impl Action {
             Action::Block => ACTION_BLOCK,
             Action::Allow => ACTION_ALLOW,
             Action::Suffix => ACTION_SUFFIX,
+            Action::Exists => ACTION_EXISTS,
+            Action::ExistsWild => ACTION_EXISTS_WILD,
         }
     }
 
@@ -31,6 +40,8 @@ impl Action {
             ACTION_BLOCK => Some(Action::Block),
             ACTION_ALLOW => Some(Action::Allow),
             ACTION_SUFFIX => Some(Action::Suffix),
+            ACTION_EXISTS => Some(Action::Exists),
+            ACTION_EXISTS_WILD => Some(Action::ExistsWild),
             _ => None,
         }
     }
@@ -42,6 +53,8 @@ impl fmt::Display for Action {
             Action::Block => "block",
             Action::Allow => "allow",
             Action::Suffix => "suffix",
+            Action::Exists => "exists",
+            Action::ExistsWild => "exists-wild",
         })
     }
 }
@@ -235,6 +248,12 @@ impl ReferenceMatcher {
                 let before = &labels[..start];
                 (before.len() >= 2 && self.tlds.contains(before.last()?))
                     .then(|| (Action::Block, name.clone()))
+            }
+            Action::Exists | Action::ExistsWild => {
+                // The name itself exists; below it, nothing (or a wildcard).
+                let below = labels[..start].last()?;
+                let wild = *action == Action::ExistsWild && is_wildcard(below);
+                (!wild).then(|| (Action::Block, name.clone()))
             }
             a => Some((*a, name.clone())),
         }

@@ -123,6 +123,13 @@ pub fn decide(
             let qualified = key.len() > at + 1 + n;
             (qualified && tlds.contains(label)).then_some((Action::Block, at))
         }
+        Action::Exists | Action::ExistsWild => {
+            // The name itself exists; below it, nothing (or a wildcard).
+            let n = *key.get(at)? as usize;
+            let label = key.get(at + 1..at + 1 + n)?;
+            let wild = *action == Action::ExistsWild && crate::abi::is_wildcard(label);
+            (!wild).then_some((Action::Block, at))
+        }
         a => Some((*a, at)),
     }
 }
@@ -179,6 +186,54 @@ mod tests {
     }
 
     /// The production matcher against the plain reference, on random names.
+    #[test]
+    fn exists_passes_the_name_and_wildcards_and_blocks_the_rest_below() {
+        let rules = [
+            ("cluster.local", Action::Exists),
+            ("svc.cluster.local", Action::ExistsWild),
+            ("pod.cluster.local", Action::Allow),
+            ("default.svc.cluster.local", Action::ExistsWild),
+            ("web.default.svc.cluster.local", Action::Allow),
+        ];
+        let mut m = SuffixMap::new();
+        let mut r = ReferenceMatcher::new();
+        for (n, a) in rules {
+            m.insert(&key(n), a);
+            r.insert(&Pattern::parse(n).unwrap(), a);
+        }
+        let tlds = std::collections::HashSet::new();
+        for (name, blocked) in [
+            ("cluster.local", false),
+            ("svc.cluster.local", false),
+            ("default.svc.cluster.local", false),
+            ("Default.SVC.cluster.local", false),
+            ("web.default.svc.cluster.local", false),
+            ("store-0.web.default.svc.cluster.local", false),
+            ("_http._tcp.web.default.svc.cluster.local", false),
+            ("1-2-3-4.default.pod.cluster.local", false),
+            ("*.default.svc.cluster.local", false),
+            ("any.svc.cluster.local", false),
+            ("x.any.svc.cluster.local", false),
+            ("wiki.default.svc.cluster.local", true),
+            ("api.github.com.default.svc.cluster.local", true),
+            ("web.prod.svc.cluster.local", true),
+            ("wiki.svc.cluster.local", true),
+            ("wiki.cluster.local", true),
+            ("anyx.default.svc.cluster.local", true),
+            ("*.cluster.local", true),
+            ("example.com", false),
+        ] {
+            let d = decide(&m, &tlds, &key(name)).map(|(a, _)| a);
+            assert_eq!(d == Some(Action::Block), blocked, "{name}: {d:?}");
+            let rd = r.decide_wire(&to_wire(name)).map(|(a, _)| a);
+            assert_eq!(
+                rd == Some(Action::Block),
+                blocked,
+                "reference, {name}: {rd:?}"
+            );
+        }
+    }
+
     #[test]
     fn agrees_with_the_reference_matcher() {
         let labels = ["a", "B", "com", "svc", "cluster", "local", "x-y", "COM"];

@@ -22,10 +22,12 @@ use aya_ebpf::{
 };
 use dnsfast_common::{
     answer::{cq, AnswerKey, CachedAnswer, ListenKey},
-    opaque, park, AddrKey, Counters, Rule, Scratch, WatchEvent, WatchState, XdpConfig,
-    ACTION_ALLOW, ACTION_BLOCK, ACTION_SUFFIX, ACTION_SUFFIX_NS, EVENTS_RING_BYTES, FAMILY_V4,
-    FAMILY_V6, JUMP_CACHE, JUMP_WATCH, MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, VERDICT_ALLOWED,
-    VERDICT_CACHE, VERDICT_NXDOMAIN, VERDICT_PASS,
+    labels::label_chunk,
+    load8, opaque, park, AddrKey, Counters, Rule, Scratch, WatchEvent, WatchState, XdpConfig,
+    ACTION_ALLOW, ACTION_BLOCK, ACTION_EXISTS, ACTION_EXISTS_WILD, ACTION_SUFFIX, ACTION_SUFFIX_NS,
+    EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, JUMP_CACHE, JUMP_WATCH, KEY_START_MASK, MAX_LABEL,
+    MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, SCRATCH_MASK, VERDICT_ALLOWED, VERDICT_CACHE,
+    VERDICT_NXDOMAIN, VERDICT_PASS, WILDCARD_ANY, WILDCARD_STAR,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
@@ -290,6 +292,17 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
                 Some(Pass::NoMatch)
             }
         }
+        // The longest match is a name that exists (the Kubernetes API said
+        // so): the name itself passes, and so does a wildcard just below
+        // it where CoreDNS answers one; anything else below does not exist.
+        Some(rule) if rule.action == ACTION_EXISTS || rule.action == ACTION_EXISTS_WILD => {
+            let at = rule.key_len as usize & 0xff;
+            if at >= len || (rule.action == ACTION_EXISTS_WILD && wildcard_below(scratch, at)) {
+                Some(Pass::NoMatch)
+            } else {
+                None
+            }
+        }
         _ => Some(Pass::NoMatch),
     };
     if let Some(pass) = pass {
@@ -331,6 +344,17 @@ fn namespace_suffix(scratch: &mut Scratch, suffix_len: usize) -> usize {
         (longer & 0xffff) | ((ACTION_SUFFIX as usize) << 16),
     );
     longer
+}
+
+/// Whether the label right after the first `suffix_len` bytes of the
+/// encoded name (it has one: the caller checked) is a CoreDNS wildcard,
+/// `*` or `any`: both fit the first 8 bytes of a label key.
+#[inline(always)]
+fn wildcard_below(scratch: &Scratch, suffix_len: usize) -> bool {
+    let at = ((opaque(&scratch.key_start) & KEY_START_MASK) + suffix_len) & SCRATCH_MASK;
+    let v = load8(scratch, at);
+    let head = label_chunk(v, (v & 0xff) as usize & MAX_LABEL, 0);
+    head == WILDCARD_STAR || head == WILDCARD_ANY
 }
 
 #[inline(always)]

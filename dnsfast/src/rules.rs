@@ -111,6 +111,94 @@ pub(crate) fn unfold_namespaces(folded: &RuleSet, namespaces: &BTreeSet<String>)
     out
 }
 
+/// What the Kubernetes API says exists under the cluster domain: the
+/// namespaces, and the Services as (namespace, name).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterNames {
+    pub namespaces: BTreeSet<String>,
+    pub services: BTreeSet<(String, String)>,
+}
+
+/// The names under the cluster domain `cd` that exist whatever the API
+/// says, and what passes them: the zone's apex (`Exists`: a name below it
+/// that nothing longer covers is NXDOMAIN), `svc.<cd>` (`ExistsWild`: the
+/// same, but a namespace wildcard `*`/`any` passes), and, as
+/// `Allow` (never answered in the kernel), `pod.<cd>` (pod records, which
+/// depend on CoreDNS's `pods` mode), `dns.<cd>` (`ns.dns.<cd>`, the
+/// zone's name server) and `dns-version.<cd>` (CoreDNS's schema TXT).
+/// Operator-routed stub zones under `cd` pass whole (`Allow`).
+pub fn cluster_base(cd: &str, stub_zones: &[String]) -> Vec<(String, Action)> {
+    let mut out = vec![
+        (cd.to_string(), Action::Exists),
+        (format!("svc.{cd}"), Action::ExistsWild),
+        (format!("pod.{cd}"), Action::Allow),
+        (format!("dns.{cd}"), Action::Allow),
+        (format!("dns-version.{cd}"), Action::Allow),
+    ];
+    out.extend(stub_zones.iter().map(|z| (z.clone(), Action::Allow)));
+    out
+}
+
+/// The entry of namespace `ns`: `<ns>.svc.<cd>` exists, and a name below
+/// it that is not one of its Services does not.
+pub fn namespace_entry(cd: &str, ns: &str) -> (String, Action) {
+    (format!("{ns}.svc.{cd}"), Action::ExistsWild)
+}
+
+/// The entry of Service `svc` in `ns`: it and every name below it
+/// (endpoints, pod hostnames of a headless Service, `_port._proto` SRV
+/// names) pass to the forwarder, always.
+pub fn service_entry(cd: &str, ns: &str, svc: &str) -> (String, Action) {
+    (format!("{svc}.{ns}.svc.{cd}"), Action::Allow)
+}
+
+/// The exact cluster-domain rules for what the API says exists: the base
+/// entries, one `Exists` per namespace, one `Allow` per Service. A name
+/// that does not make a valid pattern (the API validates them, so this is
+/// only a guard) turns its namespace's entry into `Allow`, so that names
+/// there pass rather than risk a false NXDOMAIN; such names are returned.
+pub fn cluster_rules(
+    cd: &str,
+    names: &ClusterNames,
+    stub_zones: &[String],
+) -> (RuleSet, Vec<String>) {
+    let mut out = RuleSet::new();
+    let mut bad = vec![];
+    let mut bad_ns = BTreeSet::new();
+    let mut add = |name: String, action: Action, ns: Option<&str>, out: &mut RuleSet| {
+        match dnsfast_common::pattern::Pattern::parse(&name) {
+            Ok(p) => {
+                let (k, r) = rule_entry(&p, action);
+                out.insert(k, r);
+            }
+            Err(_) => {
+                if let Some(ns) = ns {
+                    bad_ns.insert(ns.to_string());
+                }
+                bad.push(name);
+            }
+        }
+    };
+    for (name, action) in cluster_base(cd, stub_zones) {
+        add(name, action, None, &mut out);
+    }
+    for (ns, svc) in &names.services {
+        let (name, action) = service_entry(cd, ns, svc);
+        add(name, action, Some(ns), &mut out);
+    }
+    for ns in &names.namespaces {
+        let (name, action) = namespace_entry(cd, ns);
+        add(name, action, Some(ns), &mut out);
+    }
+    for ns in &bad_ns {
+        if let Ok(p) = dnsfast_common::pattern::Pattern::parse(&namespace_entry(cd, ns).0) {
+            let (k, r) = rule_entry(&p, Action::Allow);
+            out.insert(k, r);
+        }
+    }
+    (out, bad)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -233,3 +233,202 @@ fn check_tx_is_justified(m: &[u8], reference: &ReferenceMatcher) {
         String::from_utf8_lossy(&wire)
     );
 }
+
+/// CoreDNS's `kubernetes` plugin, written plainly from its source (parse.go,
+/// kubernetes.go): whether it answers NXDOMAIN for `labels` (lower-cased,
+/// name order) under the cluster domain `cd`. Where dnsfast passes a name
+/// up that CoreDNS might still deny (pod names, names too long below a
+/// Service), the forwarder asks CoreDNS, so those count as "not NXDOMAIN"
+/// here: the kernel may only answer what this says is NXDOMAIN.
+fn coredns_nxdomain(
+    labels: &[Vec<u8>],
+    cd: &[&str],
+    namespaces: &std::collections::BTreeSet<String>,
+    services: &std::collections::BTreeSet<(String, String)>,
+    stubs: &[Vec<&str>],
+) -> bool {
+    let under = |zone: &[&str]| {
+        labels.len() >= zone.len()
+            && labels[labels.len() - zone.len()..]
+                .iter()
+                .zip(zone)
+                .all(|(l, z)| l.as_slice() == z.as_bytes())
+    };
+    if !under(cd) || stubs.iter().any(|s| under(s)) {
+        return false;
+    }
+    let rest: Vec<String> = labels[..labels.len() - cd.len()]
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect();
+    let wild = |l: &str| l == "*" || l == "any";
+    let Some((kind, rest)) = rest.split_last() else {
+        return false; // the apex
+    };
+    match kind.as_str() {
+        // Pods, the name server's `ns.dns`, the schema TXT: not ours to deny.
+        "pod" | "dns" | "dns-version" => false,
+        "svc" => {
+            let Some((ns, rest)) = rest.split_last() else {
+                return false; // svc.<cd>
+            };
+            if wild(ns) {
+                return false;
+            }
+            if !namespaces.contains(ns) {
+                return true;
+            }
+            let Some((svc, _)) = rest.split_last() else {
+                return false; // <ns>.svc.<cd>
+            };
+            !wild(svc) && !services.contains(&(ns.clone(), svc.clone()))
+        }
+        _ => true,
+    }
+}
+
+/// The exact cluster domain: random cluster states (namespaces, Services,
+/// a stub zone) and random names — real ones, artifacts, SRV names, pod
+/// hostnames, wildcards, odd case — and the kernel's verdict must equal
+/// CoreDNS's (above) on every one, the forwarder's too; with the cloud
+/// suffixes' TLD rule beside it.
+#[test]
+fn cluster_domain_verdicts_equal_coredns() {
+    use std::collections::BTreeSet;
+    require_root!();
+    let seed: u64 = std::env::var("DNSFAST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen());
+    eprintln!("cluster differential seed {seed} (set DNSFAST_SEED to replay)");
+    let mut rng = StdRng::seed_from_u64(seed);
+    const WORDS: [&str; 16] = [
+        "default",
+        "kube-system",
+        "dev",
+        "app",
+        "store",
+        "data",
+        "web",
+        "com",
+        "io",
+        "local",
+        "store-0",
+        "es-0",
+        "search",
+        "prod",
+        "api",
+        "x-1",
+    ];
+    const ODD: [&str; 10] = [
+        "*",
+        "any",
+        "_http",
+        "_tcp",
+        "svc",
+        "pod",
+        "dns",
+        "dns-version",
+        "ns",
+        "cluster",
+    ];
+    let cd = ["cluster", "local"];
+    let stubs = vec![vec!["stub", "cluster", "local"]];
+    let cloud = "compute.internal";
+    let tlds: BTreeSet<String> = ["com", "io", "local", "internal", "app", "store", "dev"]
+        .iter()
+        .map(|t| t.to_string())
+        .collect();
+    let mut dp = Dataplane::load(&LoadOptions::default()).unwrap();
+    let (mut names, mut tx) = (0u64, 0u64);
+    for state in 0..6 {
+        let mut cluster = dnsfast::rules::ClusterNames::default();
+        for w in WORDS {
+            if rng.gen_bool(0.4) {
+                cluster.namespaces.insert(w.to_string());
+            }
+        }
+        for ns in cluster.namespaces.clone() {
+            for w in WORDS {
+                if rng.gen_bool(0.3) {
+                    cluster.services.insert((ns.clone(), w.to_string()));
+                }
+            }
+        }
+        let stub_names: Vec<String> = stubs.iter().map(|s| s.join(".")).collect();
+        let (mut rules, bad) = dnsfast::rules::cluster_rules(&cd.join("."), &cluster, &stub_names);
+        assert!(bad.is_empty(), "{bad:?}");
+        let (k, r) = rule_entry(&Pattern::parse(cloud).unwrap(), Action::Suffix);
+        rules.insert(k, r);
+        dp.reconcile(&rules, &tlds).unwrap();
+        let fwd_rules = dnsfast::rules::suffix_map(&rules);
+        let fwd_tlds: std::collections::HashSet<Vec<u8>> =
+            tlds.iter().map(|t| t.as_bytes().to_vec()).collect();
+        eprintln!(
+            "state {state}: {} namespaces, {} services, {} table entries",
+            cluster.namespaces.len(),
+            cluster.services.len(),
+            rules.len()
+        );
+        for _ in 0..20_000 {
+            let mut labels: Vec<String> = (0..rng.gen_range(0..=3))
+                .map(|_| {
+                    if rng.gen_bool(0.3) {
+                        ODD[rng.gen_range(0..ODD.len())].to_string()
+                    } else {
+                        WORDS[rng.gen_range(0..WORDS.len())].to_string()
+                    }
+                })
+                .collect();
+            match rng.gen_range(0..10) {
+                // <x>.<ns>.svc.<cd>, mostly real namespaces.
+                0..=4 => {
+                    let ns = if rng.gen_bool(0.8) && !cluster.namespaces.is_empty() {
+                        let i = rng.gen_range(0..cluster.namespaces.len());
+                        cluster.namespaces.iter().nth(i).unwrap().clone()
+                    } else {
+                        WORDS[rng.gen_range(0..WORDS.len())].to_string()
+                    };
+                    labels.extend([ns, "svc".into(), "cluster".into(), "local".into()]);
+                }
+                5 => labels.extend(["svc", "cluster", "local"].map(String::from)),
+                6 => labels.extend(["cluster", "local"].map(String::from)),
+                7 => labels.extend(["pod", "cluster", "local"].map(String::from)),
+                8 => {
+                    labels.extend(["default", "svc", "cluster", "local"].map(String::from));
+                    labels.extend(["compute", "internal"].map(String::from));
+                }
+                _ => labels.extend(["stub", "cluster", "local"].map(String::from)),
+            }
+            let text = labels.join(".");
+            let wire = random_case(&mut rng, std::str::from_utf8(&to_wire(&text)).unwrap());
+            let lower: Vec<Vec<u8>> = labels.iter().map(|l| l.as_bytes().to_vec()).collect();
+            let mut expected =
+                coredns_nxdomain(&lower, &cd, &cluster.namespaces, &cluster.services, &stubs);
+            // Under the cloud suffix, the TLD rule: at least two labels
+            // before it, the last in the TLD set.
+            if text.ends_with(cloud) {
+                let before = &labels[..labels.len() - 2];
+                expected = before.len() >= 2 && tlds.contains(before.last().unwrap());
+            }
+            let f = frame(&Wrap::v4(), &raw_query(&wire, 1, 1));
+            let (verdict, _) = dp.test_run(&f).unwrap();
+            assert_eq!(
+                verdict == XDP_TX,
+                expected,
+                "{text}: kernel {verdict}, CoreDNS NXDOMAIN {expected} (seed {seed})"
+            );
+            let forwarder = name_key(&wire)
+                .ok()
+                .and_then(|(k, _)| decide(&fwd_rules, &fwd_tlds, &k))
+                .map(|(a, _)| a)
+                == Some(Action::Block);
+            assert_eq!(forwarder, expected, "{text}: forwarder (seed {seed})");
+            tx += u64::from(expected);
+            names += 1;
+        }
+    }
+    eprintln!("{names} names over 6 cluster states, {tx} NXDOMAIN");
+    assert!(names >= 100_000);
+    assert!(tx > 10_000 && tx < names - 10_000, "a mix of both verdicts");
+}
