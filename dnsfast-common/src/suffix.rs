@@ -113,8 +113,25 @@ pub fn decide(
     tlds: &std::collections::HashSet<Vec<u8>>,
     key: &[u8],
 ) -> Option<(crate::pattern::Action, usize)> {
+    decide_in(&[rules], tlds, key)
+}
+
+/// [`decide`] over several maps that stand for one table: the longest
+/// match of any decides, the earlier map at equal length (the forwarder's
+/// config rules before the Kubernetes API's, as in the kernel table).
+pub fn decide_in(
+    maps: &[&SuffixMap<crate::pattern::Action>],
+    tlds: &std::collections::HashSet<Vec<u8>>,
+    key: &[u8],
+) -> Option<(crate::pattern::Action, usize)> {
     use crate::pattern::Action;
-    let (action, at) = rules.longest(key)?;
+    let (action, at) = maps.iter().filter_map(|m| m.longest(key)).fold(
+        None,
+        |best: Option<(&Action, usize)>, (a, at)| match best {
+            Some((_, b)) if b >= at => best,
+            _ => Some((a, at)),
+        },
+    )?;
     match action {
         Action::Suffix => {
             let n = *key.get(at)? as usize;

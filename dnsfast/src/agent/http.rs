@@ -78,10 +78,23 @@ async fn route(path: &str, agent: Arc<Agent>) -> (&'static str, &'static str, St
         }
         "/health" => ("200 OK", TEXT, "ok\n".into()),
         "/ready" => {
-            if agent.ready.load(std::sync::atomic::Ordering::Relaxed) {
-                ("200 OK", TEXT, "ready\n".into())
-            } else {
+            // With `[kubernetes]`, ready once the API has been listed: an
+            // agent that never got there answers, but passes the whole
+            // cluster domain up.
+            let listed = agent
+                .cluster
+                .as_ref()
+                .is_none_or(|c| c.status.lock().is_ok_and(|s| s.ever_synced));
+            if !agent.ready.load(std::sync::atomic::Ordering::Relaxed) {
                 ("503 Service Unavailable", TEXT, "not ready\n".into())
+            } else if !listed {
+                (
+                    "503 Service Unavailable",
+                    TEXT,
+                    "not ready: the Kubernetes API has not been listed yet\n".into(),
+                )
+            } else {
+                ("200 OK", TEXT, "ready\n".into())
             }
         }
         _ => (

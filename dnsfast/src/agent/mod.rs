@@ -13,6 +13,7 @@
 //! Uses the dataplane, the forwarder, the rules and the config; the CLI
 //! uses it, never the other way round.
 
+pub(crate) mod cluster_watch;
 pub(crate) mod config_watch;
 pub(crate) mod control;
 pub(crate) mod events;
@@ -35,7 +36,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use log::{info, warn};
 
 use crate::{
-    config::{self, ForwardFlags},
+    config::{self, ForwardFlags, KubeFlags},
     dataplane::{
         self, attach::AttachMode, kernel_version, pins, require_root, Dataplane, LoadOptions,
     },
@@ -59,6 +60,7 @@ pub(crate) struct Options {
     pub(crate) keep_attached: bool,
     pub(crate) metrics: Option<SocketAddr>,
     pub(crate) forward: ForwardFlags,
+    pub(crate) kube: KubeFlags,
 }
 
 /// `dnsfast load`: validate, load, fill, attach (or adopt), pin, serve
@@ -66,7 +68,12 @@ pub(crate) struct Options {
 pub(crate) fn run(args: Options) -> Result<()> {
     // Everything that can be checked without touching the kernel is checked
     // first, so a bad input never leaves a half-applied state behind.
-    let cfg = config::build(args.config.as_deref(), &args.addresses, &args.forward)?;
+    let cfg = config::build(
+        args.config.as_deref(),
+        &args.addresses,
+        &args.forward,
+        &args.kube,
+    )?;
     let mut ifs = Ifaces::new(&args.ifaces, args.mode)?;
     require_root("dnsfast load")?;
     kernel_version::check_running_kernel()?;
@@ -98,6 +105,18 @@ pub(crate) fn run(args: Options) -> Result<()> {
             &rules::rules_of(&cfg.patterns),
             cfg.derived.as_ref(),
         )?)
+    };
+    // The Kubernetes API client: a bad kubeconfig fails here, with nothing
+    // loaded; an API that does not answer does not (it is a state).
+    let cluster = if cfg.kubernetes.enabled {
+        let client = rt.block_on(cluster_watch::client(&cfg.kubernetes))?;
+        let w = Arc::new(cluster_watch::ClusterWatch::new(
+            &cfg.auto.cluster_domain,
+            &cfg.kubernetes,
+        ));
+        Some((w, client))
+    } else {
+        None
     };
     let mut socket = control::Socket::bind(&args.pin_dir)?;
     dataplane::attach::raise_memlock();
@@ -169,6 +188,7 @@ pub(crate) fn run(args: Options) -> Result<()> {
             config: args.config.clone(),
             addresses: args.addresses.clone(),
             forward: args.forward.clone(),
+            kube: args.kube.clone(),
         },
         dp: Mutex::new(dp),
         ifaces: Mutex::new(ifs),
@@ -190,6 +210,7 @@ pub(crate) fn run(args: Options) -> Result<()> {
             .unwrap_or_default(),
         program_id,
         events,
+        cluster: cluster.as_ref().map(|(w, _)| w.clone()),
         ready: AtomicBool::new(false),
         unloading: AtomicBool::new(false),
         stop: tokio::sync::Notify::new(),
@@ -202,6 +223,9 @@ pub(crate) fn run(args: Options) -> Result<()> {
             tasks.spawn(control::serve(l, agent.clone()));
         }
         tasks.spawn(config_watch::watch(agent.clone(), hup));
+        if let Some((w, client)) = cluster {
+            tasks.spawn(cluster_watch::run(agent.clone(), w, client));
+        }
         if let Some(addr) = args.metrics {
             let l = rt
                 .block_on(tokio::net::TcpListener::bind(addr))

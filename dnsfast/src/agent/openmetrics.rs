@@ -71,6 +71,53 @@ impl Collector for Snapshot {
             )?
             .encode_gauge(&w.watchers)?;
         }
+        if let Some(k) = &s.kubernetes {
+            for (name, help, v) in [
+                (
+                    "dnsfast_kubernetes_synced",
+                    "1 while the cluster domain's kernel verdicts stand on a complete, fresh list of the API.",
+                    u64::from(k.synced),
+                ),
+                (
+                    "dnsfast_kubernetes_namespaces",
+                    "Namespaces the API lists.",
+                    k.namespaces as u64,
+                ),
+                (
+                    "dnsfast_kubernetes_services",
+                    "Services the API lists.",
+                    k.services as u64,
+                ),
+                (
+                    "dnsfast_kubernetes_entries",
+                    "Cluster-domain entries in the kernel table.",
+                    k.entries as u64,
+                ),
+                (
+                    "dnsfast_kubernetes_last_event_age_seconds",
+                    "Seconds since the last event of the API watch.",
+                    k.last_event_age_s.unwrap_or(0),
+                ),
+            ] {
+                enc.encode_descriptor(name, help, None, MetricType::Gauge)?
+                    .encode_gauge(&v)?;
+            }
+            for (name, help, v) in [
+                (
+                    "dnsfast_kubernetes_events",
+                    "Events of the API watch (list items included).",
+                    k.events,
+                ),
+                (
+                    "dnsfast_kubernetes_errors",
+                    "Errors of the API watch (unreachable, denied, gone).",
+                    k.errors,
+                ),
+            ] {
+                enc.encode_descriptor(name, help, None, MetricType::Counter)?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+            }
+        }
         let Some(f) = &s.forwarder else {
             return Ok(());
         };

@@ -19,7 +19,7 @@ use super::{
     ifaces::{self, Ifaces},
 };
 use crate::{
-    config::{self, Config, ForwardFlags},
+    config::{self, Config, ForwardFlags, KubeFlags},
     dataplane::{self, pins, Dataplane},
     forward::resolver::{self, Resolver},
     rules,
@@ -30,6 +30,7 @@ pub(crate) struct Inputs {
     pub(crate) config: Option<PathBuf>,
     pub(crate) addresses: Vec<String>,
     pub(crate) forward: ForwardFlags,
+    pub(crate) kube: KubeFlags,
 }
 
 /// The config in force, and how reloads went.
@@ -59,6 +60,8 @@ pub(crate) struct Agent {
     pub(crate) program_id: u32,
     /// Query events for `dnsfast watch` (none if the ring is unavailable).
     pub(crate) events: Option<Events>,
+    /// The Kubernetes API watch (`[kubernetes]`).
+    pub(crate) cluster: Option<Arc<super::cluster_watch::ClusterWatch>>,
     /// Attached, pinned and serving.
     pub(crate) ready: AtomicBool,
     /// `dnsfast unload` asked: detach even with `--keep-attached`.
@@ -95,6 +98,16 @@ impl Agent {
             dp.rules()?
         };
         drop(dp);
+        // The Kubernetes API's entries have their own map in the forwarder.
+        let cluster = self
+            .cluster
+            .as_ref()
+            .map(|c| c.installed())
+            .unwrap_or_default();
+        let rules: rules::RuleSet = rules
+            .into_iter()
+            .filter(|(k, r)| cluster.get(k) != Some(r))
+            .collect();
         if let Some(r) = &self.forwarder {
             r.set_rules(&rules);
         }
@@ -133,7 +146,7 @@ impl Agent {
             Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
             None => None,
         };
-        let cfg = config::build(i.config.as_deref(), &i.addresses, &i.forward)?;
+        let cfg = config::build(i.config.as_deref(), &i.addresses, &i.forward, &i.kube)?;
         // What is in force now: the baseline for the notes, the capacity
         // check and the way back.
         let old_cfg = self.applied.lock().map_err(poisoned)?.cfg.clone();
@@ -166,6 +179,16 @@ impl Agent {
             None => None,
         };
         let mut dp = self.dp.lock().map_err(poisoned)?;
+        // The table holds the Kubernetes API's entries too (the config's
+        // win at equal keys); read under the dataplane lock, which the
+        // watch holds while it writes.
+        let mut table_rules = self
+            .cluster
+            .as_ref()
+            .map(|c| c.installed())
+            .unwrap_or_default();
+        table_rules.extend(rules.iter().map(|(k, r)| (k.clone(), *r)));
+        let rules = table_rules;
         // `dnsfast block|allow` writes the pinned table too: one at a time.
         let _tables = pins::lock_dir(&self.pin_dir)?;
         let old_rules = dp.rules()?;

@@ -39,6 +39,32 @@ pub(crate) struct Stats {
     /// `Some(false)` when no agent runs and only the pins were read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) agent: Option<bool>,
+    /// The Kubernetes API watch, when `[kubernetes]` is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) kubernetes: Option<KubeStats>,
+}
+
+/// The Kubernetes API watch behind the exact cluster domain.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct KubeStats {
+    pub(crate) cluster_domain: String,
+    /// The cluster domain's kernel verdicts are in place: both lists were
+    /// read, and the watch has not been broken for too long since.
+    pub(crate) synced: bool,
+    pub(crate) namespaces: usize,
+    pub(crate) services: usize,
+    /// Cluster entries in the kernel table.
+    pub(crate) entries: usize,
+    pub(crate) events: u64,
+    pub(crate) errors: u64,
+    /// Unix seconds of the last event, and how long ago.
+    pub(crate) last_event: Option<u64>,
+    pub(crate) last_event_age_s: Option<u64>,
+    pub(crate) last_error: Option<String>,
+    /// Seconds since the watch broke, while it is broken.
+    pub(crate) broken_for_s: Option<u64>,
+    /// Entries that did not fit: the whole cluster domain passes.
+    pub(crate) degraded: Option<String>,
 }
 
 /// The XDP program's counters by field name, or why they could not be
@@ -217,6 +243,8 @@ pub(crate) struct Status {
     pub(crate) listeners: Vec<String>,
     pub(crate) upstreams: Vec<UpstreamHealth>,
     pub(crate) config: Option<ReloadStatus>,
+    #[serde(default)]
+    pub(crate) kubernetes: Option<KubeStats>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -355,6 +383,7 @@ pub(crate) fn stats(a: &Agent) -> Stats {
         watch,
         forwarder: a.forwarder.as_deref().map(forwarder_stats),
         agent: None,
+        kubernetes: a.cluster.as_ref().map(|c| c.stats()),
     }
 }
 
@@ -372,6 +401,7 @@ pub(crate) fn status(a: &Agent) -> Status {
         keep_attached: a.keep_attached,
         listeners: a.listeners.iter().map(|l| l.to_string()).collect(),
         config: a.applied.lock().map(|r| reload_status(&r)).ok(),
+        kubernetes: a.cluster.as_ref().map(|c| c.stats()),
         ..Default::default()
     };
     if let (Ok(mut dp), Ok(ifs)) = (a.dp.lock(), a.ifaces.lock()) {

@@ -8,7 +8,7 @@ use anyhow::Result;
 use crate::config::{
     self,
     auto::{self, Derived},
-    Config, ForwardFlags,
+    Config, ForwardFlags, KubeFlags,
 };
 
 /// `dnsfast example-config`.
@@ -18,7 +18,7 @@ pub fn example_config() -> Result<()> {
 }
 
 pub fn check_config(file: &Path, addresses: &[String], forward: &ForwardFlags) -> Result<()> {
-    let cfg = config::build(Some(file), addresses, forward)?;
+    let cfg = config::build(Some(file), addresses, forward, &KubeFlags::default())?;
     print_config(&cfg);
     Ok(())
 }
@@ -98,7 +98,12 @@ fn print_config(cfg: &Config) {
 }
 
 pub fn suggest(file: Option<&Path>, addresses: &[String]) -> Result<()> {
-    let mut cfg = config::build(file, addresses, &ForwardFlags::default())?;
+    let mut cfg = config::build(
+        file,
+        addresses,
+        &ForwardFlags::default(),
+        &KubeFlags::default(),
+    )?;
     if cfg.derived.is_none() {
         // Show what would be derived even when auto mode is off.
         cfg.auto.enabled = true;

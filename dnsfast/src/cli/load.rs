@@ -5,7 +5,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::{agent, config::ForwardFlags, dataplane::attach::AttachMode, paths::PIN_DIR};
+use crate::{
+    agent,
+    config::{ForwardFlags, KubeFlags},
+    dataplane::attach::AttachMode,
+    paths::PIN_DIR,
+};
 
 #[derive(Args, Debug)]
 pub struct LoadArgs {
@@ -44,6 +49,8 @@ pub struct LoadArgs {
     pub(crate) metrics: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub(crate) forward: ForwardFlags,
+    #[command(flatten)]
+    pub(crate) kube: KubeFlags,
 }
 
 impl From<LoadArgs> for agent::Options {
@@ -58,6 +65,7 @@ impl From<LoadArgs> for agent::Options {
             keep_attached: a.keep_attached,
             metrics: a.metrics,
             forward: a.forward,
+            kube: a.kube,
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::{
     agent::{
         control,
         ifaces::kept_links,
-        stats::{KernelCounters, Stats, Status},
+        stats::{KernelCounters, KubeStats, Stats, Status},
     },
     dataplane::{
         pins::{remove_pins, Pins},
@@ -72,6 +72,36 @@ pub fn stats(a: StatsArgs, pins: &PinArgs) -> Result<()> {
     }
 }
 
+/// The Kubernetes API watch, in a line or two.
+fn print_kube(k: &KubeStats) {
+    println!(
+        "kubernetes: {} ({} namespaces, {} services, {} entries for {}); {} events, {} errors{}",
+        if k.synced {
+            "synced: the cluster domain is exact"
+        } else {
+            "NOT synced: everything under the cluster domain passes"
+        },
+        k.namespaces,
+        k.services,
+        k.entries,
+        k.cluster_domain,
+        k.events,
+        k.errors,
+        k.last_event_age_s
+            .map(|s| format!("; last event {s}s ago"))
+            .unwrap_or_default()
+    );
+    if let Some(s) = k.broken_for_s {
+        println!(
+            "  watch broken for {s}s: {}",
+            k.last_error.as_deref().unwrap_or("?")
+        );
+    }
+    if let Some(d) = &k.degraded {
+        println!("  degraded (entries did not fit): {d}");
+    }
+}
+
 fn print_stats(s: &Stats, prev: Option<(&Stats, f64)>) {
     // Per second since the previous print, when there was one.
     let rate = |before: Option<u64>, n: u64| -> String {
@@ -83,6 +113,9 @@ fn print_stats(s: &Stats, prev: Option<(&Stats, f64)>) {
             _ => String::new(),
         }
     };
+    if let Some(k) = &s.kubernetes {
+        print_kube(k);
+    }
     println!("kernel (XDP, summed over CPUs)");
     match &s.kernel {
         KernelCounters::Read(k) => {
@@ -225,6 +258,9 @@ pub fn status(a: StatusArgs, pins: &PinArgs) -> Result<()> {
     );
     for u in &v.upstreams {
         println!("  upstream {} {}", u.addr, if u.up { "up" } else { "DOWN" });
+    }
+    if let Some(k) = &v.kubernetes {
+        print_kube(k);
     }
     if let Some(c) = &v.config {
         println!(

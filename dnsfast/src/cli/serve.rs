@@ -12,7 +12,7 @@ use crate::{
         runtime::{runtime, serve_until_signal, Shutdown},
         stats::forwarder_stats,
     },
-    config::{self, ForwardFlags},
+    config::{self, ForwardFlags, KubeFlags},
     forward::Forwarder,
     rules,
 };
@@ -31,7 +31,12 @@ pub struct ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    let cfg = config::build(args.config.as_deref(), &args.addresses, &args.forward)?;
+    let cfg = config::build(
+        args.config.as_deref(),
+        &args.addresses,
+        &args.forward,
+        &KubeFlags::default(),
+    )?;
     let rt = runtime(cfg.forward.worker_count())?;
     let mut shutdown = {
         let _guard = rt.enter();

@@ -49,6 +49,9 @@ pub struct AutoSettings {
     /// A Public Suffix List file to take the TLDs from instead of the
     /// built-in copy.
     pub tld_file: Option<PathBuf>,
+    /// The Kubernetes API decides the cluster domain (`[kubernetes]`): no
+    /// search suffixes under it are derived, only the extra ones.
+    pub exact_cluster: bool,
 }
 
 fn canonical(text: &str, what: &str) -> Result<String> {
@@ -100,6 +103,7 @@ impl AutoSettings {
                 .resolv_conf
                 .unwrap_or_else(|| PathBuf::from(crate::config::forward::DEFAULT_RESOLV_CONF)),
             tld_file: raw.tld_file,
+            exact_cluster: false,
         })
     }
 }
@@ -142,13 +146,16 @@ pub fn derive(s: &AutoSettings, patterns: &PatternTable) -> Result<Derived> {
             .filter(|d| d != cd && !d.ends_with(&format!(".{cd}")))
             .collect(),
     };
-    let mut wanted: Vec<(String, String)> = s
-        .namespaces
-        .iter()
-        .map(|ns| (format!("{ns}.svc.{cd}"), format!("namespace {ns}")))
-        .collect();
-    wanted.push((format!("svc.{cd}"), "cluster domain".into()));
-    wanted.push((cd.clone(), "cluster domain".into()));
+    let mut wanted: Vec<(String, String)> = vec![];
+    if !s.exact_cluster {
+        wanted.extend(
+            s.namespaces
+                .iter()
+                .map(|ns| (format!("{ns}.svc.{cd}"), format!("namespace {ns}"))),
+        );
+        wanted.push((format!("svc.{cd}"), "cluster domain".into()));
+        wanted.push((cd.clone(), "cluster domain".into()));
+    }
     let from = if s.search.is_some() {
         "auto.search"
     } else {
@@ -278,6 +285,7 @@ mod tests {
             search: Some(search.iter().map(|s| s.to_string()).collect()),
             resolv_conf: PathBuf::from("/nonexistent"),
             tld_file: None,
+            exact_cluster: false,
         }
     }
 

@@ -4,6 +4,8 @@
 //! value here, so that a reload can rebuild the config from the same
 //! flags without reaching back into the CLI.
 
+use std::path::PathBuf;
+
 use clap::Args;
 
 /// The forwarder's flags, shared by `load` and `serve`. The dnsmasq ones
@@ -36,4 +38,15 @@ pub struct ForwardFlags {
     /// cache outcome and latency.
     #[arg(long)]
     pub(crate) log_queries: bool,
+}
+
+/// `dnsfast load`'s Kubernetes flag.
+#[derive(Args, Debug, Default, Clone)]
+pub struct KubeFlags {
+    /// Learn the cluster's Namespaces and Services from the Kubernetes API
+    /// through this kubeconfig (outside a cluster), and decide the cluster
+    /// domain exactly. In a pod, `[kubernetes] enabled = true` uses the
+    /// service account instead.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
 }

@@ -8,6 +8,7 @@ pub mod auto;
 pub(crate) mod dnsmasq;
 pub(crate) mod flags;
 pub mod forward;
+pub mod kubernetes;
 pub mod patterns;
 
 use std::{net::IpAddr, path::Path};
@@ -21,7 +22,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use self::forward::{parse_listen, ForwardSettings};
-pub use flags::ForwardFlags;
+pub use flags::{ForwardFlags, KubeFlags};
 pub(crate) use patterns::Origin;
 pub use patterns::PatternTable;
 
@@ -44,6 +45,8 @@ struct RawConfig {
     zone: Vec<forward::RawZone>,
     #[serde(default)]
     auto: auto::RawAuto,
+    #[serde(default)]
+    kubernetes: kubernetes::RawKubernetes,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,7 +92,8 @@ pub(crate) struct Config {
     pub(crate) patterns: PatternTable,
     pub(crate) forward: ForwardSettings,
     pub(crate) auto: auto::AutoSettings,
-    /// What auto mode derived (filled by `load::build_config`).
+    pub(crate) kubernetes: kubernetes::KubernetesSettings,
+    /// What auto mode derived (filled by [`build`]).
     pub(crate) derived: Option<auto::Derived>,
 }
 
@@ -164,11 +168,13 @@ impl Config {
         }
         let forward = ForwardSettings::from_raw(raw.forward, raw.cache, raw.zone, &at)?;
         let auto = auto::AutoSettings::from_raw(raw.auto, &at)?;
+        let kubernetes = kubernetes::KubernetesSettings::from_raw(raw.kubernetes, &at)?;
         Ok(Config {
             xdp,
             patterns,
             forward,
             auto,
+            kubernetes,
             derived: None,
         })
     }
@@ -183,11 +189,23 @@ pub(crate) fn build(
     file: Option<&Path>,
     addresses: &[String],
     fwd: &ForwardFlags,
+    kube: &KubeFlags,
 ) -> Result<Config> {
     let mut cfg = match file {
         Some(f) => Config::load(f)?,
         None => Config::default(),
     };
+    if let Some(k) = &kube.kubeconfig {
+        cfg.kubernetes.kubeconfig = Some(k.clone());
+        cfg.kubernetes.enabled = true;
+    }
+    if cfg.kubernetes.enabled {
+        // The API decides the cluster domain; auto mode keeps the rest of
+        // the search list (the cloud and corporate suffixes).
+        cfg.auto.enabled = true;
+        cfg.auto.exact_cluster = true;
+        cfg.kubernetes.check(&cfg.auto.cluster_domain)?;
+    }
     for a in addresses {
         dnsmasq::add_address(&mut cfg.patterns, a)?;
     }

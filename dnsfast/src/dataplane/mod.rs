@@ -364,6 +364,41 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Writes `add` (key → rule) to the pattern table, longest key first,
+    /// then removes the `remove` keys, shortest first: a name below a
+    /// changed entry meets its more specific entry before the broader one
+    /// arrives, and loses the broader one before the more specific goes.
+    /// The caller holds the pin directory's lock. Stops at the first
+    /// failure: what was written stays, and the error names the key.
+    pub fn write_rules(
+        &mut self,
+        add: &[(Vec<u8>, dnsfast_common::Rule)],
+        remove: &[Vec<u8>],
+    ) -> Result<()> {
+        let mut add: Vec<&(Vec<u8>, dnsfast_common::Rule)> = add.iter().collect();
+        add.sort_by_key(|(k, _)| std::cmp::Reverse(k.len()));
+        let mut remove: Vec<&Vec<u8>> = remove.iter().collect();
+        remove.sort_by_key(|k| k.len());
+        let mut t = self.patterns()?;
+        for (k, r) in add {
+            t.insert(k, *r).with_context(|| {
+                format!(
+                    "writing {} to the PATTERNS map",
+                    dnsfast_common::pattern::key_name(k)
+                )
+            })?;
+        }
+        for k in remove {
+            t.remove(k).with_context(|| {
+                format!(
+                    "removing {} from the PATTERNS map",
+                    dnsfast_common::pattern::key_name(k)
+                )
+            })?;
+        }
+        Ok(())
+    }
+
     /// The pattern table, on this object's maps. The agent's writes hold
     /// the pin directory's lock once the maps are pinned (see
     /// `maps::lock_dir`).

@@ -67,6 +67,7 @@ impl Forwarder {
             inflight: Arc::new(Semaphore::new(s.max_inflight)),
             metrics: Metrics::default(),
             kernel_cache: std::sync::OnceLock::new(),
+            cluster: Default::default(),
         });
         let workers = s.worker_count();
         let mut sockets = Vec::new();

@@ -13,7 +13,7 @@ use std::{
 use arc_swap::ArcSwap;
 use dnsfast_common::{
     pattern::Action,
-    suffix::{decide, SuffixMap},
+    suffix::{decide_in, SuffixMap},
 };
 use hickory_proto::op::ResponseCode;
 use log::info;
@@ -78,6 +78,9 @@ pub(crate) struct Resolver {
     pub(crate) metrics: Metrics,
     /// The XDP program's answer cache, when `load` runs one.
     pub(crate) kernel_cache: std::sync::OnceLock<KernelCache>,
+    /// The cluster domain's entries from the Kubernetes API, changed one
+    /// at a time as its watch reports (a reload swaps `live` instead).
+    pub(crate) cluster: std::sync::RwLock<SuffixMap<Action>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -227,6 +230,18 @@ impl Resolver {
         self.live.store(Arc::new(next));
     }
 
+    /// Changes the cluster domain's entries: `add` (key, action) first,
+    /// then the `remove` keys.
+    pub(crate) fn update_cluster(&self, add: &[(Vec<u8>, Action)], remove: &[Vec<u8>]) {
+        let mut m = self.cluster.write().unwrap_or_else(|e| e.into_inner());
+        for (k, a) in add {
+            m.insert(k, *a);
+        }
+        for k in remove {
+            m.remove(k);
+        }
+    }
+
     /// Swaps in a new block/allow table, keeping everything else (after
     /// `dnsfast block|allow` changed the kernel's).
     pub(crate) fn set_rules(&self, rules: &RuleSet) {
@@ -247,7 +262,10 @@ impl Resolver {
     /// Answers without leaving the process: a block pattern or the cache.
     pub(crate) fn answer_locally(&self, q: &ClientQuery) -> Option<Outcome> {
         let live = self.live.load();
-        if let Some((Action::Block, _)) = decide(&live.patterns, &live.tlds, &q.key) {
+        let cluster = self.cluster.read().unwrap_or_else(|e| e.into_inner());
+        let verdict = decide_in(&[&live.patterns, &cluster], &live.tlds, &q.key);
+        drop(cluster);
+        if let Some((Action::Block, _)) = verdict {
             self.metrics.blocked.fetch_add(1, Ordering::Relaxed);
             return Some(self.made_here(q, ResponseCode::NXDomain, Source::Blocked));
         }

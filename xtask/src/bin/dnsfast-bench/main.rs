@@ -325,6 +325,7 @@ fn auto_rules(namespaces: usize) -> Result<dnsfast::config::auto::Derived> {
         ]),
         resolv_conf: PathBuf::from("/dev/null"),
         tld_file: None,
+        exact_cluster: false,
     };
     dnsfast::config::auto::derive(&settings, &dnsfast::config::PatternTable::default())
 }
