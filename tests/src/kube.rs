@@ -104,6 +104,26 @@ impl ApiServer {
         Ok(s)
     }
 
+    /// A second API server on the same etcd, on `port`, which the agent
+    /// does not know: what it accepts happens behind the agent's back.
+    pub fn second(&self, lab: &mut Lab, port: u16) -> Result<ApiServer> {
+        let bin = std::env::var("DNSFAST_KUBE_APISERVER").unwrap_or_else(|_| APISERVER.into());
+        let mut s = Self {
+            ns: self.ns.clone(),
+            dir: self.dir.join(format!("second-{port}")),
+            port,
+            etcd_port: self.etcd_port,
+            etcd: None,
+            apiserver: None,
+        };
+        std::fs::create_dir_all(s.dir.join("certs"))?;
+        for f in ["sa.key", "sa.pub", "tokens.csv"] {
+            std::fs::copy(self.dir.join(f), s.dir.join(f))?;
+        }
+        s.start_apiserver(lab, &bin)?;
+        Ok(s)
+    }
+
     fn start_apiserver(&mut self, lab: &mut Lab, bin: &str) -> Result<()> {
         let d = |f: &str| self.dir.join(f).display().to_string();
         let pid = lab.spawn(
