@@ -241,6 +241,30 @@ fn the_cluster_domain_follows_the_api() {
     });
     assert!(gone, "web.prod still resolves after its deletion");
 
+    // explain names the Namespace or Service that made the verdict.
+    let explain = |name: &str| {
+        let o = Command::new(dnsfast_bin())
+            .args(["explain", "--pin-dir"])
+            .arg(&c.pins)
+            .arg(name)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let e = explain("store-0.store.default.svc.cluster.local");
+    assert!(
+        e.contains("passed up") && e.contains("Service 'store' in namespace 'default' exists"),
+        "{e}"
+    );
+    let e = explain("wiki.default.svc.cluster.local");
+    assert!(
+        e.contains("NXDOMAIN") && e.contains("namespace 'default' exists") && e.contains("'wiki'"),
+        "{e}"
+    );
+    let e = explain("web.nope.svc.cluster.local");
+    assert!(e.contains("no namespace named 'nope'"), "{e}");
+
     let status = c.status();
     let k = &status["kubernetes"];
     assert_eq!(k["synced"], true, "{status}");

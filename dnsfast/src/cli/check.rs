@@ -117,6 +117,27 @@ pub fn suggest(file: Option<&Path>, addresses: &[String]) -> Result<()> {
         println!("auto mode is on; `dnsfast load` derives:");
         print_derived(d);
     }
+    let cd = &cfg.auto.cluster_domain;
+    if cfg.kubernetes.enabled {
+        println!(
+            "\nthe cluster domain {cd} is decided by the Kubernetes API ([kubernetes]): a name \
+             under it is NXDOMAIN exactly when its namespace or Service does not exist (as \
+             CoreDNS answers); until the API has been listed, every name under it passes"
+        );
+    } else {
+        println!(
+            "\nconfig-only mode (no [kubernetes]): inside {cd} the rules above guess, and can \
+             answer real names NXDOMAIN:\n  \
+             - every name in a namespace not in auto.namespaces (web.prod.svc.{cd} when prod \
+             is missing);\n  \
+             - a name of two labels or more before <ns>.svc.{cd} whose last is a TLD: pods of \
+             a headless Service named like a TLD (store-0.store.default.svc.{cd}), a Service's \
+             SRV names (_http._tcp.app.default.svc.{cd});\n  \
+             - the same under svc.{cd} and {cd}.\n\
+             Give the agent API access ([kubernetes] enabled = true, or --kubeconfig) to decide \
+             the cluster domain exactly."
+        );
+    }
     Ok(())
 }
 

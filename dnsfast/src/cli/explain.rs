@@ -167,6 +167,53 @@ pub fn run(a: ExplainArgs) -> Result<()> {
             } else {
                 println!("  -> not an artifact");
             }
+            if matched.starts_with("svc.") || matched.contains(".svc.") {
+                println!(
+                    "  note: config-only auto mode guesses inside the cluster domain: a pod of a \
+                     headless Service named like a TLD (store-0.store.<ns>.svc…) or a Service's \
+                     SRV name (_http._tcp.app.<ns>.svc…) gets NXDOMAIN; with [kubernetes] the \
+                     API decides instead"
+                );
+            }
+        }
+        Some(Action::Exists) => {
+            println!("rule: the cluster domain {matched} exists (Kubernetes API)");
+            match before.first() {
+                None => println!("  the name itself: passed up"),
+                Some(l) => println!(
+                    "  '{l}' below it is neither svc nor pod: no such name (NXDOMAIN), as \
+                     CoreDNS would answer"
+                ),
+            }
+        }
+        Some(Action::ExistsWild) => {
+            // `svc.<cd>` or `<ns>.svc.<cd>`, by its shape.
+            let labels: Vec<&str> = matched.split('.').collect();
+            let below = before.first();
+            let (what, missing) = if labels.first() == Some(&"svc") {
+                (format!("{matched} (the Services' zone)"), "namespace")
+            } else {
+                (format!("namespace '{}'", labels[0]), "Service in it")
+            };
+            println!("rule: {what} exists (Kubernetes API)");
+            match below {
+                None => println!("  the name itself: passed up"),
+                Some(l) if dnsfast_common::is_wildcard(l.as_bytes()) => {
+                    println!("  '{l}' is a CoreDNS wildcard: passed up")
+                }
+                Some(l) => println!("  no {missing} named '{l}': NXDOMAIN"),
+            }
+        }
+        Some(Action::Allow)
+            if matched.split('.').nth(2) == Some("svc") && matched.split('.').count() > 3 =>
+        {
+            let l: Vec<&str> = matched.split('.').collect();
+            println!(
+                "rule: allow {matched}: Service '{}' in namespace '{}' exists (Kubernetes API), \
+                 so it and every name below it (endpoints, pods of a headless Service, SRV) \
+                 pass up",
+                l[0], l[1]
+            );
         }
         Some(action) => println!("rule: {action} pattern {matched}"),
         None => println!("rule: unknown action {action} at {matched}"),
