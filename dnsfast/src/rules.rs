@@ -269,4 +269,27 @@ mod tests {
         let m = suffix_map(&rules);
         assert_eq!(m.len(), 2);
     }
+
+    #[test]
+    fn cluster_rules_make_namespaces_and_services_exact() {
+        let mut names = ClusterNames::default();
+        names.namespaces.insert("default".into());
+        names.services.insert(("default".into(), "web".into()));
+        // Not a DNS name: its namespace passes whole rather than risk it.
+        names.namespaces.insert("odd".into());
+        names.services.insert(("odd".into(), "bad..name".into()));
+        let (rules, bad) = cluster_rules("cluster.local", &names, &["corp.cluster.local".into()]);
+        assert_eq!(bad, ["bad..name.odd.svc.cluster.local"]);
+        let by_name: BTreeMap<String, Action> = rules
+            .iter()
+            .map(|(k, r)| (key_name(k), Action::from_code(r.action).unwrap()))
+            .collect();
+        assert_eq!(by_name["cluster.local"], Action::Exists);
+        assert_eq!(by_name["svc.cluster.local"], Action::ExistsWild);
+        assert_eq!(by_name["default.svc.cluster.local"], Action::ExistsWild);
+        assert_eq!(by_name["web.default.svc.cluster.local"], Action::Allow);
+        assert_eq!(by_name["odd.svc.cluster.local"], Action::Allow);
+        assert_eq!(by_name["pod.cluster.local"], Action::Allow);
+        assert_eq!(by_name["corp.cluster.local"], Action::Allow);
+    }
 }

@@ -94,3 +94,81 @@ impl KubernetesSettings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{build, Config, ForwardFlags, KubeFlags};
+
+    fn parse(t: &str) -> anyhow::Result<Config> {
+        Config::parse(t, std::path::Path::new("k.toml"))
+    }
+
+    #[test]
+    fn the_table_is_checked_with_its_line() {
+        let c = parse("[kubernetes]\nenabled = true\nstale-after = 5\n").unwrap();
+        assert!(c.kubernetes.enabled);
+        assert_eq!(c.kubernetes.stale_after, std::time::Duration::from_secs(5));
+        let e = parse("[kubernetes]\nstale-after = -1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("k.toml:2") && e.contains("stale-after"), "{e}");
+        let e = parse("[kubernetes]\nstub-zones = [\"a..b\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("k.toml:2") && e.contains("a..b"), "{e}");
+        let e = parse("[kubernetes]\nkubeconfg = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kubeconfg"), "{e}");
+        // A kubeconfig alone turns it on.
+        assert!(
+            parse("[kubernetes]\nkubeconfig = \"/k\"\n")
+                .unwrap()
+                .kubernetes
+                .enabled
+        );
+    }
+
+    #[test]
+    fn on_it_leaves_the_cluster_domain_to_the_api() {
+        let dir = std::env::temp_dir().join(format!("dnsfast-kube-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.toml");
+        std::fs::write(
+            &f,
+            "[auto]\ncluster-domain = \"cluster.local\"\nnamespaces = [\"dev\"]\n\
+             search = [\"compute.internal\"]\n[kubernetes]\nenabled = true\n\
+             stub-zones = [\"corp.cluster.local\"]\n",
+        )
+        .unwrap();
+        let cfg = build(
+            Some(&f),
+            &[],
+            &ForwardFlags::default(),
+            &KubeFlags::default(),
+        )
+        .unwrap();
+        let d = cfg.derived.unwrap();
+        let names: Vec<&str> = d.suffixes.iter().map(|(p, _)| p.name.as_str()).collect();
+        assert_eq!(names, ["compute.internal"], "only the extra suffixes");
+        assert!(
+            d.tlds.contains("local"),
+            "the cluster domain's last label stays a TLD"
+        );
+        std::fs::write(
+            &f,
+            "[kubernetes]\nenabled = true\nstub-zones = [\"corp.example\"]\n",
+        )
+        .unwrap();
+        let e = build(
+            Some(&f),
+            &[],
+            &ForwardFlags::default(),
+            &KubeFlags::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("not under the cluster domain"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
