@@ -50,7 +50,7 @@ pub(crate) fn map_pin(pin_dir: &Path, name: &str) -> PathBuf {
 }
 
 /// The pinned main program under `pin_dir`.
-pub(crate) fn prog_pin(pin_dir: &Path) -> PathBuf {
+pub fn prog_pin(pin_dir: &Path) -> PathBuf {
     pin_dir.join(PINNED_PROG)
 }
 

@@ -5,11 +5,7 @@
 use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::{
-    maps::{Array, MapData},
-    programs::{TestRun, TestRunOptions, Xdp},
-};
-use aya_obj::programs::XdpAttachType;
+use aya::maps::{Array, MapData};
 use clap::Args;
 use dnsfast_common::{
     frame::Wrap,
@@ -23,7 +19,7 @@ use hickory_proto::{
 };
 
 use crate::{
-    dataplane::{pins::Pins, require_root},
+    dataplane::{pins::Pins, require_root, test_run_pinned},
     forward::metrics::rcode_name,
     paths::{self, PIN_DIR},
 };
@@ -87,17 +83,8 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         udp_check: 0,
     }
     .frame(&q.to_vec()?);
-    let prog = Xdp::from_pin(&prog_path, XdpAttachType::Interface)
-        .with_context(|| format!("opening the pinned program {}", prog_path.display()))?;
-    let mut out = vec![0u8; frame.len() + 1024];
-    let mut opts = TestRunOptions::new();
-    opts.data_in = Some(&frame);
-    opts.data_out = Some(&mut out);
-    let r = prog
-        .test_run(opts)
-        .context("BPF_PROG_TEST_RUN on the loaded program")?;
-    out.truncate(r.data_size_out as usize);
-    match r.return_value {
+    let (verdict, out) = test_run_pinned(&prog_path, &frame)?;
+    match verdict {
         XDP_TX => {
             let reply = Message::from_vec(&out[42..]).context("parsing the kernel's answer")?;
             let rcode = rcode_name(reply.metadata.response_code);

@@ -623,6 +623,23 @@ pub fn addr_key(a: IpAddr) -> AddrKey {
     k
 }
 
+/// Runs the program pinned at `prog` once on `packet` through
+/// `BPF_PROG_TEST_RUN`: the loaded program's own verdict and the packet as
+/// it left it (what `dnsfast explain` shows; the bench polls it).
+pub fn test_run_pinned(prog: &Path, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+    let p = Xdp::from_pin(prog, aya_obj::programs::XdpAttachType::Interface)
+        .with_context(|| format!("opening the pinned program {}", prog.display()))?;
+    let mut out = vec![0u8; packet.len() + 1024];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(packet);
+    opts.data_out = Some(&mut out);
+    let r = p
+        .test_run(opts)
+        .context("BPF_PROG_TEST_RUN on the loaded program")?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
+}
+
 /// Turns a program load failure into one message; a verifier rejection
 /// carries the tail of the verifier log, which is where the reason is.
 fn explain_load_error(e: ProgramError) -> anyhow::Error {

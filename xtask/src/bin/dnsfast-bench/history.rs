@@ -8,13 +8,15 @@ use std::{path::Path, sync::Mutex};
 use anyhow::{bail, Context, Result};
 
 /// The table's columns: key, heading.
-pub const COLUMNS: [(&str, &str); 9] = [
+pub const COLUMNS: [(&str, &str); 11] = [
     ("date", "date"),
     ("commit", "commit"),
     ("no_match", "DNS no match"),
     ("block_100k", "block hit, 100k, 25 B"),
     ("artifact", "auto: artifact"),
     ("real", "auto: real name"),
+    ("k8s", "cluster domain, 100k Services (slowest)"),
+    ("k8s_event", "Service create → kernel, p99"),
     ("blocked_qps", "blocked qps ÷ dnsmasq / unbound"),
     ("cache_hits", "cache-hit qps ÷ dnsmasq / unbound"),
     ("rss", "RSS, `load`"),
