@@ -235,6 +235,31 @@ impl ApiServer {
         .with_context(|| format!("creating service {ns}/{name}"))
     }
 
+    /// Deletes a namespace and, as no controller manager runs here to
+    /// finalize it, empties its finalizers so that it goes at once.
+    pub fn delete_namespace(&self, lab: &Lab, name: &str) -> Result<()> {
+        self.curl(
+            lab,
+            &[&format!("/api/v1/namespaces/{name}"), "-X", "DELETE"],
+        )?;
+        let body = format!(
+            r#"{{"apiVersion":"v1","kind":"Namespace","metadata":{{"name":"{name}"}},"spec":{{"finalizers":[]}}}}"#
+        );
+        self.curl(
+            lab,
+            &[
+                &format!("/api/v1/namespaces/{name}/finalize"),
+                "-X",
+                "PUT",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body,
+            ],
+        )
+        .map(|_| ())
+    }
+
     pub fn delete_service(&self, lab: &Lab, ns: &str, name: &str) -> Result<()> {
         self.curl(
             lab,

@@ -240,6 +240,15 @@ fn the_cluster_domain_follows_the_api() {
         c.dig("web.prod.svc.cluster.local", &[]) == "NXDOMAIN"
     });
     assert!(gone, "web.prod still resolves after its deletion");
+    assert_eq!(c.dig("prod.svc.cluster.local", &[]), "NOERROR");
+    c.api.delete_namespace(&c.lab, "prod").unwrap();
+    let gone = wait_until(Duration::from_secs(5), || {
+        c.dig("prod.svc.cluster.local", &[]) == "NXDOMAIN"
+    });
+    assert!(
+        gone,
+        "namespace prod still exists for dnsfast after its deletion"
+    );
 
     // explain names the Namespace or Service that made the verdict.
     let explain = |name: &str| {
