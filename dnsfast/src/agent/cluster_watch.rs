@@ -13,7 +13,7 @@
 
 use std::{
     collections::BTreeSet,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
@@ -32,81 +32,14 @@ use kube::{
 use log::{info, warn};
 
 use super::{
+    cluster::ClusterWatch,
     state::{poisoned, Agent},
-    stats::{unix_secs, KubeStats},
 };
 use crate::{
     config::kubernetes::KubernetesSettings,
     dataplane::pins,
-    rules::{self, ClusterNames, RuleSet},
+    rules::{self, ClusterNames},
 };
-
-/// The watch's state, for `status`, `stats`, `/metrics` and `/ready`.
-#[derive(Default)]
-pub(crate) struct Status {
-    /// The entries are in place: both lists were read, and the watch has
-    /// not been broken for longer than the limit since.
-    pub(crate) synced: bool,
-    /// It was, at least once since the start.
-    pub(crate) ever_synced: bool,
-    pub(crate) names: ClusterNames,
-    pub(crate) entries: usize,
-    pub(crate) events: u64,
-    pub(crate) errors: u64,
-    pub(crate) last_event: Option<SystemTime>,
-    pub(crate) last_error: Option<String>,
-    pub(crate) broken_since: Option<SystemTime>,
-    /// Entries that could not be written (a full table): the names around
-    /// them pass instead; the message says which.
-    pub(crate) degraded: Option<String>,
-}
-
-pub(crate) struct ClusterWatch {
-    pub(crate) cluster_domain: String,
-    pub(crate) settings: KubernetesSettings,
-    pub(crate) status: Mutex<Status>,
-    /// The cluster entries in the kernel table and the forwarder now.
-    installed: Mutex<RuleSet>,
-}
-
-impl ClusterWatch {
-    pub(crate) fn new(cluster_domain: &str, settings: &KubernetesSettings) -> Self {
-        Self {
-            cluster_domain: cluster_domain.to_string(),
-            settings: settings.clone(),
-            status: Mutex::new(Status::default()),
-            installed: Mutex::new(RuleSet::new()),
-        }
-    }
-
-    /// The cluster entries in force (for a reload, which writes them
-    /// together with the config's).
-    pub(crate) fn installed(&self) -> RuleSet {
-        self.installed.lock().map(|i| i.clone()).unwrap_or_default()
-    }
-
-    pub(crate) fn stats(&self) -> KubeStats {
-        let s = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        let now = SystemTime::now();
-        let age = |t: Option<SystemTime>| {
-            t.map(|t| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0))
-        };
-        KubeStats {
-            cluster_domain: self.cluster_domain.clone(),
-            synced: s.synced,
-            namespaces: s.names.namespaces.len(),
-            services: s.names.services.len(),
-            entries: s.entries,
-            events: s.events,
-            errors: s.errors,
-            last_event: s.last_event.map(unix_secs),
-            last_event_age_s: age(s.last_event),
-            last_error: s.last_error.clone(),
-            broken_for_s: age(s.broken_since),
-            degraded: s.degraded.clone(),
-        }
-    }
-}
 
 /// The API client: the kubeconfig given, or the pod's service account.
 pub(crate) async fn client(s: &KubernetesSettings) -> Result<Client> {

@@ -6,6 +6,8 @@
 //!   between agents; `link_watch`: the kernel's link announcements;
 //! - `control`: the control socket (server, and the client the CLI uses);
 //! - `config_watch`: SIGHUP and the config file's directory → a reload;
+//! - `cluster` and `cluster_watch`: the Kubernetes API's Namespaces and
+//!   Services, and the exact cluster-domain entries made of them;
 //! - `events`: `dnsfast watch`'s query events from the kernel ring;
 //! - `stats`: the typed status and stats snapshots everything renders;
 //! - `http`: `/metrics` (OpenMetrics), `/health`, `/ready`.
@@ -13,6 +15,7 @@
 //! Uses the dataplane, the forwarder, the rules and the config; the CLI
 //! uses it, never the other way round.
 
+pub(crate) mod cluster;
 pub(crate) mod cluster_watch;
 pub(crate) mod config_watch;
 pub(crate) mod control;
@@ -110,7 +113,7 @@ pub(crate) fn run(args: Options) -> Result<()> {
     // loaded; an API that does not answer does not (it is a state).
     let cluster = if cfg.kubernetes.enabled {
         let client = rt.block_on(cluster_watch::client(&cfg.kubernetes))?;
-        let w = Arc::new(cluster_watch::ClusterWatch::new(
+        let w = Arc::new(cluster::ClusterWatch::new(
             &cfg.auto.cluster_domain,
             &cfg.kubernetes,
         ));

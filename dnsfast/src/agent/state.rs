@@ -61,7 +61,7 @@ pub(crate) struct Agent {
     /// Query events for `dnsfast watch` (none if the ring is unavailable).
     pub(crate) events: Option<Events>,
     /// The Kubernetes API watch (`[kubernetes]`).
-    pub(crate) cluster: Option<Arc<super::cluster_watch::ClusterWatch>>,
+    pub(crate) cluster: Option<Arc<super::cluster::ClusterWatch>>,
     /// Attached, pinned and serving.
     pub(crate) ready: AtomicBool,
     /// `dnsfast unload` asked: detach even with `--keep-attached`.

@@ -13,7 +13,10 @@ use std::{
 use dnsfast_common::{pattern::Action, Counters};
 use serde::{Deserialize, Serialize};
 
-use super::state::{Agent, Applied};
+use super::{
+    cluster::ClusterWatch,
+    state::{Agent, Applied},
+};
 use crate::forward::{
     metrics::{rcode_name, Metrics, LATENCY_BUCKETS_US},
     resolver::Resolver,
@@ -281,6 +284,27 @@ pub(crate) struct ReloadStatus {
     pub(crate) last_reload: Option<u64>,
 }
 
+pub(crate) fn kube_stats(w: &ClusterWatch) -> KubeStats {
+    let s = w.status.lock().unwrap_or_else(|e| e.into_inner());
+    let now = SystemTime::now();
+    let age =
+        |t: Option<SystemTime>| t.map(|t| now.duration_since(t).map(|d| d.as_secs()).unwrap_or(0));
+    KubeStats {
+        cluster_domain: w.cluster_domain.clone(),
+        synced: s.synced,
+        namespaces: s.names.namespaces.len(),
+        services: s.names.services.len(),
+        entries: s.entries,
+        events: s.events,
+        errors: s.errors,
+        last_event: s.last_event.map(unix_secs),
+        last_event_age_s: age(s.last_event),
+        last_error: s.last_error.clone(),
+        broken_for_s: age(s.broken_since),
+        degraded: s.degraded.clone(),
+    }
+}
+
 fn reload_status(a: &Applied) -> ReloadStatus {
     ReloadStatus {
         reloads: a.reloads,
@@ -383,7 +407,7 @@ pub(crate) fn stats(a: &Agent) -> Stats {
         watch,
         forwarder: a.forwarder.as_deref().map(forwarder_stats),
         agent: None,
-        kubernetes: a.cluster.as_ref().map(|c| c.stats()),
+        kubernetes: a.cluster.as_deref().map(kube_stats),
     }
 }
 
@@ -401,7 +425,7 @@ pub(crate) fn status(a: &Agent) -> Status {
         keep_attached: a.keep_attached,
         listeners: a.listeners.iter().map(|l| l.to_string()).collect(),
         config: a.applied.lock().map(|r| reload_status(&r)).ok(),
-        kubernetes: a.cluster.as_ref().map(|c| c.stats()),
+        kubernetes: a.cluster.as_deref().map(kube_stats),
         ..Default::default()
     };
     if let (Ok(mut dp), Ok(ifs)) = (a.dp.lock(), a.ifaces.lock()) {
