@@ -115,7 +115,7 @@ enum Task {
     /// Measure ns/packet (BPF_PROG_TEST_RUN) and qps against dnsmasq/unbound.
     Bench {
         /// Extra arguments for the bench runner (see its --help).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Run a small lab: a pod's lookups with and without dnsfast.
