@@ -214,6 +214,12 @@ pub fn parse_headers(pkt: &Packet, cfg: &XdpConfig) -> Result<Headers, Pass> {
     if l4 + udp_len != ip_end || ip_end > pkt.len() || udp_len < 8 + DNS_HDR_LEN {
         return Err(Pass::Malformed);
     }
+    // Offsets are masked to OFF_MASK from here on (a bound the verifier
+    // needs): a datagram ending past it would be read short, so it is
+    // left to the stack (jumbo frames: no query we answer is that long).
+    if ip_end > OFF_MASK {
+        return Err(Pass::Unsupported);
+    }
     Ok(Headers {
         v6,
         l3,

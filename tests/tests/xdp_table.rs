@@ -225,6 +225,23 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
         &v4,
     );
     edit("ARCOUNT=1, no record", "malformed", &|d| d[11] = 1, &v4);
+    // Jumbo frames: the datagram's end is past the offsets the program
+    // masks to 2,047; once, 2,048 junk bytes made it read the query short
+    // and answer it.
+    for junk in [2048usize, 2049, 3000] {
+        edit(
+            "query + junk to past 2,047 bytes (v4)",
+            "unsupported",
+            &|d| d.extend(std::iter::repeat_n(0x41, junk)),
+            &v4,
+        );
+    }
+    edit(
+        "query + 2,048 junk bytes (v6)",
+        "unsupported",
+        &|d| d.extend(std::iter::repeat_n(0x41, 2048)),
+        &Wrap::v6(),
+    );
     edit(
         "to port 5353",
         "not_dns",
