@@ -5,10 +5,7 @@
 
 use std::{sync::Mutex, time::SystemTime};
 
-use crate::{
-    config::kubernetes::KubernetesSettings,
-    rules::{ClusterNames, RuleSet},
-};
+use crate::{config::kubernetes::KubernetesSettings, rules::RuleSet};
 
 /// The watch's state, for `status`, `stats`, `/metrics` and `/ready`.
 #[derive(Default)]
@@ -18,7 +15,11 @@ pub(crate) struct Status {
     pub(crate) synced: bool,
     /// It was, at least once since the start.
     pub(crate) ever_synced: bool,
-    pub(crate) names: ClusterNames,
+    /// How many of each the API lists now (the names themselves stay
+    /// with the watch: copying 100k of them per event would cost more
+    /// than the event).
+    pub(crate) namespaces: usize,
+    pub(crate) services: usize,
     pub(crate) entries: usize,
     pub(crate) events: u64,
     pub(crate) errors: u64,

@@ -238,7 +238,8 @@ async fn watch_once(agent: &Agent, w: &ClusterWatch, client: &Client) -> Ended {
                     st.last_event = Some(SystemTime::now());
                 }
             }
-            st.names = names.clone();
+            st.namespaces = names.namespaces.len();
+            st.services = names.services.len();
         }
         if !(ns_listed && svc_listed) {
             continue;
@@ -340,20 +341,24 @@ fn write(
     add: &[(Vec<u8>, dnsfast_common::Rule)],
     remove: &[Vec<u8>],
 ) -> Result<()> {
-    let config_keys: BTreeSet<Vec<u8>> = {
+    // Only the keys written are looked up: a big hand-written list costs
+    // nothing per event.
+    let (kernel_add, kernel_remove) = {
         let a = agent.applied.lock().map_err(poisoned)?;
-        rules::rules_of(&a.cfg.patterns).into_keys().collect()
+        let configured = |k: &[u8]| {
+            a.cfg
+                .patterns
+                .action_of(&dnsfast_common::pattern::key_name(k))
+                .is_some()
+        };
+        let add: Vec<(Vec<u8>, dnsfast_common::Rule)> = add
+            .iter()
+            .filter(|(k, _)| !configured(k))
+            .cloned()
+            .collect();
+        let remove: Vec<Vec<u8>> = remove.iter().filter(|k| !configured(k)).cloned().collect();
+        (add, remove)
     };
-    let kernel_add: Vec<(Vec<u8>, dnsfast_common::Rule)> = add
-        .iter()
-        .filter(|(k, _)| !config_keys.contains(k))
-        .cloned()
-        .collect();
-    let kernel_remove: Vec<Vec<u8>> = remove
-        .iter()
-        .filter(|k| !config_keys.contains(*k))
-        .cloned()
-        .collect();
     // The dataplane lock is held across the record and the write, so a
     // reload (which takes it too) sees them agree. Adds are recorded
     // before they are written: one that fails halfway is still taken

@@ -292,8 +292,8 @@ pub(crate) fn kube_stats(w: &ClusterWatch) -> KubeStats {
     KubeStats {
         cluster_domain: w.cluster_domain.clone(),
         synced: s.synced,
-        namespaces: s.names.namespaces.len(),
-        services: s.names.services.len(),
+        namespaces: s.namespaces,
+        services: s.services,
         entries: s.entries,
         events: s.events,
         errors: s.errors,
