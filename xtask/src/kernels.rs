@@ -237,7 +237,7 @@ fn boot(cache: &Path, sysroot: &Path, release: &str, bins: &Static) -> Result<()
         .arg(&initrd)
         .args([
             "-append",
-            "console=ttyS0 panic=-1 quiet",
+            "console=ttyS0 panic=-1 quiet initramfs_async=0",
             "-serial",
             "null",
             "-serial",
@@ -299,9 +299,16 @@ mount -t bpf bpf /sys/fs/bpf
 [ -f /lib/modules/veth.ko ] && insmod /lib/modules/veth.ko
 echo "kernel $(uname -r)" > /dev/ttyS1
 cd /tmp
-DNSFAST_VERIFIER_LOG_LINES=60 RUST_BACKTRACE=0 /bin/xdp_table --test-threads=1 --nocapture > /dev/ttyS1 2>&1
+# A large file just unpacked from the initramfs can still be open for
+# writing for a moment (the kernel closes it late), and exec then fails
+# with ETXTBSY (126): wait until each binary runs, for at most 10 s.
+for b in xdp_table xdp_cache dnsfast; do
+  n=0; while /bin/$b --help > /dev/null 2>&1; [ $? = 126 ] && [ $n -lt 50 ]; do n=$((n+1)); sleep 0.2; done
+done
+export DNSFAST_VERIFIER_LOG_LINES=60 RUST_BACKTRACE=0
+/bin/xdp_table --test-threads=1 --nocapture > /dev/ttyS1 2>&1
 echo "exit=$?" > /dev/ttyS1
-DNSFAST_VERIFIER_LOG_LINES=60 RUST_BACKTRACE=0 /bin/xdp_cache --test-threads=1 > /dev/ttyS1 2>&1
+/bin/xdp_cache --test-threads=1 > /dev/ttyS1 2>&1
 echo "exit_cache=$?" > /dev/ttyS1
 
 ip link set lo up
