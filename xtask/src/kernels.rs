@@ -201,6 +201,14 @@ fn boot(cache: &Path, sysroot: &Path, release: &str, bins: &Static) -> Result<()
     std::fs::copy(&bins.table, initrd_dir.join("bin/xdp_table"))?;
     std::fs::copy(&bins.cache, initrd_dir.join("bin/xdp_cache"))?;
     std::fs::copy(&bins.agent, initrd_dir.join("bin/dnsfast"))?;
+    // Debug builds of static binaries are mostly debug info (hundreds of
+    // MB with the Kubernetes client): the guest needs none of it, and an
+    // initramfs that size starves its RAM.
+    for b in ["xdp_table", "xdp_cache", "dnsfast"] {
+        run(Command::new("strip")
+            .arg("--strip-debug")
+            .arg(initrd_dir.join("bin").join(b)))?;
+    }
     let veth = sysroot.join(format!("lib/modules/{release}/kernel/drivers/net/veth.ko"));
     if veth.exists() {
         std::fs::copy(&veth, initrd_dir.join("lib/modules/veth.ko"))?;
