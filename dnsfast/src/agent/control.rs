@@ -22,7 +22,7 @@ use tokio::{
     net::UnixListener,
 };
 
-use super::{state::Agent, stats};
+use super::{runtime::AcceptBackoff, state::Agent, stats};
 use crate::paths;
 
 /// The control socket, removed when dropped.
@@ -40,8 +40,13 @@ impl Socket {
         std::fs::create_dir_all(paths::RUN_DIR)
             .with_context(|| format!("creating {}", paths::RUN_DIR))?;
         let _ = std::fs::remove_file(&path);
-        let listener = std::os::unix::net::UnixListener::bind(&path)
-            .with_context(|| format!("binding the control socket {}", path.display()))?;
+        // Created 0600, not chmod-ed after: between the two, anyone could
+        // have connected, and the socket can unload the program.
+        let umask = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+        let bound = std::os::unix::net::UnixListener::bind(&path);
+        nix::sys::stat::umask(umask);
+        let listener =
+            bound.with_context(|| format!("binding the control socket {}", path.display()))?;
         listener
             .set_nonblocking(true)
             .context("making the control socket non-blocking")?;
@@ -70,11 +75,18 @@ impl Drop for Socket {
 
 /// Answers requests until the runtime ends.
 pub(crate) async fn serve(listener: UnixListener, agent: Arc<Agent>) -> Result<()> {
+    let mut backoff = AcceptBackoff::new("the control socket");
     loop {
-        let (stream, _) = listener
-            .accept()
-            .await
-            .context("accepting on the control socket")?;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff.ok();
+                s
+            }
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
         let agent = agent.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();

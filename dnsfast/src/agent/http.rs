@@ -5,23 +5,30 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
 };
 
-use super::{openmetrics, state::Agent, stats};
+use super::{openmetrics, runtime::AcceptBackoff, state::Agent, stats};
 
 /// Longest request head read; scrapers send a few hundred bytes.
 const MAX_HEAD: usize = 8192;
 
 pub(crate) async fn serve(listener: TcpListener, agent: Arc<Agent>) -> Result<()> {
+    let mut backoff = AcceptBackoff::new("the metrics endpoint");
     loop {
-        let (stream, _) = listener
-            .accept()
-            .await
-            .context("accepting on the metrics endpoint")?;
+        let stream = match listener.accept().await {
+            Ok((s, _)) => {
+                backoff.ok();
+                s
+            }
+            Err(e) => {
+                backoff.failed(&e).await;
+                continue;
+            }
+        };
         let agent = agent.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, agent)).await;

@@ -123,6 +123,7 @@ pub(crate) fn run(args: Options) -> Result<()> {
     };
     let mut socket = control::Socket::bind(&args.pin_dir)?;
     dataplane::attach::raise_memlock();
+    runtime::raise_nofile();
     pins::ensure_bpffs(&args.pin_dir)?;
     let kept = ifaces::kept_links(&args.pin_dir)?;
     let mut pin_dir = pins::PinDir::prepare(&args.pin_dir, !kept.is_empty())?;

@@ -2,8 +2,10 @@
 //! a run, the wait for either, and (feature `ebpf-log`) the thread that
 //! copies the XDP program's log records into ours.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result};
-use log::info;
+use log::{info, warn};
 
 use crate::forward::Forwarder;
 
@@ -79,4 +81,56 @@ pub(crate) fn forward_ebpf_logs(mut logger: aya_log::EbpfLogger<&'static dyn log
         }
         logger.flush();
     });
+}
+
+/// A listener's accept errors (out of file descriptors, out of memory, a
+/// connection reset before it was taken) are logged and waited out, the
+/// wait doubling from 10 ms to 1 s: never the end of the agent, which
+/// would take the node's DNS with it.
+pub(crate) struct AcceptBackoff {
+    what: &'static str,
+    delay: Duration,
+}
+
+impl AcceptBackoff {
+    const MIN: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    pub(crate) fn new(what: &'static str) -> Self {
+        Self {
+            what,
+            delay: Self::MIN,
+        }
+    }
+
+    /// After an accepted connection: the next error is news again.
+    pub(crate) fn ok(&mut self) {
+        self.delay = Self::MIN;
+    }
+
+    pub(crate) async fn failed(&mut self, e: &std::io::Error) {
+        if self.delay == Self::MIN {
+            warn!("accepting on {}: {e}; retrying", self.what);
+        }
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Self::MAX);
+    }
+}
+
+/// Raises the soft limit on open files to the hard one: every client
+/// connection, upstream query socket and watcher takes a descriptor. One
+/// line when that is refused, with the limit that stays.
+pub(crate) fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                warn!(
+                    "could not raise the open-file limit from {soft} to {hard} ({e}): {soft} it is"
+                );
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!("could not read the open-file limit: {e}"),
+    }
 }
