@@ -27,9 +27,10 @@ pub struct Upstream {
     pub ttl: u32,
     /// Queries for names under these suffixes get no answer at all.
     pub drop_suffixes: Vec<String>,
-    /// Names under these suffixes get 40 A records over TCP, and an empty
-    /// answer with TC set over UDP.
+    /// Names under these suffixes get `tc_records` A records over TCP,
+    /// and an empty answer with TC set over UDP.
     pub tc_suffixes: Vec<String>,
+    pub tc_records: usize,
     /// Before each real reply, send one with a wrong ID and 203.0.113.66.
     pub spoof: bool,
     /// One line per query received: `udp|tcp NAME TYPE`.
@@ -53,6 +54,7 @@ impl Upstream {
             ttl: 60,
             drop_suffixes: Vec::new(),
             tc_suffixes: Vec::new(),
+            tc_records: 40,
             spoof: false,
             log: None,
         }
@@ -161,8 +163,9 @@ impl Upstream {
             |ip: Ipv4Addr| Record::from_rdata(query.name().clone(), self.ttl, RData::A(ip.into()));
         if under(&name, &self.tc_suffixes) {
             if tcp {
-                for i in 0..40 {
-                    r.answers.push(a(Ipv4Addr::new(198, 51, 100, i)));
+                for i in 0..self.tc_records {
+                    let [x, y] = (i as u16).to_be_bytes();
+                    r.answers.push(a(Ipv4Addr::new(198, 51, 100 + x, y)));
                 }
             } else {
                 r.metadata.truncation = true;

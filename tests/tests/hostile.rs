@@ -157,3 +157,122 @@ fn running_out_of_files_on_the_metrics_port_does_not_end_the_agent() {
         agent_log()
     );
 }
+
+/// However large an EDNS size a client offers, a UDP answer never passes
+/// `forward.max-udp-size` (1232 by default, DNS Flag Day 2020: fragments
+/// are easy to spoof and often dropped); a larger one goes out with TC and
+/// the client asks again over TCP. The limit is a setting.
+#[test]
+fn udp_answers_stay_within_max_udp_size() {
+    require_root!();
+    let mut lab = Lab::new();
+    let cli = lab.add_ns("hcl", None).unwrap();
+    let srv = lab.add_ns("hsv", None).unwrap();
+    let (_, srv_if) = lab
+        .veth(
+            &cli,
+            &[&format!("{CLIENT}/24")],
+            &srv,
+            &[&format!("{SERVER}/24")],
+        )
+        .unwrap();
+    let tmp = std::env::temp_dir().join(format!("dnsfast-{srv}"));
+    std::fs::create_dir_all(&tmp).unwrap();
+    // 100 A records: about 1.6 KB, over TCP only (TC over UDP).
+    lab.spawn(
+        &srv,
+        env!("CARGO_BIN_EXE_dnsfast-testdns"),
+        &[
+            "--listen",
+            "127.0.0.1:5301",
+            "--tc",
+            "big.test",
+            "--tc-records",
+            "100",
+        ],
+        tmp.join("testdns.log").to_str().unwrap(),
+    )
+    .unwrap();
+    let pins = PathBuf::from(format!("/sys/fs/bpf/dnsfast-test-{srv}"));
+    let log = tmp.join("agent.log");
+    lab.spawn(
+        &srv,
+        dnsfast_bin().to_str().unwrap(),
+        &[
+            "load",
+            "--iface",
+            &srv_if,
+            "--pin-dir",
+            pins.to_str().unwrap(),
+            "--listen",
+            SERVER,
+            "--server",
+            "127.0.0.1#5301",
+            "--no-resolv",
+        ],
+        log.to_str().unwrap(),
+    )
+    .unwrap();
+    // `dnsfast serve` configured larger: there the same answer fits in
+    // one datagram.
+    let cfg = tmp.join("big.toml");
+    std::fs::write(&cfg, "[forward]\nmax-udp-size = 4096\n").unwrap();
+    lab.spawn(
+        &srv,
+        dnsfast_bin().to_str().unwrap(),
+        &[
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:5399",
+            "--server",
+            "127.0.0.1#5301",
+            "--no-resolv",
+        ],
+        tmp.join("serve.log").to_str().unwrap(),
+    )
+    .unwrap();
+    let up = wait_until(Duration::from_secs(30), || {
+        Command::new(dnsfast_bin())
+            .args(["status", "--json", "--pin-dir"])
+            .arg(&pins)
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("\"ready\":true"))
+    });
+    assert!(up, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    let dig = |ns: &str, server: &str, port: &str| {
+        let out = lab
+            .exec(
+                ns,
+                "dig",
+                &[
+                    "+tries=1",
+                    "+time=3",
+                    "+bufsize=4096",
+                    &format!("@{server}"),
+                    "-p",
+                    port,
+                    "x.big.test",
+                ],
+            )
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let answers = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("x.big.test.") && l.contains("\tA\t"))
+            .count()
+    };
+    let d = dig(&cli, SERVER, "53");
+    assert!(d.contains("Truncated, retrying in TCP mode"), "{d}");
+    assert_eq!(answers(&d), 100, "{d}");
+
+    let d = wait_until(Duration::from_secs(10), || {
+        answers(&dig(&srv, "127.0.0.1", "5399")) == 100
+    });
+    assert!(d, "serve on 5399 never answered");
+    let d = dig(&srv, "127.0.0.1", "5399");
+    assert!(!d.contains("Truncated"), "{d}");
+    assert_eq!(answers(&d), 100, "{d}");
+}

@@ -51,9 +51,10 @@ fn print_config(cfg: &Config) {
         f.worker_count()
     );
     println!(
-        "forward: timeout {} ms, max-inflight {}, log-queries {}",
+        "forward: timeout {} ms, max-inflight {}, max-udp-size {}, log-queries {}",
         f.timeout.as_millis(),
         f.max_inflight,
+        f.max_udp_size,
         f.log_queries
     );
     let c = &f.cache;

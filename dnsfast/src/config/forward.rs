@@ -20,6 +20,10 @@ pub(crate) const DEFAULT_CACHE_SIZE: usize = 10_000;
 pub(crate) const DEFAULT_MAX_TTL: u32 = 86_400;
 pub(crate) const DEFAULT_NEG_TTL: u32 = 60;
 pub(crate) const DEFAULT_MAX_INFLIGHT: usize = 4096;
+/// The largest answer sent over UDP whatever size a client's EDNS offers
+/// (DNS Flag Day 2020: no fragments); larger ones go out with TC, and the
+/// client asks again over TCP.
+pub(crate) const DEFAULT_MAX_UDP_SIZE: usize = 1232;
 pub(crate) const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
 
 #[derive(Debug, Default, Deserialize)]
@@ -29,6 +33,7 @@ pub(crate) struct RawForward {
     workers: Option<Spanned<usize>>,
     timeout_ms: Option<Spanned<u64>>,
     max_inflight: Option<Spanned<usize>>,
+    max_udp_size: Option<Spanned<usize>>,
     log_queries: Option<bool>,
     no_resolv: Option<bool>,
     resolv_conf: Option<PathBuf>,
@@ -120,6 +125,8 @@ pub(crate) struct ForwardSettings {
     pub(crate) workers: usize,
     pub(crate) timeout: Duration,
     pub(crate) max_inflight: usize,
+    /// The largest UDP answer, whatever the client's EDNS size.
+    pub(crate) max_udp_size: usize,
     pub(crate) log_queries: bool,
     pub(crate) no_resolv: bool,
     pub(crate) resolv_conf: PathBuf,
@@ -134,6 +141,7 @@ impl Default for ForwardSettings {
             workers: 0,
             timeout: DEFAULT_TIMEOUT,
             max_inflight: DEFAULT_MAX_INFLIGHT,
+            max_udp_size: DEFAULT_MAX_UDP_SIZE,
             log_queries: false,
             no_resolv: false,
             resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
@@ -226,6 +234,16 @@ impl ForwardSettings {
                 bail!("{}: forward.max-inflight must be at least 1", at(m.span()));
             }
             s.max_inflight = m.into_inner();
+        }
+        if let Some(m) = f.max_udp_size {
+            if !(512..=65_535).contains(m.get_ref()) {
+                bail!(
+                    "{}: forward.max-udp-size {}: give 512 to 65535 bytes",
+                    at(m.span()),
+                    m.get_ref()
+                );
+            }
+            s.max_udp_size = m.into_inner();
         }
         s.log_queries = f.log_queries.unwrap_or(false);
         s.no_resolv = f.no_resolv.unwrap_or(false);

@@ -308,6 +308,11 @@ mod tests {
             "dnsfast.toml:2: zone 'a.test' has no upstreams"
         );
         assert!(e("[cache]\nsise = 1\n").starts_with("dnsfast.toml:2: unknown field `sise`"));
+        assert_eq!(
+            e("[forward]\nmax-udp-size = 100\n"),
+            "dnsfast.toml:2: forward.max-udp-size 100: give 512 to 65535 bytes"
+        );
+        assert_eq!(parse("").unwrap().forward.max_udp_size, 1232);
         let c = parse(
             "[forward]\nlisten = [\"169.254.20.10\"]\n[[zone]]\nname = \".\"\nupstreams = [\"10.0.0.2\"]\npolicy = \"random\"\n",
         )

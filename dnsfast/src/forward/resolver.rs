@@ -69,6 +69,8 @@ pub(crate) struct Live {
     pub(crate) tlds: Arc<HashSet<Vec<u8>>>,
     pub(crate) cache_settings: CacheSettings,
     pub(crate) log_queries: bool,
+    /// The largest answer over UDP (`forward.max-udp-size`).
+    pub(crate) max_udp: usize,
 }
 
 pub(crate) struct Resolver {
@@ -174,6 +176,7 @@ pub(crate) fn live(
         ),
         cache_settings: s.cache.clone(),
         log_queries: s.log_queries,
+        max_udp: s.max_udp_size,
     })
 }
 
@@ -188,7 +191,11 @@ impl Resolver {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> Handled {
-        let start = self.log_queries().then(Instant::now);
+        let (log, max_udp) = {
+            let live = self.live.load();
+            (live.log_queries, live.max_udp)
+        };
+        let start = log.then(Instant::now);
         match transport {
             Transport::Udp => &self.metrics.udp_queries,
             Transport::Tcp => &self.metrics.tcp_queries,
@@ -207,7 +214,8 @@ impl Resolver {
             addr,
             transport,
             limit: match transport {
-                Transport::Udp => q.udp_limit(),
+                // The client's EDNS size, but never past max-udp-size.
+                Transport::Udp => q.udp_limit().min(max_udp),
                 Transport::Tcp => TCP_ANSWER_LIMIT,
             },
             start,
@@ -252,13 +260,9 @@ impl Resolver {
             tlds: cur.tlds.clone(),
             cache_settings: cur.cache_settings.clone(),
             log_queries: cur.log_queries,
+            max_udp: cur.max_udp,
         }));
     }
-    /// Whether `--log-queries` is on (a reload may switch it).
-    pub(crate) fn log_queries(&self) -> bool {
-        self.live.load().log_queries
-    }
-
     /// Answers without leaving the process: a block pattern or the cache.
     pub(crate) fn answer_locally(&self, q: &ClientQuery) -> Option<Outcome> {
         let live = self.live.load();

@@ -1,7 +1,7 @@
 //! A test DNS server for the end-to-end labs; see `dnsfast_tests::upstream`.
 //!
 //! dnsfast-testdns --listen IP:PORT [--answer NAME=IPV4]… [--ttl S]
-//!   [--delay-ms MS] [--drop SUFFIX]… [--tc SUFFIX]… [--spoof] [--log FILE]
+//!   [--delay-ms MS] [--drop SUFFIX]… [--tc SUFFIX]… [--tc-records N] [--spoof] [--log FILE]
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -28,6 +28,9 @@ struct Args {
     drops: Vec<String>,
     #[arg(long = "tc")]
     tcs: Vec<String>,
+    /// A records in the TCP answer for `--tc` names.
+    #[arg(long, default_value_t = 40)]
+    tc_records: usize,
     #[arg(long)]
     spoof: bool,
     #[arg(long)]
@@ -68,6 +71,7 @@ fn main() -> Result<()> {
         ttl: a.ttl,
         drop_suffixes: a.drops.iter().map(|s| fqdn(s)).collect(),
         tc_suffixes: a.tcs.iter().map(|s| fqdn(s)).collect(),
+        tc_records: a.tc_records,
         spoof: a.spoof,
         log,
         ..Upstream::new(a.listen)
