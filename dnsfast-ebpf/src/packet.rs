@@ -141,6 +141,10 @@ pub fn parse_headers(pkt: &Packet, cfg: &XdpConfig) -> Result<Headers, Pass> {
     let eth: *const EthHdr = pkt.ptr(0).ok_or(Pass::NotDns)?;
     // SAFETY: bounds checked by `ptr`.
     let mut proto = u16::from_be(unsafe { (*eth).ether_type });
+    // No frame comes from a group MAC address: a forged one would turn the
+    // answer into a reflection.
+    // SAFETY: as above.
+    let group_src = unsafe { (*eth).src_addr[0] } & 1 != 0;
     let mut l3 = EthHdr::LEN;
     // 802.1ad outer tag, then 802.1Q: at most two, unrolled for the verifier.
     for _ in 0..2 {
@@ -171,6 +175,13 @@ pub fn parse_headers(pkt: &Packet, cfg: &XdpConfig) -> Result<Headers, Pass> {
             let tot = be16(ip.tot_len[0], ip.tot_len[1]) as usize;
             // Options, or the first of several fragments (MF).
             let unsupported = ihl != Ipv4Hdr::LEN || frags & 0x2000 != 0;
+            // Addresses the stack would not answer from or to: a
+            // multicast, reserved or broadcast (224/3) or unspecified
+            // source, a group destination, or loopback from outside.
+            let (s, d) = (ip.src_addr, ip.dst_addr);
+            let odd =
+                s[0] >= 224 || s == [0, 0, 0, 0] || d[0] >= 224 || (d[0] == 127 && s[0] != 127);
+            let unsupported = unsupported || odd || group_src;
             if ip.vihl >> 4 != 4 || ihl < Ipv4Hdr::LEN {
                 return Err(Pass::Malformed);
             }
@@ -193,7 +204,18 @@ pub fn parse_headers(pkt: &Packet, cfg: &XdpConfig) -> Result<Headers, Pass> {
                 return Err(Pass::Malformed);
             }
             let payload = be16(ip.payload_len[0], ip.payload_len[1]) as usize;
-            (true, l3 + Ipv6Hdr::LEN, l3 + Ipv6Hdr::LEN + payload, false)
+            // As for IPv4: a multicast (ff00::/8) or unspecified source, a
+            // multicast destination, or ::1 from outside.
+            let (s, d) = (&ip.src_addr, &ip.dst_addr);
+            let loopback = |a: &[u8; 16]| a[..15] == [0u8; 15] && a[15] == 1;
+            let odd =
+                s[0] == 0xff || *s == [0u8; 16] || d[0] == 0xff || (loopback(d) && !loopback(s));
+            (
+                true,
+                l3 + Ipv6Hdr::LEN,
+                l3 + Ipv6Hdr::LEN + payload,
+                odd || group_src,
+            )
         }
         _ => return Err(Pass::NotDns),
     };

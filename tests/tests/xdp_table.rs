@@ -332,6 +332,41 @@ fn bad_cases() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 
     // IP-level cases.
     let base = frame(&v4, &good());
+    // Addresses the stack would not answer from or to: answering them
+    // would reflect or leak. (IPv4 source at 26, destination at 30.)
+    for (what, at, addr) in [
+        ("IPv4 multicast source", 26, [224, 0, 0, 5]),
+        ("IPv4 broadcast source", 26, [255, 255, 255, 255]),
+        ("IPv4 unspecified source", 26, [0, 0, 0, 0]),
+        ("IPv4 mDNS destination", 30, [224, 0, 0, 251]),
+        ("IPv4 loopback destination from outside", 30, [127, 0, 0, 1]),
+    ] {
+        let mut f = base.clone();
+        f[at..at + 4].copy_from_slice(&addr);
+        fix_v4(&mut f);
+        v.push((what, f, "unsupported"));
+    }
+    let mut f = base.clone();
+    f[6] = 0x03; // group bit in the source MAC
+    v.push(("group source MAC", f, "unsupported"));
+    let base6 = frame(&Wrap::v6(), &good());
+    // IPv6 source at 22, destination at 38.
+    let mut loop6 = [0u8; 16];
+    loop6[15] = 1;
+    let mut mcast6 = [0u8; 16];
+    mcast6[0] = 0xff;
+    mcast6[1] = 0x02;
+    mcast6[15] = 1;
+    for (what, at, addr) in [
+        ("IPv6 multicast source", 22, mcast6),
+        ("IPv6 unspecified source", 22, [0u8; 16]),
+        ("IPv6 multicast destination", 38, mcast6),
+        ("IPv6 loopback destination from outside", 38, loop6),
+    ] {
+        let mut f = base6.clone();
+        f[at..at + 16].copy_from_slice(&addr);
+        v.push((what, f, "unsupported"));
+    }
     let mut f = base.clone();
     f[14 + 6] |= 0x20; // MF
     fix_v4(&mut f);

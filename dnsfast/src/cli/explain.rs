@@ -76,7 +76,13 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         dst_mac: [0x02, 0, 0, 0, 0, 1],
         src_mac: [0x02, 0, 0, 0, 0, 2],
         vlans: vec![],
-        src: std::net::Ipv4Addr::new(192, 0, 2, 1).into(),
+        // The program leaves a loopback destination from outside to the
+        // stack: a query to 127.0.0.1 comes from 127.0.0.1.
+        src: if a.to.is_loopback() {
+            a.to.into()
+        } else {
+            std::net::Ipv4Addr::new(192, 0, 2, 1).into()
+        },
         dst: a.to.into(),
         sport: 40000,
         dport: port,
