@@ -77,16 +77,7 @@ impl Drop for Socket {
 pub(crate) async fn serve(listener: UnixListener, agent: Arc<Agent>) -> Result<()> {
     let mut backoff = AcceptBackoff::new("the control socket");
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => {
-                backoff.ok();
-                s
-            }
-            Err(e) => {
-                backoff.failed(&e).await;
-                continue;
-            }
-        };
+        let (stream, _) = backoff.next(|| listener.accept()).await;
         let agent = agent.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();

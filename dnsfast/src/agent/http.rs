@@ -19,16 +19,7 @@ const MAX_HEAD: usize = 8192;
 pub(crate) async fn serve(listener: TcpListener, agent: Arc<Agent>) -> Result<()> {
     let mut backoff = AcceptBackoff::new("the metrics endpoint");
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => {
-                backoff.ok();
-                s
-            }
-            Err(e) => {
-                backoff.failed(&e).await;
-                continue;
-            }
-        };
+        let (stream, _) = backoff.next(|| listener.accept()).await;
         let agent = agent.clone();
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, agent)).await;

@@ -103,12 +103,25 @@ impl AcceptBackoff {
         }
     }
 
-    /// After an accepted connection: the next error is news again.
-    pub(crate) fn ok(&mut self) {
-        self.delay = Self::MIN;
+    /// The next connection `accept` (a listener's accept) brings, through
+    /// any number of errors.
+    pub(crate) async fn next<T, F>(&mut self, mut accept: impl FnMut() -> F) -> T
+    where
+        F: std::future::Future<Output = std::io::Result<T>>,
+    {
+        loop {
+            match accept().await {
+                Ok(c) => {
+                    // The next error is news again.
+                    self.delay = Self::MIN;
+                    return c;
+                }
+                Err(e) => self.failed(&e).await,
+            }
+        }
     }
 
-    pub(crate) async fn failed(&mut self, e: &std::io::Error) {
+    async fn failed(&mut self, e: &std::io::Error) {
         if self.delay == Self::MIN {
             warn!("accepting on {}: {e}; retrying", self.what);
         }
