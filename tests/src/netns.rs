@@ -116,6 +116,28 @@ impl Lab {
         Ok((a, b))
     }
 
+    /// The shape most end-to-end tests start from: a client namespace (with
+    /// `resolv` as its resolv.conf) and a node namespace, joined by a veth,
+    /// `client_ip` and `node_ip` on its ends (/24). Returns the client
+    /// namespace, the node namespace and the node's end of the veth.
+    pub fn client_and_node(
+        &mut self,
+        prefixes: (&str, &str),
+        client_ip: &str,
+        node_ip: &str,
+        resolv: Option<&str>,
+    ) -> Result<(String, String, String)> {
+        let cli = self.add_ns(prefixes.0, resolv)?;
+        let node = self.add_ns(prefixes.1, None)?;
+        let (_, node_if) = self.veth(
+            &cli,
+            &[&format!("{client_ip}/24")],
+            &node,
+            &[&format!("{node_ip}/24")],
+        )?;
+        Ok((cli, node, node_if))
+    }
+
     /// `veth` with the ends' names chosen by the caller (unique, at most
     /// 15 bytes).
     pub fn veth_named(

@@ -33,15 +33,8 @@ struct Node {
 impl Node {
     fn new() -> Node {
         let mut lab = Lab::new();
-        let cli = lab.add_ns("hcl", None).unwrap();
-        let srv = lab.add_ns("hsv", None).unwrap();
-        let (_, srv_if) = lab
-            .veth(
-                &cli,
-                &[&format!("{CLIENT}/24")],
-                &srv,
-                &[&format!("{SERVER}/24")],
-            )
+        let (cli, srv, srv_if) = lab
+            .client_and_node(("hcl", "hsv"), CLIENT, SERVER, None)
             .unwrap();
         let tmp = std::env::temp_dir().join(format!("dnsfast-{srv}"));
         std::fs::create_dir_all(&tmp).unwrap();

@@ -76,15 +76,8 @@ fn cluster(stale_after: f64) -> Cluster {
                   us-west-2.compute.internal compute.internal";
     let resolv =
         format!("nameserver {NODE}\nsearch {search}\noptions ndots:5 timeout:2 attempts:1\n");
-    let pod = lab.add_ns("kpod", Some(&resolv)).unwrap();
-    let node = lab.add_ns("knode", None).unwrap();
-    let (_, node_if) = lab
-        .veth(
-            &pod,
-            &[&format!("{POD}/24")],
-            &node,
-            &[&format!("{NODE}/24")],
-        )
+    let (pod, node, node_if) = lab
+        .client_and_node(("kpod", "knode"), POD, NODE, Some(&resolv))
         .unwrap();
     let tmp = std::env::temp_dir().join(format!("dnsfast-{node}"));
     std::fs::create_dir_all(&tmp).unwrap();

@@ -38,15 +38,8 @@ impl Setup {
     /// server's loopback (port 5300) answering every name.
     fn new() -> Setup {
         let mut lab = Lab::new();
-        let cli = lab.add_ns("dlc", None).unwrap();
-        let srv = lab.add_ns("dls", None).unwrap();
-        let (_, srv_if) = lab
-            .veth(
-                &cli,
-                &[&format!("{CLIENT}/24")],
-                &srv,
-                &[&format!("{SERVER}/24")],
-            )
+        let (cli, srv, srv_if) = lab
+            .client_and_node(("dlc", "dls"), CLIENT, SERVER, None)
             .unwrap();
         let tmp = std::env::temp_dir().join(format!("dnsfast-{srv}"));
         std::fs::create_dir_all(&tmp).unwrap();
