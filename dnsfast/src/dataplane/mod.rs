@@ -401,7 +401,7 @@ impl Dataplane {
 
     /// The pattern table, on this object's maps. The agent's writes hold
     /// the pin directory's lock once the maps are pinned (see
-    /// `maps::lock_dir`).
+    /// `pins::lock_dir`).
     fn patterns(&mut self) -> Result<Patterns<&mut MapData>> {
         let (mut buckets, mut depths, mut tails) = (None, None, None);
         for (name, m) in self.ebpf.maps_mut() {
@@ -441,7 +441,7 @@ impl Dataplane {
     }
 
     /// Makes the kernel tables stand for exactly `rules` (folded, see
-    /// `maps::fold_namespaces`) and `tlds`. Labels join the namespace and
+    /// `rules::fold_namespaces`) and `tlds`. Labels join the namespace and
     /// TLD sets before the patterns change and leave after, so a name whose
     /// verdict is the same in both configs keeps it throughout.
     pub fn reconcile(&mut self, rules: &RuleSet, tlds: &BTreeSet<String>) -> Result<TableDiff> {
