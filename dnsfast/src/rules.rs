@@ -127,7 +127,7 @@ pub struct ClusterNames {
 /// depend on CoreDNS's `pods` mode), `dns.<cd>` (`ns.dns.<cd>`, the
 /// zone's name server) and `dns-version.<cd>` (CoreDNS's schema TXT).
 /// Operator-routed stub zones under `cd` pass whole (`Allow`).
-pub fn cluster_base(cd: &str, stub_zones: &[String]) -> Vec<(String, Action)> {
+fn cluster_base(cd: &str, stub_zones: &[String]) -> Vec<(String, Action)> {
     let mut out = vec![
         (cd.to_string(), Action::Exists),
         (format!("svc.{cd}"), Action::ExistsWild),

@@ -32,6 +32,16 @@ macro_rules! require_root {
     };
 }
 
+/// The RCODE in `dig`'s output ("NOERROR", "NXDOMAIN", …), or
+/// "(no answer)".
+pub fn rcode(dig_output: &str) -> &str {
+    dig_output
+        .split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("(no answer)")
+}
+
 /// The agent binary under test: `DNSFAST_BIN` (set by `cargo xtask`), or
 /// the newer of the workspace's debug and release builds.
 pub fn dnsfast_bin() -> std::path::PathBuf {

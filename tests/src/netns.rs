@@ -116,6 +116,19 @@ impl Lab {
         Ok((a, b))
     }
 
+    /// `dig +tries=1 +time=3 @server name extra…` from `ns`: the RCODE the
+    /// client got, or "(no answer)".
+    pub fn dig_rcode(&self, ns: &str, server: &str, name: &str, extra: &[&str]) -> String {
+        let at = format!("@{server}");
+        let mut args = vec!["+tries=1", "+time=3", &at, name];
+        args.extend_from_slice(extra);
+        let out = self
+            .exec(ns, "dig", &args)
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        crate::rcode(&String::from_utf8_lossy(&out)).to_string()
+    }
+
     /// The shape most end-to-end tests start from: a client namespace (with
     /// `resolv` as its resolv.conf) and a node namespace, joined by a veth,
     /// `client_ip` and `node_ip` on its ends (/24). Returns the client

@@ -111,11 +111,7 @@ struct Dig {
 
 impl Dig {
     fn status(&self) -> &str {
-        self.text
-            .split("status: ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap_or("(no answer)")
+        dnsfast_tests::rcode(&self.text)
     }
 
     /// (TTL, data) of the answer records.

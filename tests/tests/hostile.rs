@@ -107,13 +107,7 @@ impl Node {
 
     /// The RCODE a well-behaved client gets for `name`.
     fn status(&self, name: &str) -> String {
-        let out = self.dig(&self.cli, SERVER, "53", &[name]);
-        String::from_utf8_lossy(&out.stdout)
-            .split("status: ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap_or("(no answer)")
-            .to_string()
+        self.lab.dig_rcode(&self.cli, SERVER, name, &[])
     }
 }
 

@@ -34,16 +34,7 @@ struct Cluster {
 
 impl Cluster {
     fn dig(&self, name: &str, extra: &[&str]) -> String {
-        let server = format!("@{NODE}");
-        let mut args = vec!["+tries=1", "+time=3", &server, name];
-        args.extend_from_slice(extra);
-        let out = self.lab.exec(&self.pod, "dig", &args).unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .split("status: ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap_or("(no answer)")
-            .to_string()
+        self.lab.dig_rcode(&self.pod, NODE, name, extra)
     }
 
     fn status(&self) -> Value {

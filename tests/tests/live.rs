@@ -112,16 +112,7 @@ impl Setup {
     }
 
     fn dig(&self, name: &str, extra: &[&str]) -> String {
-        let server = format!("@{SERVER}");
-        let mut all = vec!["+tries=1", "+time=3", &server, name];
-        all.extend_from_slice(extra);
-        let out = self.lab.exec(&self.cli, "dig", &all).unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        text.split("status: ")
-            .nth(1)
-            .and_then(|s| s.split(',').next())
-            .unwrap_or("(no answer)")
-            .to_string()
+        self.lab.dig_rcode(&self.cli, SERVER, name, extra)
     }
 
     /// The first A record's address, or "" without one.

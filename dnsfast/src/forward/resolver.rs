@@ -191,11 +191,9 @@ impl Resolver {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> Handled {
-        let (log, max_udp) = {
-            let live = self.live.load();
-            (live.log_queries, live.max_udp)
-        };
-        let start = log.then(Instant::now);
+        // One load of the live settings serves the whole local answer.
+        let live = self.live.load();
+        let start = live.log_queries.then(Instant::now);
         match transport {
             Transport::Udp => &self.metrics.udp_queries,
             Transport::Tcp => &self.metrics.tcp_queries,
@@ -215,12 +213,12 @@ impl Resolver {
             transport,
             limit: match transport {
                 // The client's EDNS size, but never past max-udp-size.
-                Transport::Udp => q.udp_limit().min(max_udp),
+                Transport::Udp => q.udp_limit().min(live.max_udp),
                 Transport::Tcp => TCP_ANSWER_LIMIT,
             },
             start,
         };
-        let o = match self.answer_locally(&q) {
+        let o = match self.answer_locally(&live, &q) {
             Some(o) => o,
             None => match self.admit() {
                 Some(permit) => return Handled::Pending(Pending { q, client, permit }),
@@ -264,8 +262,7 @@ impl Resolver {
         }));
     }
     /// Answers without leaving the process: a block pattern or the cache.
-    pub(crate) fn answer_locally(&self, q: &ClientQuery) -> Option<Outcome> {
-        let live = self.live.load();
+    pub(crate) fn answer_locally(&self, live: &Live, q: &ClientQuery) -> Option<Outcome> {
         let cluster = self.cluster.read().unwrap_or_else(|e| e.into_inner());
         let verdict = decide_in(&[&live.patterns, &cluster], &live.tlds, &q.key);
         drop(cluster);
