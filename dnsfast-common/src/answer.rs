@@ -193,6 +193,27 @@ pub fn store_name(s: &mut Scratch, len: usize, a: &mut CachedAnswer) {
     }
 }
 
+/// The label-reversed name `a` holds, in `out`; its length. (User space
+/// reads it back to decide which entries a flush or a reload drops.)
+pub fn stored_name(a: &CachedAnswer, out: &mut [u8; 256]) -> usize {
+    let len = (a.name_len as usize).min(out.len());
+    for (i, w) in a.name.iter().enumerate() {
+        let at = i * 8;
+        if at >= len {
+            break;
+        }
+        let bytes = w.to_ne_bytes();
+        let n = (len - at).min(8);
+        out[at..at + n].copy_from_slice(&bytes[..n]);
+    }
+    len
+}
+
+/// Whether `a` is negative: NXDOMAIN, or no answer records (NODATA).
+pub fn is_negative(a: &CachedAnswer) -> bool {
+    a.flags[1] & 0x0f == 3 || a.counts[0..2] == [0, 0]
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
@@ -222,6 +243,21 @@ mod tests {
         assert!(!name_matches(&mut c, lc, &stored));
         let (mut d, ld) = enc(b"\x03www\x07example\x02co\x00");
         assert!(!name_matches(&mut d, ld, &stored));
+    }
+
+    #[test]
+    fn the_stored_name_reads_back_as_the_key() {
+        for n in [1usize, 7, 8, 9, 63] {
+            let mut wire = std::vec![n as u8];
+            wire.extend(std::iter::repeat_n(b'A', n));
+            wire.extend_from_slice(b"\x03com\x00");
+            let (mut s, len) = enc(&wire);
+            let mut stored = CachedAnswer::zeroed();
+            store_name(&mut s, len, &mut stored);
+            let mut out = [0u8; 256];
+            let got = stored_name(&stored, &mut out);
+            assert_eq!(&out[..got], &s.buf[KEY_END - len..KEY_END], "{n}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use dnsfast::{
     cli::{
-        check, explain,
+        cache, check, explain,
         load::{self, LoadArgs},
         ops, patterns,
         serve::{self, ServeArgs},
@@ -142,6 +142,16 @@ enum Command {
         #[command(flatten)]
         pins: PinArgs,
     },
+    /// Drop answers from the running agent's caches (its forwarder's and
+    /// the kernel's), so the next query for them goes upstream.
+    ///
+    /// Example: dnsfast cache flush api.example.com
+    Cache {
+        #[command(subcommand)]
+        cmd: cache::CacheCmd,
+        #[command(flatten)]
+        pins: PinArgs,
+    },
     /// Print an example config file with every key documented.
     ExampleConfig,
     /// Print the ICANN TLDs of a Public Suffix List file, one per line in
@@ -175,6 +185,7 @@ fn main() {
         Command::Status { args, pins } => ops::status(args, &pins),
         Command::Watch { args, pins } => ops::watch(args, &pins),
         Command::Unload { args, pins } => ops::unload(args, &pins),
+        Command::Cache { cmd, pins } => cache::run(cmd, &pins),
         Command::ExampleConfig => check::example_config(),
     };
     if let Err(e) = result {

@@ -129,6 +129,7 @@ fn handle_blocking(a: &Agent, cmd: &str, arg: &str) -> Result<Value> {
         "stats" => ok(serde_json::to_value(stats::stats(a))?),
         "resync" => json!({ "ok": true, "rules": a.resync_rules()? }),
         "reload" => json!({ "ok": true, "summary": a.reload("a control request")? }),
+        "flush" => json!({ "ok": true, "summary": a.flush_cache(arg)? }),
         "detach" => {
             a.detach_iface(arg)?;
             json!({ "ok": true })

@@ -149,6 +149,11 @@ impl Collector for Snapshot {
                 c.evictions,
                 "Entries evicted from the answer cache.",
             ),
+            (
+                "too_large",
+                c.too_large,
+                "Answers served but not cached: over cache.max-entry-bytes.",
+            ),
         ] {
             enc.encode_descriptor(
                 &format!("dnsfast_cache_{k}"),
@@ -165,6 +170,13 @@ impl Collector for Snapshot {
             MetricType::Gauge,
         )?
         .encode_gauge(&c.size)?;
+        enc.encode_descriptor(
+            "dnsfast_cache_bytes",
+            "What the answer cache's entries weigh, against cache.max-bytes.",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&c.bytes)?;
         let mut m = enc.encode_descriptor(
             "dnsfast_zone_queries",
             "Queries routed to each zone.",
@@ -258,6 +270,8 @@ mod tests {
                     misses: 3,
                     evictions: 0,
                     size: 3,
+                    bytes: 900,
+                    too_large: 0,
                 },
                 zones: [("cluster.local".to_string(), 2), (".".to_string(), 1)].into(),
                 upstreams: vec![UpstreamStats {

@@ -12,6 +12,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
+use dnsfast_common::pattern::Pattern;
 use log::{info, warn};
 
 use super::{
@@ -21,7 +22,7 @@ use super::{
 use crate::{
     config::{self, Config, ForwardFlags, KubeFlags},
     dataplane::{self, pins, Dataplane},
-    forward::resolver::{self, Resolver},
+    forward::resolver::{self, Flush, Resolver},
     rules,
 };
 
@@ -160,8 +161,16 @@ impl Agent {
                 "cache.size changes take a restart",
             ),
             (
+                cfg.forward.cache.max_bytes != old_cfg.forward.cache.max_bytes,
+                "cache.max-bytes changes take a restart",
+            ),
+            (
                 cfg.forward.max_inflight != old_cfg.forward.max_inflight,
                 "forward.max-inflight changes take a restart",
+            ),
+            (
+                cfg.forward.tcp != old_cfg.forward.tcp,
+                "forward.tcp-* changes take a restart",
             ),
             (
                 cfg.xdp.max_patterns != old_cfg.xdp.max_patterns,
@@ -228,18 +237,45 @@ impl Agent {
             }
         };
         drop(dp);
-        if let (Some(r), Some(n)) = (&self.forwarder, next) {
-            r.reload(n);
-        }
+        let dropped = match (&self.forwarder, next) {
+            (Some(r), Some(n)) => Some(r.reload(n)),
+            _ => None,
+        };
         let mut a = self.applied.lock().map_err(poisoned)?;
         a.cfg = cfg;
         a.file = file;
         let mut s = d.to_string();
+        if let Some(dropped) = dropped {
+            s.push_str(&format!("; {dropped}"));
+        }
         for n in notes {
             s.push_str("; note: ");
             s.push_str(n);
         }
         Ok(s)
+    }
+
+    /// `dnsfast cache flush`: `all`, `name NAME` or `zone ZONE`.
+    pub(crate) fn flush_cache(&self, arg: &str) -> Result<String> {
+        let Some(r) = &self.forwarder else {
+            bail!("this agent runs no forwarder, so it caches nothing");
+        };
+        let (what, name) = arg.split_once(' ').unwrap_or((arg, ""));
+        let key = |text: &str| -> Result<Vec<u8>> {
+            let p = Pattern::parse(text).map_err(|e| anyhow!("'{text}': {e}"))?;
+            let (data, len) = p.key();
+            Ok(data[..len].to_vec())
+        };
+        let scope = match what {
+            "all" => Flush::All,
+            "name" => Flush::Name(key(name)?),
+            "zone" if name.trim() == "." => Flush::All,
+            "zone" => Flush::Zone(key(name)?),
+            other => bail!("flush what? '{other}' (all, name NAME, zone ZONE)"),
+        };
+        let dropped = r.flush(&scope);
+        info!("cache flush ({arg}): {dropped}");
+        Ok(dropped.to_string())
     }
 
     /// `dnsfast unload`: detach everything, remove the pins, exit.

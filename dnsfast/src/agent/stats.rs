@@ -114,6 +114,9 @@ pub(crate) struct ForwarderStats {
     pub(crate) upstreams_failed: u64,
     pub(crate) no_route: u64,
     pub(crate) truncated: u64,
+    pub(crate) client_limited: u64,
+    pub(crate) tcp_rejected: u64,
+    pub(crate) tcp_dropped: u64,
     /// Answers by RCODE name (only those seen).
     pub(crate) rcodes: BTreeMap<String, u64>,
     pub(crate) cache: CacheStats,
@@ -125,7 +128,7 @@ pub(crate) struct ForwarderStats {
 
 impl ForwarderStats {
     /// The scalar counters, by name, in the order they are shown.
-    pub(crate) fn counters(&self) -> [(&'static str, u64, &'static str); 7] {
+    pub(crate) fn counters(&self) -> [(&'static str, u64, &'static str); 10] {
         [
             (
                 "udp_queries",
@@ -154,6 +157,21 @@ impl ForwarderStats {
             ),
             ("no_route", self.no_route, "Queries no zone covers."),
             ("truncated", self.truncated, "Answers sent with TC set."),
+            (
+                "client_limited",
+                self.client_limited,
+                "Queries refused because their client had max-inflight-per-client out.",
+            ),
+            (
+                "tcp_rejected",
+                self.tcp_rejected,
+                "TCP connections closed at once: past tcp-max-connections or tcp-max-per-client.",
+            ),
+            (
+                "tcp_dropped",
+                self.tcp_dropped,
+                "TCP connections closed because the client was too slow to read or to send.",
+            ),
         ]
     }
 
@@ -174,7 +192,8 @@ impl ForwarderStats {
             .collect();
         format!(
             "forwarder: udp={} tcp={} blocked={} cache hits={} misses={} evictions={} size={}{kernel} \
-             upstream-failed={} overloaded={} no-route={} truncated={} rcodes: {}",
+             upstream-failed={} overloaded={} client-limited={} no-route={} truncated={} \
+             tcp-rejected={} tcp-dropped={} rcodes: {}",
             self.udp_queries,
             self.tcp_queries,
             self.blocked,
@@ -184,8 +203,11 @@ impl ForwarderStats {
             c.size,
             self.upstreams_failed,
             self.overloaded,
+            self.client_limited,
             self.no_route,
             self.truncated,
+            self.tcp_rejected,
+            self.tcp_dropped,
             rcodes.join(" ")
         )
     }
@@ -197,6 +219,10 @@ pub(crate) struct CacheStats {
     pub(crate) misses: u64,
     pub(crate) evictions: u64,
     pub(crate) size: usize,
+    /// What the entries weigh, against `cache.max-bytes`.
+    pub(crate) bytes: u64,
+    /// Answers served but not kept: over `cache.max-entry-bytes`.
+    pub(crate) too_large: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -363,12 +389,17 @@ pub(crate) fn forwarder_stats(r: &Resolver) -> ForwarderStats {
         upstreams_failed: g(&m.upstreams_failed),
         no_route: g(&m.no_route),
         truncated: g(&m.truncated),
+        client_limited: g(&m.client_limited),
+        tcp_rejected: g(&m.tcp_rejected),
+        tcp_dropped: g(&m.tcp_dropped),
         rcodes,
         cache: CacheStats {
             hits: g(&r.cache.hits),
             misses: g(&r.cache.misses),
             evictions: r.cache.evictions(),
             size: r.cache.len(),
+            bytes: r.cache.bytes(),
+            too_large: g(&r.cache.too_large),
         },
         kernel_cache: r.kernel_cache.get().map(|k| KernelCacheStats {
             stored: g(&k.stored),

@@ -6,10 +6,12 @@
 //! - `check`: `check-config`, `suggest`, `example-config`, `tld-list`;
 //! - `patterns`: `block` and `allow`, on the pinned table;
 //! - `ops`: `stats`, `status`, `watch`, `unload`, on the running agent;
+//! - `cache`: `cache flush`, on the running agent's caches;
 //! - `explain`: the loaded program's verdict on one name.
 //!
 //! The top of the crate: it may use every module below it.
 
+pub mod cache;
 pub mod check;
 pub mod explain;
 pub mod load;

@@ -25,6 +25,13 @@ pub(crate) const DEFAULT_MAX_INFLIGHT: usize = 4096;
 /// client asks again over TCP.
 pub(crate) const DEFAULT_MAX_UDP_SIZE: usize = 1232;
 pub(crate) const DEFAULT_RESOLV_CONF: &str = "/etc/resolv.conf";
+/// One client address may hold this many of `max-inflight`, so that one
+/// pod asking for names that never resolve cannot take every slot.
+pub(crate) const DEFAULT_MAX_INFLIGHT_PER_CLIENT: usize = 128;
+/// The cache's answers in bytes (keys and bookkeeping included).
+pub(crate) const DEFAULT_CACHE_MAX_BYTES: u64 = 32 << 20;
+/// An answer larger than this is served but not kept.
+pub(crate) const DEFAULT_CACHE_MAX_ENTRY_BYTES: usize = 16 << 10;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -34,6 +41,13 @@ pub(crate) struct RawForward {
     timeout_ms: Option<Spanned<u64>>,
     max_inflight: Option<Spanned<usize>>,
     max_udp_size: Option<Spanned<usize>>,
+    max_inflight_per_client: Option<Spanned<usize>>,
+    tcp_max_connections: Option<Spanned<usize>>,
+    tcp_max_per_client: Option<Spanned<usize>>,
+    tcp_pipeline: Option<Spanned<usize>>,
+    tcp_idle_ms: Option<Spanned<u64>>,
+    tcp_write_timeout_ms: Option<Spanned<u64>>,
+    tcp_buffer_bytes: Option<Spanned<usize>>,
     log_queries: Option<bool>,
     no_resolv: Option<bool>,
     resolv_conf: Option<PathBuf>,
@@ -43,6 +57,8 @@ pub(crate) struct RawForward {
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(crate) struct RawCache {
     size: Option<usize>,
+    max_bytes: Option<Spanned<u64>>,
+    max_entry_bytes: Option<Spanned<usize>>,
     min_ttl: Option<Spanned<u32>>,
     max_ttl: Option<Spanned<u32>>,
     neg_cache: Option<bool>,
@@ -96,8 +112,12 @@ pub(crate) struct ZoneSpec {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CacheSettings {
-    /// Entries; 0 turns the cache off.
+    /// Entries at most; 0 turns the cache off.
     pub(crate) size: usize,
+    /// Bytes at most, whatever the number of entries.
+    pub(crate) max_bytes: u64,
+    /// Answers larger than this are not kept.
+    pub(crate) max_entry_bytes: usize,
     pub(crate) min_ttl: u32,
     pub(crate) max_ttl: u32,
     /// Cache NXDOMAIN and NODATA (off by default, as kube-dns ran dnsmasq
@@ -110,6 +130,8 @@ impl Default for CacheSettings {
     fn default() -> Self {
         Self {
             size: DEFAULT_CACHE_SIZE,
+            max_bytes: DEFAULT_CACHE_MAX_BYTES,
+            max_entry_bytes: DEFAULT_CACHE_MAX_ENTRY_BYTES,
             min_ttl: 0,
             max_ttl: DEFAULT_MAX_TTL,
             neg_cache: false,
@@ -127,6 +149,9 @@ pub(crate) struct ForwardSettings {
     pub(crate) max_inflight: usize,
     /// The largest UDP answer, whatever the client's EDNS size.
     pub(crate) max_udp_size: usize,
+    /// Upstream queries one client address may have in flight.
+    pub(crate) max_inflight_per_client: usize,
+    pub(crate) tcp: TcpSettings,
     pub(crate) log_queries: bool,
     pub(crate) no_resolv: bool,
     pub(crate) resolv_conf: PathBuf,
@@ -142,6 +167,8 @@ impl Default for ForwardSettings {
             timeout: DEFAULT_TIMEOUT,
             max_inflight: DEFAULT_MAX_INFLIGHT,
             max_udp_size: DEFAULT_MAX_UDP_SIZE,
+            max_inflight_per_client: DEFAULT_MAX_INFLIGHT_PER_CLIENT,
+            tcp: TcpSettings::default(),
             log_queries: false,
             no_resolv: false,
             resolv_conf: PathBuf::from(DEFAULT_RESOLV_CONF),
@@ -149,6 +176,63 @@ impl Default for ForwardSettings {
             zones: Vec::new(),
         }
     }
+}
+
+/// What one TCP client may hold. A connection costs at most
+/// `pipeline` queries in flight and its share of `buffer_bytes` of
+/// answers waiting to be read; every wait on the client is bounded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct TcpSettings {
+    /// Open connections in all; past it a new one is closed at once.
+    pub(crate) max_connections: usize,
+    /// Open connections from one client address.
+    pub(crate) max_per_client: usize,
+    /// Queries one connection may have unanswered; past it the
+    /// connection is not read until one is written.
+    pub(crate) pipeline: usize,
+    /// A connection with nothing to do, or a message that takes longer
+    /// than this to arrive (one byte a second), is closed.
+    pub(crate) idle: Duration,
+    /// A client that does not take an answer in this long loses its
+    /// connection, and only its own.
+    pub(crate) write_timeout: Duration,
+    /// Bytes of answers waiting for TCP clients to read them, in all.
+    pub(crate) buffer_bytes: usize,
+}
+
+impl Default for TcpSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 256,
+            max_per_client: 16,
+            pipeline: 16,
+            idle: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(3),
+            buffer_bytes: 8 << 20,
+        }
+    }
+}
+
+/// A setting from the file, checked against its range: `key` names it in
+/// the error, which points at its line.
+fn within<T: Copy + PartialOrd + std::fmt::Display>(
+    v: Option<Spanned<T>>,
+    key: &str,
+    range: std::ops::RangeInclusive<T>,
+    unit: &str,
+    at: &dyn Fn(std::ops::Range<usize>) -> Origin,
+) -> Result<Option<T>> {
+    let Some(v) = v else { return Ok(None) };
+    if !range.contains(v.get_ref()) {
+        bail!(
+            "{}: {key} = {}: give {} to {} {unit}",
+            at(v.span()),
+            v.get_ref(),
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(Some(v.into_inner()))
 }
 
 /// `1.2.3.4`, `1.2.3.4#5353` (dnsmasq), `1.2.3.4:5353`, `fd00::1`,
@@ -245,14 +329,49 @@ impl ForwardSettings {
             }
             s.max_udp_size = m.into_inner();
         }
+        let per_client = "forward.max-inflight-per-client";
+        if let Some(n) = within(f.max_inflight_per_client, per_client, 1..=1 << 20, "queries", at)? {
+            s.max_inflight_per_client = n;
+        }
+        let t = &mut s.tcp;
+        let ms = Duration::from_millis;
+        let conns = "connections";
+        let mc = "forward.tcp-max-connections";
+        if let Some(n) = within(f.tcp_max_connections, mc, 1..=65_536, conns, at)? {
+            t.max_connections = n;
+        }
+        let mpc = "forward.tcp-max-per-client";
+        if let Some(n) = within(f.tcp_max_per_client, mpc, 1..=65_536, conns, at)? {
+            t.max_per_client = n;
+        }
+        if let Some(n) = within(f.tcp_pipeline, "forward.tcp-pipeline", 1..=1024, "queries", at)? {
+            t.pipeline = n;
+        }
+        if let Some(n) = within(f.tcp_idle_ms, "forward.tcp-idle-ms", 100..=600_000, "ms", at)? {
+            t.idle = ms(n);
+        }
+        let wt = "forward.tcp-write-timeout-ms";
+        if let Some(n) = within(f.tcp_write_timeout_ms, wt, 100..=600_000, "ms", at)? {
+            t.write_timeout = ms(n);
+        }
+        let tb = "forward.tcp-buffer-bytes";
+        if let Some(n) = within(f.tcp_buffer_bytes, tb, 65_536..=1 << 32, "bytes", at)? {
+            t.buffer_bytes = n;
+        }
         s.log_queries = f.log_queries.unwrap_or(false);
         s.no_resolv = f.no_resolv.unwrap_or(false);
         if let Some(p) = f.resolv_conf {
             s.resolv_conf = p;
         }
         let d = CacheSettings::default();
+        let mb = "cache.max-bytes";
+        let max_bytes = within(c.max_bytes, mb, 65_536..=1 << 40, "bytes", at)?;
+        let meb = "cache.max-entry-bytes";
+        let max_entry_bytes = within(c.max_entry_bytes, meb, 512..=65_535, "bytes", at)?;
         s.cache = CacheSettings {
             size: c.size.unwrap_or(d.size),
+            max_bytes: max_bytes.unwrap_or(d.max_bytes),
+            max_entry_bytes: max_entry_bytes.unwrap_or(d.max_entry_bytes),
             min_ttl: c
                 .min_ttl
                 .as_ref()

@@ -1,5 +1,8 @@
 //! The answer cache: normalised answers keyed by lower-cased name, type,
 //! class and the DO/CD bits, with TTLs that count down as they are served.
+//! Bounded in bytes (`cache.max-bytes`) as well as in entries: each entry
+//! weighs its bytes, and at least `max-bytes / size`, so neither bound is
+//! passed; an answer over `cache.max-entry-bytes` is served but not kept.
 //!
 //! quick_cache gives a sharded, concurrent cache with the
 //! CLOCK-Pro policy, which keeps hot names through a scan of one-off names,
@@ -13,7 +16,7 @@ use std::{
     time::Instant,
 };
 
-use quick_cache::{sync, DefaultHashBuilder, Equivalent, Lifecycle, UnitWeighter};
+use quick_cache::{sync, DefaultHashBuilder, Equivalent, Lifecycle, Weighter};
 
 use super::wire::{Answer, Cacheability, ClientQuery};
 use crate::config::forward::CacheSettings;
@@ -28,6 +31,11 @@ pub(crate) struct CacheKey {
 }
 
 impl CacheKey {
+    /// The name in the cache's own form (`wire::ClientQuery::key`).
+    pub(crate) fn name(&self) -> &[u8] {
+        &self.name
+    }
+
     pub(crate) fn of(q: &ClientQuery) -> Self {
         let r = CacheKeyRef::of(q);
         Self {
@@ -69,7 +77,22 @@ impl Equivalent<CacheKey> for CacheKeyRef<'_> {
 pub(crate) struct Entry {
     pub(crate) answer: Arc<Answer>,
     stored: Instant,
-    lifetime: u32,
+    pub(crate) lifetime: u32,
+    /// Its weight: bytes, at least the per-entry share.
+    weight: u64,
+}
+
+/// What an entry costs beyond its key's and its answer's bytes: the
+/// `Entry`, the `Answer`, two `Arc`s and the cache's slot, rounded up.
+const ENTRY_OVERHEAD: u64 = 160;
+
+#[derive(Clone)]
+struct ByWeight;
+
+impl Weighter<CacheKey, Arc<Entry>> for ByWeight {
+    fn weight(&self, _: &CacheKey, v: &Arc<Entry>) -> u64 {
+        v.weight
+    }
 }
 
 #[derive(Clone, Default)]
@@ -83,11 +106,16 @@ impl Lifecycle<CacheKey, Arc<Entry>> for CountEvictions {
     }
 }
 
-type Inner = sync::Cache<CacheKey, Arc<Entry>, UnitWeighter, DefaultHashBuilder, CountEvictions>;
+type Inner = sync::Cache<CacheKey, Arc<Entry>, ByWeight, DefaultHashBuilder, CountEvictions>;
 
 pub(crate) struct Cache {
     inner: Option<Inner>,
     evictions: CountEvictions,
+    /// The least an entry weighs: `max-bytes / size`.
+    floor: u64,
+    max_entry_bytes: usize,
+    /// Answers served but not kept, over `max-entry-bytes`.
+    pub(crate) too_large: AtomicU64,
     pub(crate) hits: AtomicU64,
     pub(crate) misses: AtomicU64,
     pub(crate) expired: AtomicU64,
@@ -96,11 +124,12 @@ pub(crate) struct Cache {
 impl Cache {
     pub(crate) fn new(settings: &CacheSettings) -> Self {
         let evictions = CountEvictions::default();
+        let floor = settings.max_bytes / settings.size.max(1) as u64;
         let inner = (settings.size > 0).then(|| {
             Inner::with(
                 settings.size,
-                settings.size as u64,
-                UnitWeighter,
+                settings.max_bytes,
+                ByWeight,
                 DefaultHashBuilder::default(),
                 evictions.clone(),
             )
@@ -108,6 +137,9 @@ impl Cache {
         Self {
             inner,
             evictions,
+            floor,
+            max_entry_bytes: settings.max_entry_bytes,
+            too_large: AtomicU64::new(0),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             expired: AtomicU64::new(0),
@@ -146,14 +178,33 @@ impl Cache {
             Cacheability::Positive(t) | Cacheability::Negative(t) => t,
             Cacheability::Never => return,
         };
+        if answer.wire.len() > self.max_entry_bytes {
+            self.too_large.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let bytes = (key.name.len() + answer.wire.len() + answer.ttls.len() * 8) as u64;
         inner.insert(
             key,
             Arc::new(Entry {
                 answer: Arc::clone(answer),
                 stored: Instant::now(),
                 lifetime,
+                weight: (bytes + ENTRY_OVERHEAD).max(self.floor),
             }),
         );
+    }
+
+    /// Drops every entry `gone` picks; returns how many went.
+    pub(crate) fn drop_where(&self, gone: impl Fn(&CacheKey, &Entry) -> bool) -> usize {
+        let Some(inner) = &self.inner else { return 0 };
+        let before = inner.len();
+        inner.retain(|k, e| !gone(k, e));
+        before.saturating_sub(inner.len())
+    }
+
+    /// What the entries weigh, in bytes.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |c| c.weight())
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -254,6 +305,56 @@ mod tests {
         assert!(c.get(&CacheKey::of(&a)).is_none());
         assert_eq!(c.expired.load(Ordering::Relaxed), 1);
         assert!(c.is_empty());
+    }
+
+    /// The bytes bound holds whatever the answers weigh, and an answer
+    /// over the per-entry cap is not kept at all.
+    #[test]
+    fn bounded_in_bytes_and_per_entry() {
+        let c = Cache::new(&CacheSettings {
+            size: 100_000,
+            max_bytes: 1 << 20,
+            max_entry_bytes: 8192,
+            ..Default::default()
+        });
+        let big = |name: &str, records: usize| {
+            let a = q(name, false);
+            let mut m = Message::response(1, OpCode::Query);
+            m.add_query(a.query.clone());
+            for i in 0..records {
+                m.answers.push(Record::from_rdata(
+                    a.query.name().clone(),
+                    60,
+                    RData::A(std::net::Ipv4Addr::from(i as u32).into()),
+                ));
+            }
+            let wire = m.to_vec().unwrap();
+            let ans = Answer::from_upstream(&wire, &CacheSettings::default()).unwrap();
+            (a, Arc::new(ans))
+        };
+        for i in 0..2000 {
+            let (a, ans) = big(&format!("n{i}.example."), 200); // about 3.2 KB
+            c.put(CacheKey::of(&a), &ans);
+        }
+        assert!(c.bytes() <= 1 << 20, "{} bytes", c.bytes());
+        assert!(c.len() > 100, "{} entries", c.len());
+        let (a, huge) = big("huge.example.", 1000); // about 16 KB
+        c.put(CacheKey::of(&a), &huge);
+        assert!(c.get(&CacheKey::of(&a)).is_none());
+        assert_eq!(c.too_large.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn drop_where_removes_what_it_picks() {
+        let c = Cache::new(&CacheSettings::default());
+        for n in ["a.one.", "b.one.", "a.two."] {
+            let a = q(n, false);
+            c.put(CacheKey::of(&a), &answer(&a, 60, ResponseCode::NoError));
+        }
+        let mut zone = dnsfast_common::suffix::SuffixMap::new();
+        zone.insert(&q("one.", false).key, ());
+        assert_eq!(c.drop_where(|k, _| zone.longest(k.name()).is_some()), 2);
+        assert_eq!(c.len(), 1);
     }
 
     #[test]

@@ -10,7 +10,10 @@ use std::sync::{
 };
 
 use dnsfast_common::{
-    answer::{name_hash, pad_name, store_name, AnswerKey, CachedAnswer, ANSWER_BODY_CAP, MAX_TTLS},
+    answer::{
+        is_negative, name_hash, pad_name, store_name, stored_name, AnswerKey, CachedAnswer,
+        ANSWER_BODY_CAP, MAX_TTLS,
+    },
     suffix::with_encoded,
 };
 use log::debug;
@@ -57,6 +60,24 @@ impl KernelCache {
             &self.errors
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Deletes the entries `gone(name key, lifetime in s, negative)` picks;
+    /// returns how many. A walk of the map, for reloads and flushes only.
+    pub(crate) fn drop_where(&self, gone: impl Fn(&[u8], u32, bool) -> bool) -> usize {
+        let Ok(mut m) = self.map.lock() else { return 0 };
+        let mut name = [0u8; 256];
+        let doomed: Vec<AnswerKey> = m
+            .iter()
+            .filter_map(|e| e.ok())
+            .filter(|(_, v)| {
+                let len = stored_name(v, &mut name);
+                let lifetime = v.expires_ns.saturating_sub(v.stored_ns) / 1_000_000_000;
+                gone(&name[..len], lifetime.min(u32::MAX as u64) as u32, is_negative(v))
+            })
+            .map(|(k, _)| k)
+            .collect();
+        doomed.iter().filter(|k| m.remove(k).is_ok()).count()
     }
 }
 

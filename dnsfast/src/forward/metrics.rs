@@ -21,6 +21,15 @@ pub(crate) struct Metrics {
     pub(crate) rcodes: [AtomicU64; 16],
     /// Answers sent with TC because they exceeded the client's payload size.
     pub(crate) truncated: AtomicU64,
+    /// Refused because the client already had `max-inflight-per-client`
+    /// upstream queries out.
+    pub(crate) client_limited: AtomicU64,
+    /// TCP connections closed at once: past `tcp-max-connections` or
+    /// `tcp-max-per-client`.
+    pub(crate) tcp_rejected: AtomicU64,
+    /// TCP connections closed because the client did not take its answers
+    /// (`tcp-write-timeout-ms`), or sent a message too slowly or too large.
+    pub(crate) tcp_dropped: AtomicU64,
 }
 
 impl Metrics {

@@ -9,6 +9,7 @@
 //! Uses `rules` (what to block) and `config` (its settings); never the
 //! dataplane: the kernel answer cache's map is handed in.
 
+pub(crate) mod admission;
 pub(crate) mod cache;
 pub mod kernel_cache;
 pub(crate) mod listener;
@@ -22,12 +23,8 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::Result;
 use arc_swap::ArcSwap;
-use hickory_proto::{
-    op::{Message, Query},
-    rr::{Name, RecordType},
-};
 use log::info;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::task::JoinSet;
 
 use crate::{
     config::{auto::Derived, forward::ForwardSettings},
@@ -64,10 +61,11 @@ impl Forwarder {
         let resolver = Arc::new(Resolver {
             live: ArcSwap::from_pointee(live(s, rules, derived)?),
             cache: Cache::new(&s.cache),
-            inflight: Arc::new(Semaphore::new(s.max_inflight)),
+            admission: admission::Admission::new(s.max_inflight, s.max_inflight_per_client),
             metrics: Metrics::default(),
             kernel_cache: std::sync::OnceLock::new(),
             cluster: Default::default(),
+            epoch: Default::default(),
         });
         let workers = s.worker_count();
         let mut sockets = Vec::new();
@@ -120,19 +118,13 @@ impl Forwarder {
 /// Every second, asks each down upstream for the root NS; any answer
 /// that matches (whatever its RCODE) shows it is alive again.
 async fn probe_down_upstreams(r: Arc<Resolver>) -> Result<()> {
-    let mut probe = Message::query();
-    probe.add_query(Query::query(Name::root(), RecordType::NS));
-    let probe = match wire::parse_query(&probe.to_vec()?) {
-        wire::Incoming::Query(q) => q,
-        _ => anyhow::bail!("the probe query does not parse"),
-    };
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let router = r.live.load().router.clone();
         for up in router.upstreams.iter().filter(|u| !u.is_up()) {
-            if up.exchange_udp(&probe).await.is_ok() {
+            if up.exchange_udp(upstream::probe_query()).await.is_ok() {
                 up.mark_success();
             }
         }

@@ -17,12 +17,12 @@ use dnsfast_common::{
 };
 use hickory_proto::op::ResponseCode;
 use log::info;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use anyhow::Result;
 use log::warn;
 
 use super::{
+    admission::{Admission, Full, Ticket},
     cache::{Cache, CacheKey, CacheKeyRef},
     kernel_cache::KernelCache,
     metrics::{rcode_name, Metrics},
@@ -71,18 +71,23 @@ pub(crate) struct Live {
     pub(crate) log_queries: bool,
     /// The largest answer over UDP (`forward.max-udp-size`).
     pub(crate) max_udp: usize,
+    pub(crate) max_inflight_per_client: usize,
 }
 
 pub(crate) struct Resolver {
     pub(crate) live: ArcSwap<Live>,
     pub(crate) cache: Cache,
-    pub(crate) inflight: Arc<Semaphore>,
+    pub(crate) admission: Arc<Admission>,
     pub(crate) metrics: Metrics,
     /// The XDP program's answer cache, when `load` runs one.
     pub(crate) kernel_cache: std::sync::OnceLock<KernelCache>,
     /// The cluster domain's entries from the Kubernetes API, changed one
     /// at a time as its watch reports (a reload swaps `live` instead).
     pub(crate) cluster: std::sync::RwLock<SuffixMap<Action>>,
+    /// Bumped by every reload and flush: an answer fetched before one is
+    /// served but not cached, so the drop cannot be undone by a query
+    /// that was in flight across it.
+    pub(crate) epoch: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -114,11 +119,11 @@ pub(crate) enum Handled {
     Pending(Pending),
 }
 
-/// A query admitted to go upstream (it holds one `max-inflight` permit).
+/// A query admitted to go upstream (it holds its slots until answered).
 pub(crate) struct Pending {
     q: Box<ClientQuery>,
     client: Client,
-    permit: OwnedSemaphorePermit,
+    ticket: Ticket,
 }
 
 /// An upstream answer rendered for its client; once it is sent,
@@ -127,17 +132,20 @@ pub(crate) struct Resolved {
     pub(crate) bytes: Vec<u8>,
     q: Box<ClientQuery>,
     o: Outcome,
+    epoch: u64,
 }
 
 impl Pending {
     pub(crate) async fn resolve(self, r: &Resolver) -> Resolved {
-        let o = r.forward(&self.q).await;
-        drop(self.permit);
+        let epoch = r.epoch.load(Ordering::Acquire);
+        let o = r.forward(&self.q, epoch).await;
+        drop(self.ticket);
         let bytes = r.answer_bytes(&self.q, &o, &self.client);
         Resolved {
             bytes,
             q: self.q,
             o,
+            epoch,
         }
     }
 }
@@ -146,7 +154,9 @@ impl Resolved {
     /// After the client has its answer: the kernel cache gets it too (a
     /// map update, a system call, so it waits until then).
     pub(crate) fn sent(self, r: &Resolver) {
-        r.share_with_kernel(&self.q, &self.o);
+        if r.epoch.load(Ordering::Acquire) == self.epoch {
+            r.share_with_kernel(&self.q, &self.o);
+        }
     }
 }
 
@@ -177,7 +187,50 @@ pub(crate) fn live(
         cache_settings: s.cache.clone(),
         log_queries: s.log_queries,
         max_udp: s.max_udp_size,
+        max_inflight_per_client: s.max_inflight_per_client,
     })
+}
+
+/// What a cache flush covers.
+pub(crate) enum Flush {
+    All,
+    /// One name (its key), every type.
+    Name(Vec<u8>),
+    /// A zone (its key) and every name below it.
+    Zone(Vec<u8>),
+}
+
+/// What a reload or a flush took out of the caches.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Dropped {
+    pub(crate) cache: usize,
+    pub(crate) kernel: usize,
+}
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} cached answers dropped ({} in the kernel's cache)",
+            self.cache, self.kernel
+        )
+    }
+}
+
+/// Whether an answer cached under `old` may no longer be served under
+/// `new`: its name now routes to other upstreams, its lifetime is past
+/// the new `max-ttl`, or it is negative and `neg-cache` went off.
+fn stale_after(old: &Live, new: &Live, key: &[u8], lifetime: u32, negative: bool) -> bool {
+    let c = &new.cache_settings;
+    if lifetime > c.max_ttl || (negative && !c.neg_cache) {
+        return true;
+    }
+    let upstreams = |l: &Live| {
+        l.router
+            .route(key)
+            .map(|z| z.upstreams.iter().map(|u| u.addr).collect::<Vec<_>>())
+    };
+    upstreams(old) != upstreams(new)
 }
 
 impl Resolver {
@@ -220,8 +273,8 @@ impl Resolver {
         };
         let o = match self.answer_locally(&live, &q) {
             Some(o) => o,
-            None => match self.admit() {
-                Some(permit) => return Handled::Pending(Pending { q, client, permit }),
+            None => match self.admit(addr) {
+                Some(ticket) => return Handled::Pending(Pending { q, client, ticket }),
                 None => self.overloaded(&q),
             },
         };
@@ -230,10 +283,43 @@ impl Resolver {
     }
 
     /// Swaps in a reloaded configuration. Queries in flight finish on the
-    /// old one; the cache keeps its entries (its capacity and the listen
-    /// addresses change only with a restart).
-    pub(crate) fn reload(&self, next: Live) {
-        self.live.store(Arc::new(next));
+    /// old one. The caches, in user space and in the kernel, lose what
+    /// the new one would not serve (`stale_after`); the rest stays (the
+    /// capacity and the listen addresses change only with a restart).
+    pub(crate) fn reload(&self, next: Live) -> Dropped {
+        self.admission.set_per_client(next.max_inflight_per_client);
+        let next = Arc::new(next);
+        let old = self.live.swap(next.clone());
+        self.drop_cached(|key, lifetime, negative| stale_after(&old, &next, key, lifetime, negative))
+    }
+
+    /// `dnsfast cache flush`: drops what `what` covers from both caches.
+    pub(crate) fn flush(&self, what: &Flush) -> Dropped {
+        let mut zone = SuffixMap::new();
+        if let Flush::Zone(k) = what {
+            zone.insert(k, ());
+        }
+        self.drop_cached(|key, _, _| match what {
+            Flush::All => true,
+            Flush::Name(k) => key == k.as_slice(),
+            Flush::Zone(_) => zone.longest(key).is_some(),
+        })
+    }
+
+    /// Drops the answers `gone(name key, lifetime, negative)` picks, from
+    /// the user-space cache and then from the kernel's: after this returns,
+    /// neither serves them.
+    fn drop_cached(&self, gone: impl Fn(&[u8], u32, bool) -> bool) -> Dropped {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let cache = self.cache.drop_where(|k, e| {
+            gone(
+                k.name(),
+                e.lifetime,
+                matches!(e.answer.cacheability, Cacheability::Negative(_)),
+            )
+        });
+        let kernel = self.kernel_cache.get().map_or(0, |k| k.drop_where(&gone));
+        Dropped { cache, kernel }
     }
 
     /// Changes the cluster domain's entries: `add` (key, action) first,
@@ -259,6 +345,7 @@ impl Resolver {
             cache_settings: cur.cache_settings.clone(),
             log_queries: cur.log_queries,
             max_udp: cur.max_udp,
+            max_inflight_per_client: cur.max_inflight_per_client,
         }));
     }
     /// Answers without leaving the process: a block pattern or the cache.
@@ -280,13 +367,20 @@ impl Resolver {
         })
     }
 
-    /// A permit for one more upstream query, or `None` past `max-inflight`.
-    pub(crate) fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        let p = self.inflight.clone().try_acquire_owned().ok();
-        if p.is_none() {
-            self.metrics.overloaded.fetch_add(1, Ordering::Relaxed);
+    /// Slots for one more upstream query from `client`, or `None` past
+    /// `max-inflight` or the client's share of it.
+    pub(crate) fn admit(&self, client: SocketAddr) -> Option<Ticket> {
+        match self.admission.admit(client.ip()) {
+            Ok(t) => Some(t),
+            Err(full) => {
+                match full {
+                    Full::Global => &self.metrics.overloaded,
+                    Full::Client => &self.metrics.client_limited,
+                }
+                .fetch_add(1, Ordering::Relaxed);
+                None
+            }
         }
-        p
     }
 
     pub(crate) fn overloaded(&self, q: &ClientQuery) -> Outcome {
@@ -297,7 +391,7 @@ impl Resolver {
     /// Asks the zone's upstreams in policy order until one answers.
     /// SERVFAIL and REFUSED from one upstream move on to the next; only
     /// timeouts and network errors count against an upstream's health.
-    pub(crate) async fn forward(&self, q: &ClientQuery) -> Outcome {
+    pub(crate) async fn forward(&self, q: &ClientQuery, epoch: u64) -> Outcome {
         let live = self.live.load_full();
         let Some(zone) = live.router.route(&q.key) else {
             self.metrics.no_route.fetch_add(1, Ordering::Relaxed);
@@ -306,11 +400,12 @@ impl Resolver {
         zone.queries.fetch_add(1, Ordering::Relaxed);
         let mut last: Option<(Answer, SocketAddr)> = None;
         for up in zone.candidates() {
+            let sent = Instant::now();
             let reply = match up.exchange(q).await {
                 Ok(r) => r,
                 Err(e) => {
                     log::debug!("upstream {}: {e}", up.addr);
-                    up.mark_failure();
+                    up.mark_failure(sent);
                     continue;
                 }
             };
@@ -324,7 +419,9 @@ impl Resolver {
                 continue;
             }
             let answer = Arc::new(answer);
-            self.cache.put(CacheKey::of(q), &answer);
+            if self.epoch.load(Ordering::Acquire) == epoch {
+                self.cache.put(CacheKey::of(q), &answer);
+            }
             return Outcome {
                 answer,
                 age: 0,

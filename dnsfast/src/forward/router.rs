@@ -23,7 +23,9 @@ pub(crate) struct Zone {
 }
 
 impl Zone {
-    /// Healthy upstreams in the order to try them.
+    /// Healthy upstreams in the order to try them; all of them when none
+    /// is healthy (a server judged down may be back before its probe
+    /// says so, and trying costs less than a certain SERVFAIL).
     pub(crate) fn candidates(&self) -> Vec<Arc<Upstream>> {
         let mut v: Vec<Arc<Upstream>> = self
             .upstreams
@@ -31,6 +33,9 @@ impl Zone {
             .filter(|u| u.is_up())
             .cloned()
             .collect();
+        if v.is_empty() {
+            v = self.upstreams.clone();
+        }
         if self.policy == Policy::Random {
             v.shuffle(&mut rand::thread_rng());
         }
@@ -161,17 +166,30 @@ mod tests {
         assert_eq!(route(&r, "a.cluster.local"), Some("cluster.local"));
     }
 
-    #[test]
-    fn candidates_skip_down_upstreams() {
-        let r = Router::new(&[zone(".", &["10.0.0.1:53", "10.0.0.2:53"], false)]);
+    /// Loopback ports nobody listens on: the probe is refused at once.
+    #[tokio::test]
+    async fn candidates_skip_down_upstreams_but_never_leave_none() {
+        let r = Router::new(&[zone(".", &["127.0.0.1:7", "127.0.0.1:9"], false)]);
         let z = &r.zones[0];
-        for _ in 0..crate::forward::upstream::DOWN_AFTER {
-            z.upstreams[0].mark_failure();
-        }
+        let down = |i: usize| async move {
+            for _ in 0..crate::forward::upstream::DOWN_AFTER {
+                z.upstreams[i].mark_failure(std::time::Instant::now());
+            }
+            for _ in 0..100 {
+                if !z.upstreams[i].is_up() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("an upstream that refuses its probe stays up");
+        };
+        down(0).await;
         let c = z.candidates();
         assert_eq!(c.len(), 1);
-        assert_eq!(c[0].addr.to_string(), "10.0.0.2:53");
+        assert_eq!(c[0].addr.to_string(), "127.0.0.1:9");
+        down(1).await;
+        assert_eq!(z.candidates().len(), 2, "all down: try them all");
         z.upstreams[0].mark_success();
-        assert_eq!(z.candidates().len(), 2);
+        assert_eq!(z.candidates().len(), 1);
     }
 }

@@ -1,10 +1,19 @@
 //! One upstream server: exchanges over UDP (TCP when the answer is
 //! truncated), spoofing checks, and health.
+//!
+//! Health is judged on what the server does, not on what one name does:
+//! a timeout while the server answered other queries is that name's
+//! problem (its authority never answers) and does not count; after
+//! `DOWN_AFTER` timeouts in a row with nothing answered, the server is
+//! asked for the root NS, and marked down only if that goes unanswered too.
 
 use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
-    time::Duration,
+    sync::{
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
+        Arc, OnceLock,
+    },
+    time::{Duration, Instant},
 };
 
 use log::{info, warn};
@@ -14,7 +23,7 @@ use tokio::{
     time::timeout,
 };
 
-use super::wire::{reply_matches, truncated, upstream_query, ClientQuery};
+use super::wire::{parse_query, reply_matches, truncated, upstream_query, ClientQuery, Incoming};
 
 /// Consecutive failures (timeouts, refused connections) that mark an
 /// upstream down. A prober brings it back on its first answer.
@@ -49,6 +58,12 @@ pub(crate) struct Upstream {
     pub(crate) timeout: Duration,
     consecutive_failures: AtomicU32,
     down: AtomicBool,
+    /// When it last answered anything, in µs since `epoch()`.
+    last_answer_us: AtomicU64,
+    /// A probe is out to confirm it down.
+    checking: AtomicBool,
+    /// Timeouts not held against it: it answered other queries meanwhile.
+    pub(crate) slow_names: AtomicU64,
     pub(crate) queries: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) tcp_retries: AtomicU64,
@@ -65,6 +80,9 @@ impl Upstream {
             timeout,
             consecutive_failures: AtomicU32::new(0),
             down: AtomicBool::new(false),
+            last_answer_us: AtomicU64::new(0),
+            checking: AtomicBool::new(false),
+            slow_names: AtomicU64::new(0),
             queries: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             tcp_retries: AtomicU64::new(0),
@@ -84,15 +102,42 @@ impl Upstream {
         }
     }
 
-    pub(crate) fn mark_failure(&self) {
+    /// A query sent at `sent` failed. Counts against the server only if
+    /// it answered nothing since; the `DOWN_AFTER`th such failure in a row
+    /// sends a probe, and only an unanswered probe marks it down.
+    pub(crate) fn mark_failure(self: &Arc<Self>, sent: Instant) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-        if n >= DOWN_AFTER && !self.down.swap(true, Ordering::Relaxed) {
-            warn!(
-                "upstream {} failed {n} times in a row: marked down until a probe answers",
-                self.addr
-            );
+        if self.answered_since(sent) {
+            self.slow_names.fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n < DOWN_AFTER || !self.is_up() || self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            let alive = me.exchange_udp(probe_query()).await.is_ok();
+            if alive {
+                me.mark_success();
+            } else if !me.down.swap(true, Ordering::Relaxed) {
+                warn!(
+                    "upstream {} failed {n} times in a row and does not answer a probe: marked down until one answers",
+                    me.addr
+                );
+            }
+            me.checking.store(false, Ordering::Release);
+        });
+    }
+
+    fn answered_since(&self, t: Instant) -> bool {
+        let at = t.saturating_duration_since(epoch()).as_micros() as u64;
+        self.last_answer_us.load(Ordering::Relaxed) > at
+    }
+
+    fn answered(&self) {
+        let now = epoch().elapsed().as_micros() as u64;
+        self.last_answer_us.fetch_max(now.max(1), Ordering::Relaxed);
     }
 
     /// Sends `q` and returns the matching reply. A truncated UDP reply is
@@ -132,6 +177,7 @@ impl Upstream {
             loop {
                 let n = sock.recv(&mut buf).await?;
                 if reply_matches(&buf[..n], id, q) {
+                    self.answered();
                     buf.truncate(n);
                     return Ok::<_, std::io::Error>(buf);
                 }
@@ -159,6 +205,7 @@ impl Upstream {
                 let mut buf = vec![0u8; len];
                 s.read_exact(&mut buf).await?;
                 if reply_matches(&buf, id, q) {
+                    self.answered();
                     return Ok::<_, std::io::Error>(buf);
                 }
                 self.mismatched.fetch_add(1, Ordering::Relaxed);
@@ -168,5 +215,100 @@ impl Upstream {
             Ok(r) => Ok(r?),
             Err(_) => Err(ExchangeError::Timeout),
         }
+    }
+}
+
+/// The clock `last_answer_us` counts from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// `. NS`: what a probe asks. Any answer, whatever its RCODE, shows the
+/// server alive.
+pub(crate) fn probe_query() -> &'static ClientQuery {
+    static PROBE: OnceLock<ClientQuery> = OnceLock::new();
+    PROBE.get_or_init(|| {
+        // The header of a query, then the root name, type NS, class IN.
+        let wire = [0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1];
+        match parse_query(&wire) {
+            Incoming::Query(q) => *q,
+            _ => unreachable!("the probe query is well formed"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that answers every name but `slow.`, like a resolver
+    /// whose authority for one name never answers.
+    async fn server() -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let (n, peer) = sock.recv_from(&mut buf).await.unwrap();
+                if buf[..n].windows(6).any(|w| w == b"\x04slow\x00") {
+                    continue;
+                }
+                buf[2] |= 0x80; // QR: a reply, with the query's question
+                let _ = sock.send_to(&buf[..n], peer).await;
+            }
+        });
+        addr
+    }
+
+    fn query(name: &str) -> ClientQuery {
+        let mut wire = vec![0, 0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        for l in name.split('.') {
+            wire.push(l.len() as u8);
+            wire.extend_from_slice(l.as_bytes());
+        }
+        wire.extend_from_slice(&[0, 0, 1, 0, 1]);
+        match parse_query(&wire) {
+            Incoming::Query(q) => *q,
+            _ => panic!("{name}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_name_does_not_mark_a_server_down() {
+        let up = Arc::new(Upstream::new(server().await, Duration::from_millis(200)));
+        // Twenty slow names at once, while other names are answered.
+        let slow: Vec<_> = (0..20)
+            .map(|_| {
+                let up = up.clone();
+                tokio::spawn(async move {
+                    let sent = Instant::now();
+                    if up.exchange(&query("slow")).await.is_err() {
+                        up.mark_failure(sent);
+                    }
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        up.exchange(&query("fast.example")).await.unwrap();
+        for t in slow {
+            t.await.unwrap();
+        }
+        assert!(up.is_up());
+        assert_eq!(up.slow_names.load(Ordering::Relaxed), 20);
+    }
+
+    #[tokio::test]
+    async fn timeouts_with_nothing_answered_are_checked_by_a_probe() {
+        let up = Arc::new(Upstream::new(server().await, Duration::from_millis(100)));
+        for _ in 0..DOWN_AFTER {
+            let sent = Instant::now();
+            assert!(up.exchange(&query("slow")).await.is_err());
+            up.mark_failure(sent);
+        }
+        // The server answers the probe: it stays up, its count reset.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(up.is_up());
+        assert_eq!(up.consecutive_failures.load(Ordering::Relaxed), 0);
     }
 }
