@@ -371,13 +371,17 @@ fn fails_over_and_servfails_fast() {
     assert_eq!(d.status(), "NOERROR", "{}", d.text);
     assert!(d.took >= Duration::from_millis(250), "{:?}", d.took);
     assert_eq!(s.queries_at(BLACKHOLE_1, "www.failover.test"), 1);
-    // Two more failures mark it down; from then on it is skipped.
+    // Two more failures, with nothing answered meanwhile, send a probe;
+    // it goes unanswered too, which marks the server down; from then on
+    // it is skipped.
     for name in ["a.failover.test", "b.failover.test"] {
         s.dig(&[name]);
     }
-    assert!(s
-        .agent_log()
-        .contains("upstream 10.83.0.4:53 failed 3 times in a row"));
+    let marked = wait_until(Duration::from_secs(3), || {
+        s.agent_log()
+            .contains("upstream 10.83.0.4:53 failed 3 times in a row")
+    });
+    assert!(marked, "{}", s.agent_log());
     let d = s.dig(&["c.failover.test"]);
     assert_eq!(d.status(), "NXDOMAIN", "{}", d.text);
     assert!(d.took < Duration::from_millis(250), "{:?}", d.took);
@@ -391,6 +395,11 @@ fn fails_over_and_servfails_fast() {
     // (10.83.0.4 is down already; 10.83.0.5 fails for the third time here.)
     s.dig(&["y.dead.test"]);
     s.dig(&["z.dead.test"]);
+    let marked = wait_until(Duration::from_secs(3), || {
+        s.agent_log()
+            .contains("upstream 10.83.0.5:53 failed 3 times in a row")
+    });
+    assert!(marked, "{}", s.agent_log());
     let d = s.dig(&["w.dead.test"]);
     assert_eq!(d.status(), "SERVFAIL");
     assert!(d.took < Duration::from_millis(100), "{:?}", d.took);
@@ -402,9 +411,11 @@ fn fails_over_and_servfails_fast() {
     for name in ["a.late.test", "b.late.test", "c.late.test"] {
         assert_eq!(s.dig(&[name]).status(), "SERVFAIL");
     }
-    assert!(s
-        .agent_log()
-        .contains("upstream 10.83.0.7:53 failed 3 times in a row"));
+    let marked = wait_until(Duration::from_secs(3), || {
+        s.agent_log()
+            .contains("upstream 10.83.0.7:53 failed 3 times in a row")
+    });
+    assert!(marked, "{}", s.agent_log());
     let log = s.tmp.join(format!("{}-{LATE}.log", s.node));
     let out = s.tmp.join(format!("{}-{LATE}.out", s.node));
     let listen = format!("{LATE}:53");

@@ -1,5 +1,5 @@
-//! The metrics endpoint: OpenMetrics `/metrics`, `/health` (the agent's
-//! loop answers) and `/ready` (attached, pinned and serving). A few GET
+//! The metrics endpoint: OpenMetrics `/metrics`, `/health` (the
+//! forwarder answers a query to itself through its listeners) and `/ready` (attached, pinned and serving). A few GET
 //! routes on a private port do not need an HTTP framework: this reads one
 //! request head per connection, answers, and closes.
 
@@ -12,9 +12,14 @@ use tokio::{
 };
 
 use super::{openmetrics, runtime::AcceptBackoff, state::Agent, stats};
+use crate::forward::selfcheck;
 
 /// Longest request head read; scrapers send a few hundred bytes.
 const MAX_HEAD: usize = 8192;
+/// How long `/health` waits for each of the forwarder's answers to
+/// itself, per transport: a liveness probe should allow 2 s per listen
+/// address (deploy/'s allows 3 s for its one).
+const HEALTH_WAIT: Duration = Duration::from_millis(800);
 
 pub(crate) async fn serve(listener: TcpListener, agent: Arc<Agent>) -> Result<()> {
     let mut backoff = AcceptBackoff::new("the metrics endpoint");
@@ -74,7 +79,17 @@ async fn route(path: &str, agent: Arc<Agent>) -> (&'static str, &'static str, St
                 Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n")),
             }
         }
-        "/health" => ("200 OK", TEXT, "ok\n".into()),
+        "/health" => {
+            // Alive means answering: the forwarder is asked through its
+            // own listeners, so a wedged one fails and gets restarted.
+            for addr in &agent.listeners {
+                if let Err(e) = selfcheck::ask(*addr, HEALTH_WAIT).await {
+                    let why = format!("the forwarder does not answer: {e:#}\n");
+                    return ("503 Service Unavailable", TEXT, why);
+                }
+            }
+            ("200 OK", TEXT, "ok\n".into())
+        }
         "/ready" => {
             // With `[kubernetes]`, ready once the API has been listed: an
             // agent that never got there answers, but passes the whole

@@ -17,6 +17,7 @@ use super::{
     cluster::ClusterWatch,
     state::{Agent, Applied},
 };
+use crate::dataplane::budget;
 use crate::forward::{
     metrics::{rcode_name, Metrics, LATENCY_BUCKETS_US},
     resolver::Resolver,
@@ -274,6 +275,33 @@ pub(crate) struct Status {
     pub(crate) config: Option<ReloadStatus>,
     #[serde(default)]
     pub(crate) kubernetes: Option<KubeStats>,
+    #[serde(default)]
+    pub(crate) memory: MemoryStatus,
+}
+
+/// Memory now, next to what the config bounds it to.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct MemoryStatus {
+    /// What the kernel reports for the agent's BPF maps (`memlock`).
+    pub(crate) kernel_map_bytes: u64,
+    /// The config's estimate of the same, from `check-config`.
+    pub(crate) kernel_map_budget: u64,
+    /// The agent's resident memory.
+    pub(crate) rss_bytes: u64,
+    /// The whole budget: the container limit `check-config` recommends.
+    pub(crate) budget_bytes: u64,
+}
+
+/// VmRSS of this process.
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -459,6 +487,15 @@ pub(crate) fn status(a: &Agent) -> Status {
         kubernetes: a.cluster.as_deref().map(kube_stats),
         ..Default::default()
     };
+    if let Ok(applied) = a.applied.lock() {
+        let b = budget::Budget::of(&applied.cfg);
+        s.memory = MemoryStatus {
+            kernel_map_bytes: budget::kernel_map_usage().unwrap_or(0),
+            kernel_map_budget: b.kernel_maps,
+            rss_bytes: rss_bytes(),
+            budget_bytes: b.total(),
+        };
+    }
     if let (Ok(mut dp), Ok(ifs)) = (a.dp.lock(), a.ifaces.lock()) {
         s.iface_specs = ifs.specs.iter().map(|s| s.0.clone()).collect();
         s.ifaces = ifs

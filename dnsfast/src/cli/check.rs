@@ -10,6 +10,7 @@ use crate::config::{
     auto::{self, Derived},
     Config, ForwardFlags, KubeFlags,
 };
+use crate::dataplane::budget::Budget;
 
 /// `dnsfast example-config`.
 pub fn example_config() -> Result<()> {
@@ -57,10 +58,24 @@ fn print_config(cfg: &Config) {
         f.max_udp_size,
         f.log_queries
     );
+    let t = &f.tcp;
+    println!(
+        "forward: max-inflight-per-client {}; tcp: {} connections ({} per client), pipeline {}, \
+         idle {} ms, write timeout {} ms, answer buffer {} bytes",
+        f.max_inflight_per_client,
+        t.max_connections,
+        t.max_per_client,
+        t.pipeline,
+        t.idle.as_millis(),
+        t.write_timeout.as_millis(),
+        t.buffer_bytes
+    );
     let c = &f.cache;
     println!(
-        "cache: size {}, ttl clamp {}..{} s, negative answers {}",
+        "cache: size {} entries, {} bytes at most ({} per answer), ttl clamp {}..{} s, negative answers {}",
         c.size,
+        c.max_bytes,
+        c.max_entry_bytes,
         c.min_ttl,
         c.max_ttl,
         if c.neg_cache {
@@ -96,6 +111,7 @@ fn print_config(cfg: &Config) {
             z.origin
         );
     }
+    println!("{}", Budget::of(cfg));
 }
 
 pub fn suggest(file: Option<&Path>, addresses: &[String]) -> Result<()> {

@@ -262,6 +262,15 @@ pub fn status(a: StatusArgs, pins: &PinArgs) -> Result<()> {
     if let Some(k) = &v.kubernetes {
         print_kube(k);
     }
+    let m = &v.memory;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    println!(
+        "memory: {:.1} MiB resident, {:.1} MiB in kernel maps (estimated {:.1}); budget {:.1} MiB",
+        mib(m.rss_bytes),
+        mib(m.kernel_map_bytes),
+        mib(m.kernel_map_budget),
+        mib(m.budget_bytes)
+    );
     if let Some(c) = &v.config {
         println!(
             "config: {} reload(s), {} refused{}",

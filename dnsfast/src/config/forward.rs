@@ -330,7 +330,13 @@ impl ForwardSettings {
             s.max_udp_size = m.into_inner();
         }
         let per_client = "forward.max-inflight-per-client";
-        if let Some(n) = within(f.max_inflight_per_client, per_client, 1..=1 << 20, "queries", at)? {
+        if let Some(n) = within(
+            f.max_inflight_per_client,
+            per_client,
+            1..=1 << 20,
+            "queries",
+            at,
+        )? {
             s.max_inflight_per_client = n;
         }
         let t = &mut s.tcp;
@@ -344,10 +350,22 @@ impl ForwardSettings {
         if let Some(n) = within(f.tcp_max_per_client, mpc, 1..=65_536, conns, at)? {
             t.max_per_client = n;
         }
-        if let Some(n) = within(f.tcp_pipeline, "forward.tcp-pipeline", 1..=1024, "queries", at)? {
+        if let Some(n) = within(
+            f.tcp_pipeline,
+            "forward.tcp-pipeline",
+            1..=1024,
+            "queries",
+            at,
+        )? {
             t.pipeline = n;
         }
-        if let Some(n) = within(f.tcp_idle_ms, "forward.tcp-idle-ms", 100..=600_000, "ms", at)? {
+        if let Some(n) = within(
+            f.tcp_idle_ms,
+            "forward.tcp-idle-ms",
+            100..=600_000,
+            "ms",
+            at,
+        )? {
             t.idle = ms(n);
         }
         let wt = "forward.tcp-write-timeout-ms";

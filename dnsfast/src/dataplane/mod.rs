@@ -7,11 +7,13 @@
 //! - `cuckoo`: the placement both of them use;
 //! - `attach`: the attach mode and interface lookups;
 //! - `pins`: the pin directory, and the maps opened from it;
-//! - `kernel_version`: the oldest kernel the program is verified on.
+//! - `kernel_version`: the oldest kernel the program is verified on;
+//! - `budget`: the agent's memory by part, kernel maps included.
 //!
 //! Uses `rules` and `config` (what to write) and `paths`; nothing above.
 
 pub(crate) mod attach;
+pub(crate) mod budget;
 pub(crate) mod cuckoo;
 pub(crate) mod kernel_version;
 pub(crate) mod label_set;

@@ -67,7 +67,10 @@ impl Admission {
     pub(crate) fn admit(self: &Arc<Self>, client: IpAddr) -> Result<Ticket, Full> {
         let limit = self.per_client.load(Ordering::Relaxed);
         {
-            let mut m = self.shard(&client).lock().unwrap_or_else(|e| e.into_inner());
+            let mut m = self
+                .shard(&client)
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let n = m.entry(client).or_insert(0);
             if *n >= limit {
                 return Err(Full::Client);
@@ -88,7 +91,10 @@ impl Admission {
     }
 
     fn release(&self, client: IpAddr) {
-        let mut m = self.shard(&client).lock().unwrap_or_else(|e| e.into_inner());
+        let mut m = self
+            .shard(&client)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(n) = m.get_mut(&client) {
             *n -= 1;
             // Forget idle clients: the map holds only those with queries out.
@@ -121,7 +127,8 @@ mod tests {
     #[test]
     fn one_client_cannot_take_every_slot() {
         let a = Admission::new(10, 3);
-        let (bad, good): (IpAddr, IpAddr) = ("10.0.0.9".parse().unwrap(), "10.0.0.1".parse().unwrap());
+        let (bad, good): (IpAddr, IpAddr) =
+            ("10.0.0.9".parse().unwrap(), "10.0.0.1".parse().unwrap());
         let held: Vec<Ticket> = (0..3).map(|_| a.admit(bad).unwrap()).collect();
         assert_eq!(a.admit(bad).err(), Some(Full::Client));
         let mine: Vec<Ticket> = (0..3).map(|_| a.admit(good).unwrap()).collect();
@@ -134,7 +141,9 @@ mod tests {
     #[test]
     fn the_global_bound_holds_and_gives_back_the_client_slot() {
         let a = Admission::new(2, 5);
-        let ips: Vec<IpAddr> = (1..=3).map(|i| format!("10.0.0.{i}").parse().unwrap()).collect();
+        let ips: Vec<IpAddr> = (1..=3)
+            .map(|i| format!("10.0.0.{i}").parse().unwrap())
+            .collect();
         let _t1 = a.admit(ips[0]).unwrap();
         let _t2 = a.admit(ips[1]).unwrap();
         assert_eq!(a.admit(ips[2]).err(), Some(Full::Global));

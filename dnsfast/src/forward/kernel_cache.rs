@@ -73,7 +73,11 @@ impl KernelCache {
             .filter(|(_, v)| {
                 let len = stored_name(v, &mut name);
                 let lifetime = v.expires_ns.saturating_sub(v.stored_ns) / 1_000_000_000;
-                gone(&name[..len], lifetime.min(u32::MAX as u64) as u32, is_negative(v))
+                gone(
+                    &name[..len],
+                    lifetime.min(u32::MAX as u64) as u32,
+                    is_negative(v),
+                )
             })
             .map(|(k, _)| k)
             .collect();

@@ -4,7 +4,7 @@
 //! listener (sockets, bytes only) → resolver (one `handle` for UDP and
 //! TCP) → router (the zone) → upstream (the servers), with cache (user
 //! space), kernel_cache (the XDP program's `ANSWERS` map), wire (DNS
-//! bytes) and metrics (counters) beside it.
+//! bytes), metrics (counters) and selfcheck (the liveness query) beside it.
 //!
 //! Uses `rules` (what to block) and `config` (its settings); never the
 //! dataplane: the kernel answer cache's map is handed in.
@@ -16,6 +16,7 @@ pub(crate) mod listener;
 pub(crate) mod metrics;
 pub(crate) mod resolver;
 pub(crate) mod router;
+pub(crate) mod selfcheck;
 pub(crate) mod upstream;
 pub mod wire;
 
@@ -47,6 +48,7 @@ pub(crate) struct Forwarder {
         tokio::net::TcpListener,
     )>,
     listening: Vec<std::net::SocketAddr>,
+    tcp: crate::config::forward::TcpSettings,
     tasks: JoinSet<Result<()>>,
 }
 
@@ -77,6 +79,7 @@ impl Forwarder {
         Ok(Forwarder {
             resolver,
             listening: s.listen.clone(),
+            tcp: s.tcp.clone(),
             sockets,
             tasks: JoinSet::new(),
         })
@@ -92,8 +95,11 @@ impl Forwarder {
                 self.tasks
                     .spawn(listener::serve_udp(sock, self.resolver.clone()));
             }
-            self.tasks
-                .spawn(listener::serve_tcp(tcp, self.resolver.clone()));
+            self.tasks.spawn(listener::serve_tcp(
+                tcp,
+                self.resolver.clone(),
+                self.tcp.clone(),
+            ));
             info!("forwarder listening on {addr} (udp x{workers}, tcp)");
         }
         self.tasks

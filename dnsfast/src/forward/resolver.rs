@@ -27,6 +27,7 @@ use super::{
     kernel_cache::KernelCache,
     metrics::{rcode_name, Metrics},
     router::Router,
+    selfcheck,
     wire::{parse_query, Answer, Cacheability, ClientQuery, Incoming},
 };
 use crate::{
@@ -290,7 +291,9 @@ impl Resolver {
         self.admission.set_per_client(next.max_inflight_per_client);
         let next = Arc::new(next);
         let old = self.live.swap(next.clone());
-        self.drop_cached(|key, lifetime, negative| stale_after(&old, &next, key, lifetime, negative))
+        self.drop_cached(|key, lifetime, negative| {
+            stale_after(&old, &next, key, lifetime, negative)
+        })
     }
 
     /// `dnsfast cache flush`: drops what `what` covers from both caches.
@@ -348,8 +351,12 @@ impl Resolver {
             max_inflight_per_client: cur.max_inflight_per_client,
         }));
     }
-    /// Answers without leaving the process: a block pattern or the cache.
+    /// Answers without leaving the process: the liveness query, a block
+    /// pattern or the cache.
     pub(crate) fn answer_locally(&self, live: &Live, q: &ClientQuery) -> Option<Outcome> {
+        if q.qclass == selfcheck::CLASS_CH && q.key == selfcheck::key() {
+            return Some(self.made_here(q, ResponseCode::NoError, Source::Local));
+        }
         let cluster = self.cluster.read().unwrap_or_else(|e| e.into_inner());
         let verdict = decide_in(&[&live.patterns, &cluster], &live.tlds, &q.key);
         drop(cluster);
