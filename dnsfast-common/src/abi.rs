@@ -123,6 +123,11 @@ pub struct XdpConfig {
     /// Non-zero: answer only queries whose destination is in `SERVER_ADDRS`.
     pub filter_dst: u32,
     pub _pad: u32,
+    /// The per-client rate bound on queries passed up to the forwarder
+    /// (GCRA): one query per `client_interval_ns`, with bursts of up to
+    /// `client_burst_ns / client_interval_ns` queries. 0: no bound.
+    pub client_interval_ns: u64,
+    pub client_burst_ns: u64,
 }
 
 impl Default for XdpConfig {
@@ -131,9 +136,15 @@ impl Default for XdpConfig {
             ports: [DEFAULT_DNS_PORT, 0, 0, 0],
             filter_dst: 0,
             _pad: 0,
+            client_interval_ns: 0,
+            client_burst_ns: 0,
         }
     }
 }
+
+/// Clients the rate bound tracks at once (an LRU: the least recently
+/// seen is forgotten first, and starts again with a full burst).
+pub const MAX_RATE_CLIENTS: u32 = 65_536;
 
 pub const FAMILY_V4: u32 = 4;
 pub const FAMILY_V6: u32 = 6;
@@ -147,7 +158,8 @@ pub struct AddrKey {
 }
 
 /// Per-CPU counters, one per outcome. Every packet the program sees lands in
-/// `packets` and in exactly one of the `answered`/`pass_*` outcomes.
+/// `packets` and in exactly one of the `answered`/`pass_*`/`dropped_*`
+/// outcomes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -170,6 +182,9 @@ pub struct Counters {
     pub pass_allowed: u64,
     /// Queries answered in place from the answer cache (XDP_TX).
     pub answered_cache: u64,
+    /// Queries for the forwarder dropped (XDP_DROP) because their client
+    /// sent more than `xdp.client-qps` of them.
+    pub dropped_rate_limited: u64,
     /// Not a count: the verdict and action of this CPU's last decided
     /// query (`VERDICT_* | action << 8`), for the watch program.
     pub last: u64,
@@ -189,13 +204,14 @@ impl Counters {
             s.pass_no_match += c.pass_no_match;
             s.pass_allowed += c.pass_allowed;
             s.answered_cache += c.answered_cache;
+            s.dropped_rate_limited += c.dropped_rate_limited;
         }
         s
     }
 
     /// Every field by its name (the BTF name bpftool shows), for `stats`
     /// and `/metrics`.
-    pub fn fields(&self) -> [(&'static str, u64); 9] {
+    pub fn fields(&self) -> [(&'static str, u64); 10] {
         [
             ("packets", self.packets),
             ("dns_queries", self.dns_queries),
@@ -206,6 +222,7 @@ impl Counters {
             ("pass_unsupported", self.pass_unsupported),
             ("pass_no_match", self.pass_no_match),
             ("pass_allowed", self.pass_allowed),
+            ("dropped_rate_limited", self.dropped_rate_limited),
         ]
     }
 }

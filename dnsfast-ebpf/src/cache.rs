@@ -15,14 +15,22 @@ use dnsfast_common::{
         cq, name_hash, name_matches, pad_name, AnswerKey, ListenKey, ANSWER_BODY_CAP,
         ANSWER_UDP_PAYLOAD, MAX_TTLS,
     },
-    opaque, park, Scratch, FAMILY_V4, FAMILY_V6,
+    opaque, park, AddrKey, Scratch, FAMILY_V4, FAMILY_V6,
 };
 
 use crate::{
     packet::{be16, Headers, Packet, DNS_HDR_LEN, OFF_MASK},
     reply::{finish, put, OPT_LEN},
-    Pass, ANSWERS, LISTEN_ADDRS,
+    Pass, ANSWERS, CLIENT_RATES, CONFIG, LISTEN_ADDRS,
 };
+
+/// Why a query was not answered from the cache.
+pub enum Miss {
+    /// Up it goes, to the forwarder or to whoever it is for.
+    Pass,
+    /// For the forwarder, from a client past its rate: dropped.
+    OverRate,
+}
 
 /// Largest UDP datagram a cached answer can be: header, DNS header,
 /// question, body, OPT.
@@ -31,16 +39,75 @@ const MAX_CACHE_UDP: usize = 8 + DNS_HDR_LEN + 255 + 4 + ANSWER_BODY_CAP + OPT_L
 const PLAIN_UDP_LIMIT: usize = 512;
 
 /// `Ok(())` when the frame now holds the cached answer, ready for XDP_TX.
-/// Every check comes before the first write, so a miss leaves the packet
-/// as it came.
+/// A query for the forwarder that the cache cannot answer goes up, unless
+/// its client is past its rate.
 #[inline(always)]
-pub fn answer(ctx: &XdpContext, s: &mut Scratch) -> Result<(), Pass> {
+pub fn answer(ctx: &XdpContext, s: &mut Scratch) -> Result<(), Miss> {
     let hdrs = Headers {
         l3: opaque(&s.hdr[0]) & OFF_MASK,
         l4: opaque(&s.hdr[1]) & OFF_MASK,
         dns_end: opaque(&s.hdr[2]) & OFF_MASK,
         v6: opaque(&s.hdr[3]) != 0,
     };
+    if !to_forwarder(&Packet::new(ctx), &hdrs) {
+        return Err(Miss::Pass);
+    }
+    match from_cache(ctx, s, &hdrs) {
+        Ok(()) => Ok(()),
+        Err(_) if over_rate(ctx, &hdrs) => Err(Miss::OverRate),
+        Err(_) => Err(Miss::Pass),
+    }
+}
+
+/// GCRA per client address: a query is within the rate when the client's
+/// theoretical arrival time is at most the burst ahead of now; each one
+/// within moves it on by the interval. No atomics: two CPUs racing on one
+/// client can let an extra query through, never drop one within the rate
+/// by more than that.
+#[inline(always)]
+fn over_rate(ctx: &XdpContext, hdrs: &Headers) -> bool {
+    let Some(cfg) = CONFIG.get(0) else {
+        return false;
+    };
+    let (interval, burst) = (cfg.client_interval_ns, cfg.client_burst_ns);
+    if interval == 0 {
+        return false;
+    }
+    let mut key = AddrKey {
+        family: if hdrs.v6 { FAMILY_V6 } else { FAMILY_V4 },
+        addr: [0; 16],
+    };
+    // A fresh view: the cache lookup may have moved the frame's end.
+    if !Packet::new(ctx).src_addr(hdrs, &mut key.addr) {
+        return false;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match CLIENT_RATES.get_ptr_mut(&key) {
+        Some(tat) => {
+            // SAFETY: a pointer into the map's value, valid for this run.
+            let t = unsafe { *tat }.max(now);
+            if t - now > burst {
+                return true;
+            }
+            // SAFETY: as above.
+            unsafe { *tat = t + interval };
+            false
+        }
+        None => {
+            // A new client starts with its burst whole; if the map cannot
+            // take it (never, for an LRU), it goes up unbounded.
+            let _ = CLIENT_RATES.insert(&key, &(now + interval), 0);
+            false
+        }
+    }
+}
+
+/// `Ok(())` when the frame now holds the cached answer. Every check comes
+/// before the first write, so a miss leaves the packet as it came.
+#[inline(always)]
+fn from_cache(ctx: &XdpContext, s: &mut Scratch, hdrs: &Headers) -> Result<(), Pass> {
+    let hdrs = *hdrs;
     let qlen = opaque(&s.cq[cq::QLEN]) & 0x1ff;
     let len = opaque(&s.cq[cq::NAME_LEN]) & 0xff;
     let opt = opaque(&s.cq[cq::OPT]);
@@ -48,9 +115,6 @@ pub fn answer(ctx: &XdpContext, s: &mut Scratch) -> Result<(), Pass> {
     let qtype = opaque(&s.cq[cq::QTYPE]) as u16;
 
     let pkt = Packet::new(ctx);
-    if !to_forwarder(&pkt, &hdrs) {
-        return Err(Pass::NoMatch);
-    }
     let dns = hdrs.l4 + 8;
     let h: *const [u8; DNS_HDR_LEN] = pkt.ptr(dns).ok_or(Pass::Malformed)?;
     // SAFETY: bounds checked by `ptr`.

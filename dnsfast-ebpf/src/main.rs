@@ -2,7 +2,9 @@
 //!
 //! Answers a DNS query with NXDOMAIN in place (`XDP_TX`) when its name's
 //! longest matching pattern is a block pattern, and passes everything else
-//! up untouched. It fails open: nothing here drops or aborts.
+//! up untouched. It fails open: nothing here aborts, and the one drop is
+//! deliberate: a client past `xdp.client-qps` of queries to the forwarder
+//! loses the excess here, before it can fill the forwarder's sockets.
 #![no_std]
 #![no_main]
 
@@ -26,8 +28,8 @@ use dnsfast_common::{
     load8, opaque, park, AddrKey, Counters, Rule, Scratch, WatchEvent, WatchState, XdpConfig,
     ACTION_ALLOW, ACTION_BLOCK, ACTION_EXISTS, ACTION_EXISTS_WILD, ACTION_SUFFIX, ACTION_SUFFIX_NS,
     EVENTS_RING_BYTES, FAMILY_V4, FAMILY_V6, JUMP_CACHE, JUMP_WATCH, KEY_START_MASK, MAX_LABEL,
-    MAX_LISTEN_ADDRS, MAX_SERVER_ADDRS, SCRATCH_MASK, VERDICT_ALLOWED, VERDICT_CACHE,
-    VERDICT_NXDOMAIN, VERDICT_PASS, WILDCARD_ANY, WILDCARD_STAR,
+    MAX_LISTEN_ADDRS, MAX_RATE_CLIENTS, MAX_SERVER_ADDRS, SCRATCH_MASK, VERDICT_ALLOWED,
+    VERDICT_CACHE, VERDICT_NXDOMAIN, VERDICT_PASS, WILDCARD_ANY, WILDCARD_STAR,
 };
 
 use packet::{be16, Packet, DNS_HDR_LEN};
@@ -36,7 +38,7 @@ use packet::{be16, Packet, DNS_HDR_LEN};
 static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
 
 #[btf_map]
-static CONFIG: Array<XdpConfig, 1> = Array::new();
+pub(crate) static CONFIG: Array<XdpConfig, 1> = Array::new();
 
 #[btf_map]
 static SERVER_ADDRS: HashMap<AddrKey, u32, { MAX_SERVER_ADDRS as usize }> = HashMap::new();
@@ -53,6 +55,12 @@ static ANSWERS: LruHashMap<AnswerKey, CachedAnswer, 10_000> = LruHashMap::new();
 /// cache answers for.
 #[btf_map]
 static LISTEN_ADDRS: HashMap<ListenKey, u32, { MAX_LISTEN_ADDRS as usize }> = HashMap::new();
+
+/// Per client address: the GCRA's theoretical arrival time (ns) of its
+/// next query to the forwarder (see `XdpConfig::client_interval_ns`).
+#[btf_map]
+pub(crate) static CLIENT_RATES: LruHashMap<AddrKey, u64, { MAX_RATE_CLIENTS as usize }> =
+    LruHashMap::new();
 
 /// Slot `JUMP_CACHE`: the cache program, empty when the agent runs
 /// without a cache. Slot `JUMP_WATCH`: the watch program, only while
@@ -103,13 +111,18 @@ pub fn dnsfast_cache(ctx: XdpContext) -> u32 {
     };
     // SAFETY: this CPU's slot, left by the main program just before.
     let s = unsafe { &mut *s };
-    let verdict = cache::answer(&ctx, s).map_err(|_| {
-        if s.cq[cq::REASON] == cq::REASON_ALLOWED {
-            Pass::Allowed
-        } else {
-            Pass::NoMatch
+    let verdict = match cache::answer(&ctx, s) {
+        Ok(()) => Ok(()),
+        Err(cache::Miss::OverRate) => {
+            if let Some(c) = counters {
+                // SAFETY: per-CPU slot of this CPU; XDP runs with preemption off.
+                unsafe { (*c).dropped_rate_limited += 1 };
+            }
+            return xdp_action::XDP_DROP;
         }
-    });
+        Err(cache::Miss::Pass) if s.cq[cq::REASON] == cq::REASON_ALLOWED => Err(Pass::Allowed),
+        Err(cache::Miss::Pass) => Err(Pass::NoMatch),
+    };
     count(&ctx, counters, verdict, true)
 }
 

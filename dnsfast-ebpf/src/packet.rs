@@ -79,17 +79,42 @@ impl Packet {
     /// Copies the destination address into `out`; false if out of bounds.
     #[inline(always)]
     pub fn dst_addr(&self, h: &Headers, out: &mut [u8; 16]) -> bool {
+        self.addr(h, out, false)
+    }
+
+    /// Copies the source address into `out`; false if out of bounds.
+    #[inline(always)]
+    pub fn src_addr(&self, h: &Headers, out: &mut [u8; 16]) -> bool {
+        self.addr(h, out, true)
+    }
+
+    #[inline(always)]
+    fn addr(&self, h: &Headers, out: &mut [u8; 16], src: bool) -> bool {
         if h.v6 {
             match self.ptr::<Ipv6Hdr>(h.l3) {
                 // SAFETY: bounds checked by `ptr`.
-                Some(ip) => *out = unsafe { (*ip).dst_addr },
+                Some(ip) => {
+                    *out = unsafe {
+                        if src {
+                            (*ip).src_addr
+                        } else {
+                            (*ip).dst_addr
+                        }
+                    }
+                }
                 None => return false,
             }
         } else {
             match self.ptr::<Ipv4Hdr>(h.l3) {
                 Some(ip) => {
                     // SAFETY: bounds checked by `ptr`.
-                    let a = unsafe { (*ip).dst_addr };
+                    let a = unsafe {
+                        if src {
+                            (*ip).src_addr
+                        } else {
+                            (*ip).dst_addr
+                        }
+                    };
                     let mut i = 0;
                     while i < 16 {
                         let v = if i < 4 { a[i] } else { 0 };
@@ -123,6 +148,7 @@ pub fn launder(s: &mut Scratch, h: Headers) -> Headers {
 }
 
 /// Where the layers of a UDP datagram sit.
+#[derive(Clone, Copy)]
 pub struct Headers {
     pub v6: bool,
     pub l3: usize,

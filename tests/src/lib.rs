@@ -1,4 +1,5 @@
 //! Helpers for dnsfast's kernel and end-to-end tests.
+pub mod cgroup;
 pub mod kube;
 pub mod netns;
 pub mod pkt;

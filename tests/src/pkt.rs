@@ -124,6 +124,11 @@ pub fn query_with_class(name: &str, class: DNSClass) -> Vec<u8> {
 /// agent's own frame builder; the UDP checksum is deliberately wrong
 /// (0xdead): the program must never reuse it.
 pub fn frame(w: &Wrap, dns: &[u8]) -> Vec<u8> {
+    frame_wrap(w).frame(dns)
+}
+
+/// The common frame builder's settings for `w`, to change one of them.
+pub fn frame_wrap(w: &Wrap) -> frame::Wrap {
     let (src, dst): (IpAddr, IpAddr) = match w.ip {
         Ip::V4 => (CLIENT_V4.into(), SERVER_V4.into()),
         Ip::V6 => (CLIENT_V6.into(), SERVER_V6.into()),
@@ -138,7 +143,6 @@ pub fn frame(w: &Wrap, dns: &[u8]) -> Vec<u8> {
         dport: w.dport,
         udp_check: 0xdead,
     }
-    .frame(dns)
 }
 
 pub use frame::{fold, ipv4_checksum, ones_sum};

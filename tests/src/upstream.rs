@@ -31,6 +31,11 @@ pub struct Upstream {
     /// and an empty answer with TC set over UDP.
     pub tc_suffixes: Vec<String>,
     pub tc_records: usize,
+    /// With it, the TCP answer for `--tc` names is TXT records of about
+    /// this many bytes in all, instead of A records.
+    pub tc_txt_bytes: usize,
+    /// Every name under one of these suffixes gets its address.
+    pub answer_suffixes: Vec<(String, Ipv4Addr)>,
     /// Before each real reply, send one with a wrong ID and 203.0.113.66.
     pub spoof: bool,
     /// One line per query received: `udp|tcp NAME TYPE`.
@@ -55,6 +60,8 @@ impl Upstream {
             drop_suffixes: Vec::new(),
             tc_suffixes: Vec::new(),
             tc_records: 40,
+            tc_txt_bytes: 0,
+            answer_suffixes: Vec::new(),
             spoof: false,
             log: None,
         }
@@ -162,7 +169,19 @@ impl Upstream {
         let a =
             |ip: Ipv4Addr| Record::from_rdata(query.name().clone(), self.ttl, RData::A(ip.into()));
         if under(&name, &self.tc_suffixes) {
-            if tcp {
+            if tcp && self.tc_txt_bytes > 0 {
+                let chunk = vec![b'x'; 250];
+                let mut bytes = 0;
+                while bytes < self.tc_txt_bytes {
+                    let txt = hickory_proto::rr::rdata::TXT::from_bytes(vec![&chunk[..]; 4]);
+                    r.answers.push(Record::from_rdata(
+                        query.name().clone(),
+                        self.ttl,
+                        RData::TXT(txt),
+                    ));
+                    bytes += 1000;
+                }
+            } else if tcp {
                 for i in 0..self.tc_records {
                     let [x, y] = (i as u16).to_be_bytes();
                     r.answers.push(a(Ipv4Addr::new(198, 51, 100 + x, y)));
@@ -172,7 +191,12 @@ impl Upstream {
             }
             return r.to_vec().ok();
         }
-        match self.answers.get(&name) {
+        let by_suffix = self
+            .answer_suffixes
+            .iter()
+            .find(|(s, _)| under(&name, std::slice::from_ref(s)))
+            .map(|(_, ip)| ip);
+        match self.answers.get(&name).or(by_suffix) {
             Some(ip) => {
                 if query.query_type() == RecordType::A {
                     r.answers.push(a(*ip));

@@ -177,6 +177,39 @@ fn configs_and_flags_in_the_manifests_are_real() {
     assert_eq!(froms, ["FROM scratch"]);
 }
 
+/// The DaemonSet's memory limit is what `check-config` derives from the
+/// ConfigMap's config (kernel maps, cache bytes, upstream queries, TCP
+/// buffers and a base), rounded up: an agent that stays within its
+/// config's bounds is never OOM-killed (tests/hostile.rs runs the attacks
+/// under that limit).
+#[test]
+fn the_memory_limit_is_derived_from_the_config() {
+    let o = Command::new(dnsfast_bin())
+        .arg("check-config")
+        .arg(deploy().join("examples/node-local.toml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    let need: u64 = text
+        .split("a limit of at least ")
+        .nth(1)
+        .and_then(|s| s.split("Mi").next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no limit in check-config's output:\n{text}"));
+    let ds = std::fs::read_to_string(deploy().join("daemonset.yaml")).unwrap();
+    let limits = ds.split("limits:").nth(1).expect("a limits block");
+    let have: u64 = limits
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("memory: "))
+        .and_then(|m| m.strip_suffix("Mi"))
+        .and_then(|m| m.parse().ok())
+        .expect("limits.memory in Mi");
+    assert!(
+        have >= need && have <= need + 16,
+        "daemonset.yaml limits memory to {have}Mi; check-config derives {need}Mi from the ConfigMap's config"
+    );
+}
+
 /// podman as it runs here: runc, cgroupfs, and no default ulimits (no
 /// CAP_SYS_RESOURCE on this machine).
 fn podman(conf: &Path) -> Command {

@@ -313,3 +313,66 @@ fn answers_the_kernel_cannot_hold_are_refused_by_the_agent() {
 fn a_txt(a: &Answer, i: usize) -> RData {
     Message::from_vec(&a.wire).unwrap().answers[i].data.clone()
 }
+
+/// `xdp.client-qps`: a client past its rate loses its misses to the
+/// forwarder (XDP_DROP, counted); another client, a cached answer, a block
+/// and a query to another server are not affected.
+#[test]
+fn a_client_past_its_rate_is_dropped_alone() {
+    require_root!();
+    const XDP_DROP: u32 = 1;
+    let (mut dp, mut map) = setup();
+    let mut cfg = dnsfast_common::XdpConfig::default();
+    // 10 a second, bursts of 20: over a run of microseconds, about 20 pass.
+    cfg.client_interval_ns = SEC / 10;
+    cfg.client_burst_ns = 20 * cfg.client_interval_ns;
+    cfg.ports[1] = 5353;
+    dp.set_config(&cfg).unwrap();
+    let from = |src: [u8; 4], dport: u16, q: &Q| {
+        dnsfast_common::frame::Wrap {
+            src: src.into(),
+            dport,
+            ..pkt::frame_wrap(&Wrap::v4())
+        }
+        .frame(&q.bytes())
+    };
+    let attacker = [10, 99, 0, 66];
+    let miss = Q::new("miss.example.com", RecordType::A);
+    let verdicts: Vec<u32> = (0..100)
+        .map(|_| dp.test_run(&from(attacker, 53, &miss)).unwrap().0)
+        .collect();
+    let passed = verdicts.iter().filter(|&&v| v == XDP_PASS).count();
+    let dropped = verdicts.iter().filter(|&&v| v == XDP_DROP).count();
+    assert!((20..=23).contains(&passed), "{passed} passed");
+    assert_eq!(passed + dropped, 100);
+    assert_eq!(dp.counters().unwrap().dropped_rate_limited, dropped as u64);
+    // The kernel's own answers cost the forwarder nothing: not bounded.
+    store(
+        &mut map,
+        &Q::new("hit.example.com", RecordType::A),
+        1,
+        60,
+        0,
+    );
+    let hit = Q::new("hit.example.com", RecordType::A);
+    assert_eq!(dp.test_run(&from(attacker, 53, &hit)).unwrap().0, XDP_TX);
+    let blocked = Q::new("x.blocked.example", RecordType::A);
+    assert_eq!(
+        dp.test_run(&from(attacker, 53, &blocked)).unwrap().0,
+        XDP_TX
+    );
+    // Not for the forwarder (it does not listen on 5353): not its business.
+    assert_eq!(
+        dp.test_run(&from(attacker, 5353, &miss)).unwrap().0,
+        XDP_PASS
+    );
+    // Another client keeps its own rate.
+    assert_eq!(
+        dp.test_run(&from(pkt::CLIENT_V4, 53, &miss)).unwrap().0,
+        XDP_PASS
+    );
+    // Off (0), nothing is dropped.
+    cfg.client_interval_ns = 0;
+    dp.set_config(&cfg).unwrap();
+    assert_eq!(dp.test_run(&from(attacker, 53, &miss)).unwrap().0, XDP_PASS);
+}

@@ -566,7 +566,7 @@ fn destination_and_port_filters_apply() {
     let mut cfg = dnsfast_common::XdpConfig {
         ports: [5353, 53, 0, 0],
         filter_dst: 1,
-        _pad: 0,
+        ..Default::default()
     };
     dp.set_config(&cfg).unwrap();
     // Filter on, no addresses listed: nothing is answered.

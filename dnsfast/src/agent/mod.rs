@@ -129,9 +129,13 @@ pub(crate) fn run(args: Options) -> Result<()> {
     let mut pin_dir = pins::PinDir::prepare(&args.pin_dir, !kept.is_empty())?;
 
     // The kernel answer cache mirrors the forwarder's: same capacity, and
-    // nothing without a forwarder to fill it.
+    // nothing without a forwarder to fill it. Its program runs whenever
+    // the forwarder does (with an empty one-entry map when the cache is
+    // off): it also holds each client to `xdp.client-qps`.
     let answer_cache = match &forwarder {
-        Some(_) => u32::try_from(cfg.forward.cache.size).unwrap_or(u32::MAX),
+        Some(_) => u32::try_from(cfg.forward.cache.size)
+            .unwrap_or(u32::MAX)
+            .max(1),
         None => 0,
     };
     let opts = LoadOptions {
@@ -155,7 +159,9 @@ pub(crate) fn run(args: Options) -> Result<()> {
                 dp.add_listen_addr(*a)?;
             }
             let map = dp.take_answer_map()?;
-            let _ = f.resolver.kernel_cache.set(KernelCache::new(map));
+            if cfg.forward.cache.size > 0 {
+                let _ = f.resolver.kernel_cache.set(KernelCache::new(map));
+            }
         }
     }
     if !kept.is_empty() {

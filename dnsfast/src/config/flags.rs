@@ -38,6 +38,12 @@ pub struct ForwardFlags {
     /// cache outcome and latency.
     #[arg(long)]
     pub(crate) log_queries: bool,
+    /// Queries a second one client address may send the forwarder through
+    /// the XDP program; the excess is dropped in the kernel. 0: no bound
+    /// (a load generator is one client). Replaces xdp.client-qps; default
+    /// 5000.
+    #[arg(long = "client-qps", value_name = "N")]
+    pub(crate) client_qps: Option<u32>,
 }
 
 /// `dnsfast load`'s Kubernetes flag.

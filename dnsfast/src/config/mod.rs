@@ -55,7 +55,15 @@ struct RawXdp {
     ports: Option<Spanned<Vec<u16>>>,
     server_addrs: Option<Vec<Spanned<String>>>,
     max_patterns: Option<Spanned<u32>>,
+    client_qps: Option<Spanned<u32>>,
+    client_burst: Option<Spanned<u32>>,
 }
+
+/// A client address may send the forwarder this many queries a second
+/// through the XDP program (what it answers itself is not counted); the
+/// excess is dropped in the kernel, before it can fill the forwarder's
+/// sockets. Far above what a pod asks (a busy one: hundreds a second).
+pub(crate) const DEFAULT_CLIENT_QPS: u32 = 5000;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,6 +81,10 @@ pub(crate) struct XdpSettings {
     /// Empty: answer queries to any destination.
     pub(crate) server_addrs: Vec<IpAddr>,
     pub(crate) max_patterns: u32,
+    /// Queries a second per client address to the forwarder; 0: no bound.
+    pub(crate) client_qps: u32,
+    /// Queries a client may send at once past its rate.
+    pub(crate) client_burst: u32,
 }
 
 impl Default for XdpSettings {
@@ -81,6 +93,8 @@ impl Default for XdpSettings {
             ports: vec![DEFAULT_DNS_PORT],
             server_addrs: Vec::new(),
             max_patterns: DEFAULT_MAX_PATTERNS,
+            client_qps: DEFAULT_CLIENT_QPS,
+            client_burst: DEFAULT_CLIENT_QPS,
         }
     }
 }
@@ -156,6 +170,27 @@ impl Config {
             }
             xdp.max_patterns = m.into_inner();
         }
+        if let Some(q) = raw.xdp.client_qps {
+            if *q.get_ref() > 10_000_000 {
+                bail!(
+                    "{}: xdp.client-qps = {}: give 0 (no bound) to 10000000",
+                    at(q.span()),
+                    q.get_ref()
+                );
+            }
+            xdp.client_qps = q.into_inner();
+            xdp.client_burst = xdp.client_qps;
+        }
+        if let Some(b) = raw.xdp.client_burst {
+            if *b.get_ref() == 0 || *b.get_ref() > 10_000_000 {
+                bail!(
+                    "{}: xdp.client-burst = {}: give 1 to 10000000 queries",
+                    at(b.span()),
+                    b.get_ref()
+                );
+            }
+            xdp.client_burst = b.into_inner();
+        }
 
         let mut patterns = PatternTable::default();
         for (list, action) in [
@@ -208,6 +243,10 @@ pub(crate) fn build(
     }
     for a in addresses {
         dnsmasq::add_address(&mut cfg.patterns, a)?;
+    }
+    if let Some(q) = fwd.client_qps {
+        cfg.xdp.client_qps = q;
+        cfg.xdp.client_burst = q.max(1);
     }
     let f = &mut cfg.forward;
     if !fwd.listen.is_empty() {

@@ -15,7 +15,7 @@ use anyhow::{Context, Result};
 use dnsfast_common::{
     abi::{
         AddrKey, Counters, Scratch, WatchState, XdpConfig, EVENTS_RING_BYTES, MAX_LISTEN_ADDRS,
-        MAX_SERVER_ADDRS,
+        MAX_RATE_CLIENTS, MAX_SERVER_ADDRS,
     },
     answer::{AnswerKey, CachedAnswer, ListenKey},
     labels::{LabelBucket, NAMESPACE_BUCKETS, TLD_BUCKETS},
@@ -85,7 +85,7 @@ impl std::fmt::Display for Budget {
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         write!(
             f,
-            "memory: kernel maps {:.1} MiB (preallocated) + cache {:.1} MiB + upstream queries {:.1} MiB \
+            "memory: kernel maps up to {:.1} MiB + cache {:.1} MiB + upstream queries {:.1} MiB \
              + TCP {:.1} MiB + base {:.1} MiB = {:.1} MiB: give the container a limit of at least {}Mi",
             mib(self.kernel_maps),
             mib(self.cache),
@@ -114,6 +114,10 @@ fn array(entries: u64, value: usize) -> u64 {
 pub(crate) fn kernel_maps(max_patterns: u64, answers: u64, cpus: u64) -> u64 {
     let patterns = bucket_count(max_patterns.min(u32::MAX as u64) as u32) as u64;
     let labels = (TLD_BUCKETS + NAMESPACE_BUCKETS) as u64;
+    // The tails are not preallocated: only a pattern whose key outgrows
+    // its bucket slot takes one. Counted as if every pattern did (a
+    // cluster's long Service names can), which the kernel's figure for a
+    // fresh agent is far below.
     array(patterns, size_of::<Bucket>())
         + array(1, size_of::<Depths>())
         + hash(max_patterns, 8, size_of::<LongKey>())
@@ -125,6 +129,7 @@ pub(crate) fn kernel_maps(max_patterns: u64, answers: u64, cpus: u64) -> u64 {
         )
         + hash(MAX_SERVER_ADDRS as u64, size_of::<AddrKey>(), 4)
         + hash(MAX_LISTEN_ADDRS as u64, size_of::<ListenKey>(), 4)
+        + hash(MAX_RATE_CLIENTS as u64, size_of::<AddrKey>(), 8)
         + array(1, size_of::<XdpConfig>())
         + cpus
             * (array(1, size_of::<Counters>())

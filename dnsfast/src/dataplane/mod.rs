@@ -590,6 +590,10 @@ pub(crate) fn apply_xdp(dp: &mut Dataplane, cfg: &FileConfig) -> Result<()> {
     xc.ports = [0; MAX_PORTS];
     xc.ports[..cfg.xdp.ports.len()].copy_from_slice(&cfg.xdp.ports);
     xc.filter_dst = u32::from(!cfg.xdp.server_addrs.is_empty());
+    if cfg.xdp.client_qps > 0 {
+        xc.client_interval_ns = 1_000_000_000 / cfg.xdp.client_qps as u64;
+        xc.client_burst_ns = xc.client_interval_ns * cfg.xdp.client_burst as u64;
+    }
     let addrs: Vec<AddrKey> = cfg.xdp.server_addrs.iter().map(|a| addr_key(*a)).collect();
     dp.set_xdp(&xc, &addrs)
 }

@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    hash::{BuildHasher, Hash, Hasher},
+    hash::BuildHasher,
     net::IpAddr,
     sync::{
         atomic::{AtomicUsize, Ordering},
@@ -58,9 +58,7 @@ impl Admission {
     }
 
     fn shard(&self, ip: &IpAddr) -> &Mutex<HashMap<IpAddr, usize>> {
-        let mut h = self.hasher.build_hasher();
-        ip.hash(&mut h);
-        &self.counts[h.finish() as usize % SHARDS]
+        &self.counts[self.hasher.hash_one(ip) as usize % SHARDS]
     }
 
     /// Slots for one more upstream query from `client`, or why not.

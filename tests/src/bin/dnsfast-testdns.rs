@@ -1,7 +1,8 @@
 //! A test DNS server for the end-to-end labs; see `dnsfast_tests::upstream`.
 //!
 //! dnsfast-testdns --listen IP:PORT [--answer NAME=IPV4]… [--ttl S]
-//!   [--delay-ms MS] [--drop SUFFIX]… [--tc SUFFIX]… [--tc-records N] [--spoof] [--log FILE]
+//!   [--delay-ms MS] [--drop SUFFIX]… [--tc SUFFIX]… [--tc-records N] [--tc-txt-bytes N]
+//!   [--answer-suffix SUFFIX=IPV4]… [--spoof] [--log FILE]
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -31,6 +32,12 @@ struct Args {
     /// A records in the TCP answer for `--tc` names.
     #[arg(long, default_value_t = 40)]
     tc_records: usize,
+    /// TXT records of about N bytes in the TCP answer for `--tc` names.
+    #[arg(long, default_value_t = 0)]
+    tc_txt_bytes: usize,
+    /// SUFFIX=IPV4: every name under SUFFIX gets IPV4.
+    #[arg(long = "answer-suffix")]
+    answer_suffixes: Vec<String>,
     #[arg(long)]
     spoof: bool,
     #[arg(long)]
@@ -59,6 +66,18 @@ fn main() -> Result<()> {
             ))
         })
         .collect::<Result<_>>()?;
+    let answer_suffixes = a
+        .answer_suffixes
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').context("--answer-suffix SUFFIX=IPV4")?;
+            Ok((
+                fqdn(k),
+                v.parse::<Ipv4Addr>()
+                    .context("--answer-suffix SUFFIX=IPV4")?,
+            ))
+        })
+        .collect::<Result<_>>()?;
     let log = match &a.log {
         Some(p) => Some(Arc::new(Mutex::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -72,6 +91,8 @@ fn main() -> Result<()> {
         drop_suffixes: a.drops.iter().map(|s| fqdn(s)).collect(),
         tc_suffixes: a.tcs.iter().map(|s| fqdn(s)).collect(),
         tc_records: a.tc_records,
+        tc_txt_bytes: a.tc_txt_bytes,
+        answer_suffixes,
         spoof: a.spoof,
         log,
         ..Upstream::new(a.listen)

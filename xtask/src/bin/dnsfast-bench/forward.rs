@@ -107,6 +107,9 @@ pub fn run(bin: &str, seconds: u32, rounds: usize) -> Result<()> {
                 "skb",
                 "--pin-dir",
                 "{pins}",
+                // One dnsperf is one client: its misses must all reach the
+                // forwarder, as the peers' do.
+                "--client-qps=0",
             ]
             .iter()
             .map(|a| a.to_string())
