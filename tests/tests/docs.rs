@@ -91,8 +91,8 @@ enum Plan {
     Elsewhere(&'static str),
 }
 
-const CONTROL: [&str; 7] = [
-    "block", "allow", "stats", "status", "watch", "explain", "unload",
+const CONTROL: [&str; 8] = [
+    "block", "allow", "stats", "status", "watch", "explain", "unload", "cache",
 ];
 
 fn adapt(cmd: &str, lab: &Ctx) -> Plan {

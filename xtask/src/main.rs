@@ -427,11 +427,15 @@ fn bench(args: &[String]) -> Result<()> {
     }
     run(cargo().args(["build", "--release", "-p", "dnsfast"]))?;
     run(cargo().args(LAB_BUILD).arg("dnsfast-bench"))?;
+    // The hostile-client part's victim, attacker and upstream.
+    run(cargo().args(["build", "--release", "-p", "dnsfast-tests", "--bins"]))?;
     let dir = root().join("target/release");
     run(Command::new(dir.join("dnsfast-bench"))
         .args(args)
         .env("TMPDIR", fresh_tmp("bench-tmp")?)
-        .env("DNSFAST_BIN", dir.join("dnsfast")))
+        .env("DNSFAST_BIN", dir.join("dnsfast"))
+        .env("DNSFAST_ATTACK", dir.join("dnsfast-attack"))
+        .env("DNSFAST_TESTDNS", dir.join("dnsfast-testdns")))
 }
 
 fn demo() -> Result<()> {

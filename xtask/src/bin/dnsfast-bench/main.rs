@@ -5,6 +5,7 @@
 
 mod forward;
 mod history;
+mod hostile;
 mod kube;
 
 use std::{path::PathBuf, time::Duration};
@@ -51,6 +52,16 @@ struct Args {
     /// (docs/benchmarks.md); the row is printed either way.
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    /// Rounds of the hostile-client part (each: every attack on dnsfast
+    /// and on unbound); 0 skips it.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    hostile_rounds: usize,
+    /// Only the hostile-client part.
+    #[arg(long)]
+    hostile_only: bool,
+    /// Seconds the victim is measured under each attack.
+    #[arg(long, default_value_t = 8, value_name = "S")]
+    hostile_seconds: u64,
     /// Internal: run the latency probe against this server (the forwarder
     /// part starts it inside the client namespace) and print its summary.
     #[arg(long, hide = true, value_name = "ADDR")]
@@ -77,6 +88,11 @@ fn main() -> Result<()> {
         return forward::probe(server, args.seconds);
     }
     history::stamp();
+    if args.hostile_only {
+        let bin =
+            std::env::var("DNSFAST_BIN").context("DNSFAST_BIN (cargo xtask bench sets it)")?;
+        return hostile::run(&bin, args.hostile_rounds.max(1), args.hostile_seconds);
+    }
     if !args.forward_only {
         xdp(&args)?;
     }
@@ -84,6 +100,9 @@ fn main() -> Result<()> {
         let bin =
             std::env::var("DNSFAST_BIN").context("DNSFAST_BIN (cargo xtask bench sets it)")?;
         forward::run(&bin, args.seconds, args.runs.min(5))?;
+        if args.hostile_rounds > 0 {
+            hostile::run(&bin, args.hostile_rounds, args.hostile_seconds)?;
+        }
     }
     if args.k8s_creates > 0 && !args.forward_only {
         let bin =
