@@ -461,7 +461,11 @@ impl Arena {
     /// started), then the agent's state.
     fn holds_up(&mut self, what: &str, attacker: u32) {
         let under = self.victim(8, GOOD);
+        // Under attack the agent is still alive to its kubelet.
+        let url = format!("http://{AGENT_METRICS}/health");
+        let (code, body) = http_get(&self.n, &self.n.srv, &url);
         let _ = self.n.lab.kill(attacker);
+        assert_eq!(code, 200, "{what}: /health under attack: {body}");
         self.check(what, &under);
     }
 
@@ -776,4 +780,119 @@ fn reload_under_every_attack_at_once() {
     assert_eq!(fixed(&a).trim(), "192.0.2.9");
     let after = a.victim(3, "192.0.2.9");
     a.check("after the reload", &after);
+}
+
+/// The HTTP status and body of `url`, fetched from inside `ns`.
+fn http_get(n: &Node, ns: &str, url: &str) -> (u16, String) {
+    let py = format!(
+        "import urllib.request, urllib.error\n\
+         try:\n    r = urllib.request.urlopen('{url}', timeout=5); print(r.status); print(r.read().decode())\n\
+         except urllib.error.HTTPError as e:\n    print(e.code); print(e.read().decode())\n"
+    );
+    let out = n
+        .lab
+        .exec_ok(ns, "python3", &["-c", &py])
+        .unwrap_or_default();
+    let (code, body) = out.split_once('\n').unwrap_or((&out, ""));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// `/health` asks the forwarder itself: it fails while the forwarder does
+/// not answer (here its address is gone from the node) and recovers with
+/// it, so the kubelet restarts a wedged agent and only a wedged one.
+#[test]
+fn health_fails_while_the_forwarder_does_not_answer() {
+    require_root!();
+    let mut n = Node::new();
+    let srv = n.srv.clone();
+    let dlog = n.tmp.join("dnsmasq.log");
+    n.lab
+        .dnsmasq_answering_all(&srv, 5300, "192.0.2.99", dlog.to_str().unwrap())
+        .unwrap();
+    n.load("127.0.0.1#5300", &["--metrics", "127.0.0.1:19302"]);
+    let url = "http://127.0.0.1:19302/health";
+    assert_eq!(http_get(&n, &srv, url).0, 200);
+    let cidr = format!("{SERVER}/24");
+    n.lab
+        .exec_ok(&srv, "ip", &["addr", "del", &cidr, "dev", &n.srv_if])
+        .unwrap();
+    let (code, body) = http_get(&n, &srv, url);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("the forwarder does not answer"), "{body}");
+    n.lab
+        .exec_ok(&srv, "ip", &["addr", "add", &cidr, "dev", &n.srv_if])
+        .unwrap();
+    let back = wait_until(Duration::from_secs(10), || http_get(&n, &srv, url).0 == 200);
+    assert!(back, "/health did not recover:\n{}", n.agent_log());
+}
+
+/// `dnsfast cache flush` drops answers from the forwarder's cache and the
+/// kernel's: the next query for them reaches the upstream again; what it
+/// does not cover stays cached.
+#[test]
+fn cache_flush_drops_a_name_or_a_zone_from_both_caches() {
+    require_root!();
+    let mut n = Node::new();
+    let srv = n.srv.clone();
+    let up_log = n.tmp.join("queries.log");
+    let out = n.tmp.join("testdns.out");
+    n.lab
+        .spawn(
+            &srv,
+            env!("CARGO_BIN_EXE_dnsfast-testdns"),
+            &[
+                "--listen",
+                "127.0.0.1:5303",
+                "--answer-suffix",
+                "good.test=192.0.2.7",
+                "--log",
+                up_log.to_str().unwrap(),
+            ],
+            out.to_str().unwrap(),
+        )
+        .unwrap();
+    n.load("127.0.0.1#5303", &[]);
+    let asked = |name: &str| {
+        std::fs::read_to_string(&up_log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with(&format!("udp {name}. A")))
+            .count()
+    };
+    let names = ["x.good.test", "a.z.good.test", "b.z.good.test"];
+    for _ in 0..3 {
+        for name in names {
+            assert_eq!(n.status(name), "NOERROR");
+        }
+    }
+    for name in names {
+        assert_eq!(asked(name), 1, "{name}: cached after the first query");
+    }
+    let flush = |args: &[&str]| {
+        let o = Command::new(dnsfast_bin())
+            .args(["cache", "flush"])
+            .args(args)
+            .arg("--pin-dir")
+            .arg(&n.pins)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let said = flush(&["X.Good.Test"]);
+    assert!(
+        said.contains("1 cached answers dropped (1 in the kernel"),
+        "{said}"
+    );
+    assert_eq!(n.status("x.good.test"), "NOERROR");
+    assert_eq!(asked("x.good.test"), 2, "asked again after the flush");
+    flush(&["--zone", "z.good.test"]);
+    for name in names {
+        assert_eq!(n.status(name), "NOERROR");
+    }
+    assert_eq!(asked("a.z.good.test"), 2);
+    assert_eq!(asked("b.z.good.test"), 2);
+    assert_eq!(asked("x.good.test"), 2, "outside the zone: still cached");
+    let said = flush(&[]);
+    assert!(said.contains("3 cached answers dropped"), "{said}");
 }

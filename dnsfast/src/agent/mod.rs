@@ -123,7 +123,10 @@ pub(crate) fn run(args: Options) -> Result<()> {
     };
     let mut socket = control::Socket::bind(&args.pin_dir)?;
     dataplane::attach::raise_memlock();
-    runtime::raise_nofile();
+    // One descriptor per TCP connection and per upstream query in flight
+    // (its own socket), plus the maps, listeners and a margin.
+    let f = &cfg.forward;
+    runtime::raise_nofile((f.tcp.max_connections + f.max_inflight + 256) as u64);
     pins::ensure_bpffs(&args.pin_dir)?;
     let kept = ifaces::kept_links(&args.pin_dir)?;
     let mut pin_dir = pins::PinDir::prepare(&args.pin_dir, !kept.is_empty())?;

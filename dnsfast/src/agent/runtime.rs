@@ -133,17 +133,26 @@ impl AcceptBackoff {
 /// Raises the soft limit on open files to the hard one: every client
 /// connection, upstream query socket and watcher takes a descriptor. One
 /// line when that is refused, with the limit that stays.
-pub(crate) fn raise_nofile() {
+pub(crate) fn raise_nofile(need: u64) {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok((soft, hard)) if soft < hard => {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                warn!(
-                    "could not raise the open-file limit from {soft} to {hard} ({e}): {soft} it is"
-                );
-            }
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(l) => l,
+        Err(e) => return warn!("could not read the open-file limit: {e}"),
+    };
+    let mut now = soft;
+    if soft < hard {
+        match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => now = hard,
+            Err(e) => warn!(
+                "could not raise the open-file limit from {soft} to {hard} ({e}): {soft} it is"
+            ),
         }
-        Ok(_) => {}
-        Err(e) => warn!("could not read the open-file limit: {e}"),
+    }
+    if now < need {
+        warn!(
+            "the open-file limit is {now}, below the {need} the config's bounds may use \
+             (TCP connections, upstream queries in flight, maps): raise it (ulimit -n) or \
+             lower forward.tcp-max-connections and forward.max-inflight"
+        );
     }
 }

@@ -523,3 +523,84 @@ fn log_query(q: &ClientQuery, o: &Outcome, c: &Client, start: Instant, tc: bool)
         start.elapsed().as_micros(),
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        forward::{Policy, UpstreamSpec, ZoneSpec},
+        Origin, PatternTable,
+    };
+    use dnsfast_common::{pattern::to_wire, suffix::name_key};
+
+    fn live_with(zones: &[(&str, &str)], max_ttl: u32, neg_cache: bool) -> Live {
+        let mut s = ForwardSettings {
+            no_resolv: true,
+            ..Default::default()
+        };
+        s.cache.max_ttl = max_ttl;
+        s.cache.neg_cache = neg_cache;
+        for (name, up) in zones {
+            s.zones.push(ZoneSpec {
+                name: name.to_string(),
+                upstreams: vec![UpstreamSpec {
+                    addr: up.parse().unwrap(),
+                    timeout: std::time::Duration::from_secs(1),
+                }],
+                policy: Policy::Sequential,
+                use_default: false,
+                origin: Origin::Flag("--server".into()),
+            });
+        }
+        live(&s, &crate::rules::rules_of(&PatternTable::default()), None).unwrap()
+    }
+
+    fn key(name: &str) -> Vec<u8> {
+        name_key(&to_wire(name)).unwrap().0
+    }
+
+    /// What a reload drops: names whose route changed upstreams, answers
+    /// kept longer than the new max-ttl, negatives when neg-cache goes
+    /// off; and nothing else.
+    #[test]
+    fn a_reload_drops_exactly_what_the_new_config_would_not_serve() {
+        let old = live_with(
+            &[(".", "10.0.0.1:53"), ("corp.example", "10.0.0.2:53")],
+            3600,
+            true,
+        );
+        let moved = live_with(
+            &[(".", "10.0.0.1:53"), ("corp.example", "10.0.0.3:53")],
+            3600,
+            true,
+        );
+        let (a, corp) = (key("www.example.com"), key("wiki.corp.example"));
+        assert!(!stale_after(&old, &moved, &a, 60, false));
+        assert!(stale_after(&old, &moved, &corp, 60, false));
+        // The same upstreams under another zone layout are the same route.
+        let split = live_with(
+            &[
+                (".", "10.0.0.1:53"),
+                ("corp.example", "10.0.0.2:53"),
+                ("com", "10.0.0.1:53"),
+            ],
+            3600,
+            true,
+        );
+        assert!(!stale_after(&old, &split, &a, 60, false));
+        let shorter = live_with(
+            &[(".", "10.0.0.1:53"), ("corp.example", "10.0.0.2:53")],
+            300,
+            true,
+        );
+        assert!(stale_after(&old, &shorter, &a, 600, false));
+        assert!(!stale_after(&old, &shorter, &a, 300, false));
+        let no_neg = live_with(
+            &[(".", "10.0.0.1:53"), ("corp.example", "10.0.0.2:53")],
+            3600,
+            false,
+        );
+        assert!(stale_after(&old, &no_neg, &a, 30, true));
+        assert!(!stale_after(&old, &no_neg, &a, 30, false));
+    }
+}
