@@ -27,6 +27,18 @@ pub const MAP_SERVER_ADDRS: &str = "SERVER_ADDRS";
 pub const MAP_SCRATCH: &str = "SCRATCH";
 pub const MAP_ANSWERS: &str = "ANSWERS";
 pub const MAP_JUMPS: &str = "JUMPS";
+/// One `u64`: the CLOCK_MONOTONIC time (ns) until which the agent vouches
+/// for what it keeps fresh (cached answers, the Kubernetes API's
+/// verdicts). The agent renews it every second; without an agent (a
+/// crash, `--keep-attached`) it runs out and the program passes those
+/// queries up instead of answering from stale knowledge.
+pub const MAP_LEASE: &str = "LEASE";
+
+/// The version of the maps' layout (keys, values, their meaning). Bumped
+/// with every change to one of them; kept in the CONFIG map
+/// (`XdpConfig::layout`), so that a newer or older agent never reads maps
+/// it would misread.
+pub const MAP_LAYOUT: u32 = 3;
 pub const MAP_LISTEN_ADDRS: &str = "LISTEN_ADDRS";
 pub const MAP_TLDS: &str = "TLDS";
 /// Capacity of the TLD set (the ICANN list has about 1,450).
@@ -122,7 +134,10 @@ pub struct XdpConfig {
     pub ports: [u16; MAX_PORTS],
     /// Non-zero: answer only queries whose destination is in `SERVER_ADDRS`.
     pub filter_dst: u32,
-    pub _pad: u32,
+    /// `MAP_LAYOUT` of the agent that wrote it: read back from the pinned
+    /// CONFIG by the next agent and the CLI (a map whose value size
+    /// differs is an older layout too).
+    pub layout: u32,
     /// The per-client rate bound on queries passed up to the forwarder
     /// (GCRA): one query per `client_interval_ns`, with bursts of up to
     /// `client_burst_ns / client_interval_ns` queries. 0: no bound.
@@ -135,7 +150,7 @@ impl Default for XdpConfig {
         Self {
             ports: [DEFAULT_DNS_PORT, 0, 0, 0],
             filter_dst: 0,
-            _pad: 0,
+            layout: MAP_LAYOUT,
             client_interval_ns: 0,
             client_burst_ns: 0,
         }

@@ -52,7 +52,14 @@ pub fn answer(ctx: &XdpContext, s: &mut Scratch) -> Result<(), Miss> {
     if !to_forwarder(&Packet::new(ctx), &hdrs) {
         return Err(Miss::Pass);
     }
-    match from_cache(ctx, s, &hdrs) {
+    // Cached answers only while the agent that keeps them fresh (its
+    // reloads and flushes delete what went stale) holds its lease.
+    let answered = if crate::leased() {
+        from_cache(ctx, s, &hdrs)
+    } else {
+        Err(Pass::NoMatch)
+    };
+    match answered {
         Ok(()) => Ok(()),
         Err(_) if over_rate(ctx, &hdrs) => Err(Miss::OverRate),
         Err(_) => Err(Miss::Pass),

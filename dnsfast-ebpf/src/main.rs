@@ -56,6 +56,23 @@ static ANSWERS: LruHashMap<AnswerKey, CachedAnswer, 10_000> = LruHashMap::new();
 #[btf_map]
 static LISTEN_ADDRS: HashMap<ListenKey, u32, { MAX_LISTEN_ADDRS as usize }> = HashMap::new();
 
+/// See `dnsfast_common::MAP_LEASE`.
+#[btf_map]
+pub(crate) static LEASE: Array<u64, 1> = Array::new();
+
+/// Whether the agent's lease runs: its fresh knowledge may be used.
+#[inline(always)]
+pub(crate) fn leased() -> bool {
+    match LEASE.get(0) {
+        Some(until) => {
+            // SAFETY: plain helper call.
+            let now = unsafe { aya_ebpf::helpers::bpf_ktime_get_ns() };
+            now < *until
+        }
+        None => false,
+    }
+}
+
 /// Per client address: the GCRA's theoretical arrival time (ns) of its
 /// next query to the forwarder (see `XdpConfig::client_interval_ns`).
 #[btf_map]
@@ -308,9 +325,14 @@ fn handle(ctx: &XdpContext, counters: Option<*mut Counters>) -> Result<(), Pass>
         // The longest match is a name that exists (the Kubernetes API said
         // so): the name itself passes, and so does a wildcard just below
         // it where CoreDNS answers one; anything else below does not exist.
+        // Only while the agent's lease runs: the API's knowledge is only as
+        // fresh as the agent that keeps it.
         Some(rule) if rule.action == ACTION_EXISTS || rule.action == ACTION_EXISTS_WILD => {
             let at = rule.key_len as usize & 0xff;
-            if at >= len || (rule.action == ACTION_EXISTS_WILD && wildcard_below(scratch, at)) {
+            if at >= len
+                || !leased()
+                || (rule.action == ACTION_EXISTS_WILD && wildcard_below(scratch, at))
+            {
                 Some(Pass::NoMatch)
             } else {
                 None

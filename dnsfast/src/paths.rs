@@ -7,7 +7,8 @@ use std::path::{Component, Path, PathBuf};
 
 use dnsfast_common::{
     table::{MAP_PATTERN_DEPTHS, MAP_PATTERN_TAILS},
-    MAP_CONFIG, MAP_COUNTERS, MAP_NAMESPACES, MAP_PATTERNS, MAP_SERVER_ADDRS, MAP_TLDS,
+    MAP_ANSWERS, MAP_CONFIG, MAP_COUNTERS, MAP_JUMPS, MAP_LEASE, MAP_NAMESPACES, MAP_PATTERNS,
+    MAP_SERVER_ADDRS, MAP_TLDS,
 };
 
 /// The default pin directory (`--pin-dir`); kept in `dnsfast-common` with
@@ -29,8 +30,11 @@ pub(crate) const PINNED_PROG: &str = "prog";
 
 /// Maps pinned by `dnsfast load` (file names are the lower-cased map
 /// names: a pin name cannot hold a `.`); the scratch map is private to the
-/// program.
-pub(crate) const PINNED_MAPS: [&str; 8] = [
+/// program. The jump table is pinned so that the cache program stays in it
+/// while the links outlive the agent (a program array is emptied when its
+/// last user reference goes); the answer cache so that the next agent can
+/// warm its own from it.
+pub(crate) const PINNED_MAPS: [&str; 11] = [
     MAP_PATTERNS,
     MAP_PATTERN_DEPTHS,
     MAP_PATTERN_TAILS,
@@ -39,6 +43,9 @@ pub(crate) const PINNED_MAPS: [&str; 8] = [
     MAP_SERVER_ADDRS,
     MAP_TLDS,
     MAP_NAMESPACES,
+    MAP_JUMPS,
+    MAP_LEASE,
+    MAP_ANSWERS,
 ];
 
 /// Where pinned links live under the pin directory, one per interface.

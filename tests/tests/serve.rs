@@ -162,7 +162,17 @@ fn check_config_explains_the_forwarder() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        text.contains("cache: size 500, ttl clamp 0..86400 s, negative answers not cached"),
+        text.contains(
+            "cache: size 500 entries, 33554432 bytes at most (16384 per answer), ttl clamp 0..86400 s, negative answers not cached"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("forward: max-inflight-per-client 128; tcp: 256 connections (16 per client), pipeline 16"),
+        "{text}"
+    );
+    assert!(
+        text.contains("give the container a limit of at least"),
         "{text}"
     );
     assert!(

@@ -376,3 +376,32 @@ fn a_client_past_its_rate_is_dropped_alone() {
     dp.set_config(&cfg).unwrap();
     assert_eq!(dp.test_run(&from(attacker, 53, &miss)).unwrap().0, XDP_PASS);
 }
+
+/// The agent's lease: while it runs, the kernel answers from the cache
+/// and gives the Kubernetes API's verdicts; once it runs out (no agent
+/// renews it) both pass up, while block patterns are still answered.
+#[test]
+fn without_a_lease_only_the_config_is_answered() {
+    require_root!();
+    let (mut dp, mut map) = setup();
+    dp.insert_pattern(&Pattern::parse("cluster.test").unwrap(), Action::Exists)
+        .unwrap();
+    let w = Wrap::v4();
+    let cached = Q::new("www.example.com", RecordType::A);
+    store(&mut map, &cached, 1, 60, 0);
+    let absent = Q::new("nosuch.cluster.test", RecordType::A);
+    let blocked = Q::new("x.blocked.example", RecordType::A);
+    let verdict = |dp: &mut Dataplane, q: &Q| dp.test_run(&frame(&w, &q.bytes())).unwrap().0;
+    dp.renew_lease(monotonic_ns() + 60 * SEC).unwrap();
+    assert_eq!(verdict(&mut dp, &cached), XDP_TX);
+    assert_eq!(verdict(&mut dp, &absent), XDP_TX);
+    assert_eq!(verdict(&mut dp, &blocked), XDP_TX);
+    dp.renew_lease(monotonic_ns() - 1).unwrap();
+    assert_passes(&mut dp, &cached, &w, "cached, lease run out");
+    assert_passes(&mut dp, &absent, &w, "the API's verdict, lease run out");
+    assert_eq!(
+        verdict(&mut dp, &blocked),
+        XDP_TX,
+        "a block pattern needs no lease"
+    );
+}

@@ -8,7 +8,10 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    os::unix::{fs::PermissionsExt, net::UnixStream as StdUnixStream},
+    os::unix::{
+        fs::{MetadataExt, PermissionsExt},
+        net::UnixStream as StdUnixStream,
+    },
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -29,6 +32,9 @@ use crate::paths;
 pub(crate) struct Socket {
     path: PathBuf,
     listener: Option<std::os::unix::net::UnixListener>,
+    /// The file's inode, so that a socket that replaced it (the agent
+    /// that took over) is not removed at drop.
+    inode: u64,
 }
 
 impl Socket {
@@ -52,9 +58,11 @@ impl Socket {
             .context("making the control socket non-blocking")?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("restricting {}", path.display()))?;
+        let inode = std::fs::metadata(&path).map(|m| m.ino()).unwrap_or(0);
         Ok(Self {
             path,
             listener: Some(listener),
+            inode,
         })
     }
 
@@ -69,7 +77,9 @@ impl Socket {
 
 impl Drop for Socket {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        if std::fs::metadata(&self.path).is_ok_and(|m| m.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -86,6 +96,22 @@ pub(crate) async fn serve(listener: UnixListener, agent: Arc<Agent>) -> Result<(
             // One short line; a client that sends more is cut off.
             let read = tokio::time::timeout(Duration::from_secs(5), rd.read_line(&mut line)).await;
             if !matches!(read, Ok(Ok(n)) if n > 0 && n < 4096) {
+                return;
+            }
+            if line.trim() == "handover" {
+                // A new agent takes this one's place: the sockets go over
+                // this connection as ancillary data, on a plain socket.
+                let std = rd
+                    .into_inner()
+                    .reunite(wr)
+                    .ok()
+                    .and_then(|s| s.into_std().ok());
+                if let Some(std) = std {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        super::handover::log_err(super::handover::serve(&agent, std))
+                    })
+                    .await;
+                }
                 return;
             }
             if line.trim() == "watch" {

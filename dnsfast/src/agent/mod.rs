@@ -5,9 +5,11 @@
 //! - `ifaces`: which interfaces carry the program, and handing links over
 //!   between agents; `link_watch`: the kernel's link announcements;
 //! - `control`: the control socket (server, and the client the CLI uses);
+//! - `handover`: a new agent taking a running one's place without a gap;
 //! - `config_watch`: SIGHUP and the config file's directory → a reload;
 //! - `cluster` and `cluster_watch`: the Kubernetes API's Namespaces and
 //!   Services, and the exact cluster-domain entries made of them;
+//! - `lease`: the kernel lease that gates what only a live agent vouches for;
 //! - `events`: `dnsfast watch`'s query events from the kernel ring;
 //! - `stats`: the typed status and stats snapshots everything renders;
 //! - `http`: `/metrics` (OpenMetrics), `/health`, `/ready`.
@@ -20,8 +22,10 @@ pub(crate) mod cluster_watch;
 pub(crate) mod config_watch;
 pub(crate) mod control;
 pub(crate) mod events;
+pub(crate) mod handover;
 pub(crate) mod http;
 pub(crate) mod ifaces;
+pub(crate) mod lease;
 pub(crate) mod link_watch;
 pub(crate) mod openmetrics;
 pub(crate) mod runtime;
@@ -43,11 +47,14 @@ use crate::{
     dataplane::{
         self, attach::AttachMode, kernel_version, pins, require_root, Dataplane, LoadOptions,
     },
-    forward::{kernel_cache::KernelCache, Forwarder},
+    forward::{self, kernel_cache::KernelCache, Forwarder},
     paths, rules,
 };
 use ifaces::Ifaces;
 use state::{poisoned, Agent, Applied, Inputs};
+
+/// How long a stopping agent waits for its queries in flight upstream.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What `dnsfast load` was asked to do (its command line).
 #[derive(Debug, Clone)]
@@ -80,14 +87,12 @@ pub(crate) fn run(args: Options) -> Result<()> {
     let mut ifs = Ifaces::new(&args.ifaces, args.mode)?;
     require_root("dnsfast load")?;
     kernel_version::check_running_kernel()?;
-    if let Some(v) = control::ask(&args.pin_dir, "status").unwrap_or(None) {
-        bail!(
-            "another dnsfast agent (pid {}) runs with the pins in {}; stop it first, or use \
-             another --pin-dir",
-            v["pid"],
-            args.pin_dir.display()
-        );
-    }
+    // An agent already running here hands its place over (a DaemonSet's
+    // surge update): its sockets now, its links once this one is ready.
+    let (takeover, mut inherited) = match handover::begin(&args.pin_dir)? {
+        Some((t, i)) => (Some(t), i),
+        None => (None, forward::Inherited::default()),
+    };
     let rt = runtime::runtime(if args.no_forward {
         1
     } else {
@@ -107,6 +112,7 @@ pub(crate) fn run(args: Options) -> Result<()> {
             &cfg.forward,
             &rules::rules_of(&cfg.patterns),
             cfg.derived.as_ref(),
+            &mut inherited,
         )?)
     };
     // The Kubernetes API client: a bad kubeconfig fails here, with nothing
@@ -121,7 +127,6 @@ pub(crate) fn run(args: Options) -> Result<()> {
     } else {
         None
     };
-    let mut socket = control::Socket::bind(&args.pin_dir)?;
     dataplane::attach::raise_memlock();
     // One descriptor per TCP connection and per upstream query in flight
     // (its own socket), plus the maps, listeners and a margin.
@@ -129,7 +134,8 @@ pub(crate) fn run(args: Options) -> Result<()> {
     runtime::raise_nofile((f.tcp.max_connections + f.max_inflight + 256) as u64);
     pins::ensure_bpffs(&args.pin_dir)?;
     let kept = ifaces::kept_links(&args.pin_dir)?;
-    let mut pin_dir = pins::PinDir::prepare(&args.pin_dir, !kept.is_empty())?;
+    let adopting = !kept.is_empty() || takeover.is_some();
+    let mut pin_dir = pins::PinDir::prepare(&args.pin_dir, adopting)?;
 
     // The kernel answer cache mirrors the forwarder's: same capacity, and
     // nothing without a forwarder to fill it. Its program runs whenever
@@ -156,18 +162,21 @@ pub(crate) fn run(args: Options) -> Result<()> {
             .map_err(|_| anyhow!("the loader thread panicked"))
     })??;
     dataplane::apply(&mut dp, &cfg)?;
-    if let Some(f) = &forwarder {
-        if answer_cache > 0 {
-            for a in &cfg.forward.listen {
-                dp.add_listen_addr(*a)?;
-            }
-            let map = dp.take_answer_map()?;
-            if cfg.forward.cache.size > 0 {
-                let _ = f.resolver.kernel_cache.set(KernelCache::new(map));
+    lease::take(&mut dp)?;
+    if forwarder.is_some() && answer_cache > 0 {
+        for a in &cfg.forward.listen {
+            dp.add_listen_addr(*a)?;
+        }
+        // The previous agent's cached answers, if its maps read the same.
+        let old = paths::map_pin(&args.pin_dir, dnsfast_common::MAP_ANSWERS);
+        if adopting && old.exists() && cfg.forward.cache.size > 0 {
+            match pins::check_layout(&args.pin_dir).and_then(|_| dp.warm_answers_from(&old)) {
+                Ok(n) => info!("kernel answer cache warmed with the previous agent's {n} answers"),
+                Err(e) => info!("kernel answer cache starts cold: {e:#}"),
             }
         }
     }
-    if !kept.is_empty() {
+    if !kept.is_empty() || takeover.is_some() {
         let n = ifaces::adopt_kept(&mut dp, &mut ifs, &args.pin_dir)?;
         info!("took over {n} interface(s) from the previous agent without detaching");
         pin_dir.remove_old();
@@ -180,6 +189,16 @@ pub(crate) fn run(args: Options) -> Result<()> {
     }
     dp.pin_maps(&pin_dir.dir)?;
     dp.pin_program(&pin_dir.dir)?;
+    // Pinned first (the next agent warms its cache from it), then handed
+    // to the forwarder, which fills it.
+    if let Some(f) = &forwarder {
+        if answer_cache > 0 {
+            let map = dp.take_answer_map()?;
+            if cfg.forward.cache.size > 0 {
+                let _ = f.resolver.kernel_cache.set(KernelCache::new(map));
+            }
+        }
+    }
     let program_id = dp.program_id()?;
     let events = match dp.take_events() {
         Ok(ring) => Some(events::Events::start(ring)?),
@@ -192,6 +211,29 @@ pub(crate) fn run(args: Options) -> Result<()> {
         let _guard = rt.enter();
         f.start();
     }
+    let metrics = match args.metrics {
+        Some(addr) => Some(match inherited.take_metrics(addr) {
+            Some(l) => {
+                let _guard = rt.enter();
+                tokio::net::TcpListener::from_std(l)
+                    .with_context(|| format!("taking over the metrics endpoint {addr}"))?
+            }
+            None => rt
+                .block_on(tokio::net::TcpListener::bind(addr))
+                .with_context(|| format!("binding the metrics endpoint {addr}"))?,
+        }),
+        None => None,
+    };
+    let mut sockets = forwarder
+        .as_ref()
+        .map(|f| f.handover_sockets())
+        .unwrap_or_default();
+    if let (Some(l), Some(addr)) = (&metrics, args.metrics) {
+        if let Ok(fd) = std::os::fd::AsFd::as_fd(l).try_clone_to_owned() {
+            sockets.push((addr, forward::Proto::Metrics, fd));
+        }
+    }
+    let draining = forwarder.as_ref().map(|f| f.draining());
     let agent = Arc::new(Agent {
         pid: std::process::id(),
         started: SystemTime::now(),
@@ -226,8 +268,14 @@ pub(crate) fn run(args: Options) -> Result<()> {
         cluster: cluster.as_ref().map(|(w, _)| w.clone()),
         ready: AtomicBool::new(false),
         unloading: AtomicBool::new(false),
+        sockets,
+        handing_over: AtomicBool::new(false),
+        handed_over: AtomicBool::new(false),
         stop: tokio::sync::Notify::new(),
     });
+    // Bound now: a previous agent's socket file is replaced (it keeps its
+    // own connection open until it stands down).
+    let mut socket = control::Socket::bind(&args.pin_dir)?;
 
     let mut tasks = tokio::task::JoinSet::new();
     {
@@ -236,13 +284,11 @@ pub(crate) fn run(args: Options) -> Result<()> {
             tasks.spawn(control::serve(l, agent.clone()));
         }
         tasks.spawn(config_watch::watch(agent.clone(), hup));
+        tasks.spawn(lease::renew(agent.clone()));
         if let Some((w, client)) = cluster {
             tasks.spawn(cluster_watch::run(agent.clone(), w, client));
         }
-        if let Some(addr) = args.metrics {
-            let l = rt
-                .block_on(tokio::net::TcpListener::bind(addr))
-                .with_context(|| format!("binding the metrics endpoint {addr}"))?;
+        if let (Some(l), Some(addr)) = (metrics, args.metrics) {
             info!("metrics on http://{addr}/metrics (and /health, /ready)");
             tasks.spawn(http::serve(l, agent.clone()));
         }
@@ -264,6 +310,9 @@ pub(crate) fn run(args: Options) -> Result<()> {
         pin_dir.dir.display(),
         paths::control_socket(&args.pin_dir).display()
     );
+    if let Some(t) = takeover {
+        t.finish()?;
+    }
 
     #[cfg(feature = "ebpf-log")]
     if let Some(logger) = agent.dp.lock().ok().and_then(|mut d| d.logger.take()) {
@@ -283,10 +332,33 @@ pub(crate) fn run(args: Options) -> Result<()> {
     agent
         .ready
         .store(false, std::sync::atomic::Ordering::Relaxed);
+    let handed_over = agent.handed_over.load(std::sync::atomic::Ordering::SeqCst);
+    // Stop taking queries, and answer the ones already taken: after a
+    // handover the sockets live on in the new agent, and on a plain stop
+    // a query in flight is not dropped for want of a second.
+    if let Some(d) = &draining {
+        let left = rt.block_on(d.stop(DRAIN_LIMIT));
+        if left > 0 {
+            warn!("{left} queries were still out upstream after {DRAIN_LIMIT:?}");
+        }
+    }
     if let Some(f) = &forwarder {
         info!("{}", stats::forwarder_stats(&f.resolver).summary());
     }
     drop(tasks);
+    if handed_over {
+        // The links, pins, sockets and control socket are the new
+        // agent's: nothing is detached or removed. Idle until stopped, as
+        // the old pod of a surge update is right after the new one is
+        // ready (exiting here would have the kubelet restart this
+        // container, which would take over again).
+        pin_dir.keep();
+        info!("handed over; idle until stopped");
+        rt.block_on(shutdown.wait());
+        drop(rt);
+        drop(socket);
+        return result;
+    }
     drop(rt); // stops the forwarder's tasks and closes its sockets
     drop(socket);
     let unloading = agent.unloading.load(std::sync::atomic::Ordering::Relaxed);

@@ -6,6 +6,7 @@
 
 use std::{
     net::SocketAddr,
+    os::fd::OwnedFd,
     path::PathBuf,
     sync::{atomic::AtomicBool, Arc, Mutex},
     time::SystemTime,
@@ -22,7 +23,10 @@ use super::{
 use crate::{
     config::{self, Config, ForwardFlags, KubeFlags},
     dataplane::{self, pins, Dataplane},
-    forward::resolver::{self, Flush, Resolver},
+    forward::{
+        resolver::{self, Flush, Resolver},
+        Proto,
+    },
     rules,
 };
 
@@ -67,6 +71,13 @@ pub(crate) struct Agent {
     pub(crate) ready: AtomicBool,
     /// `dnsfast unload` asked: detach even with `--keep-attached`.
     pub(crate) unloading: AtomicBool,
+    /// Duplicates of the listening sockets (forwarder, metrics), for a
+    /// new agent that takes over (`handover`).
+    pub(crate) sockets: Vec<(SocketAddr, Proto, OwnedFd)>,
+    /// A new agent is taking over: interface changes are left to it.
+    pub(crate) handing_over: AtomicBool,
+    /// A new agent took over: this one serves nothing and removes nothing.
+    pub(crate) handed_over: AtomicBool,
     pub(crate) stop: tokio::sync::Notify,
 }
 
@@ -75,8 +86,20 @@ pub(crate) fn poisoned<T>(_: T) -> anyhow::Error {
 }
 
 impl Agent {
+    /// Duplicates of the sockets to hand over.
+    pub(crate) fn handover_sockets(&self) -> Vec<(SocketAddr, Proto, OwnedFd)> {
+        self.sockets
+            .iter()
+            .filter_map(|(a, p, fd)| Some((*a, *p, fd.try_clone().ok()?)))
+            .collect()
+    }
+
     /// Attaches to new matching interfaces, forgets vanished ones.
     pub(crate) fn sync_ifaces(&self) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.handing_over.load(SeqCst) || self.handed_over.load(SeqCst) {
+            return Ok(());
+        }
         let mut dp = self.dp.lock().map_err(poisoned)?;
         let mut ifs = self.ifaces.lock().map_err(poisoned)?;
         ifaces::sync(&mut dp, &mut ifs)

@@ -48,6 +48,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             &cfg.forward,
             &rules::rules_of(&cfg.patterns),
             cfg.derived.as_ref(),
+            &mut Default::default(),
         )?;
         f.start();
         f

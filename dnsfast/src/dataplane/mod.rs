@@ -46,7 +46,7 @@ use dnsfast_common::{
     table::{bucket_count, GLOBAL_BUCKET_MASK, MAP_PATTERN_DEPTHS, MAP_PATTERN_TAILS},
     AddrKey, Counters, WatchState, XdpConfig, CACHE_PROG_NAME, DEFAULT_MAX_PATTERNS, FAMILY_V4,
     FAMILY_V6, FLOOR_PROG_NAME, GLOBAL_BENCH_MODE, JUMP_CACHE, JUMP_WATCH, MAP_ANSWERS, MAP_CONFIG,
-    MAP_COUNTERS, MAP_EVENTS, MAP_JUMPS, MAP_LISTEN_ADDRS, MAP_NAMESPACES, MAP_PATTERNS,
+    MAP_COUNTERS, MAP_EVENTS, MAP_JUMPS, MAP_LEASE, MAP_LISTEN_ADDRS, MAP_NAMESPACES, MAP_PATTERNS,
     MAP_SERVER_ADDRS, MAP_TLDS, MAP_WATCH_STATE, MAX_NAMESPACES, MAX_PORTS, MAX_TLDS, PROG_NAME,
     WATCH_PROG_NAME,
 };
@@ -123,6 +123,9 @@ impl Dataplane {
             logger,
         };
         dp.set_config(&XdpConfig::default())?;
+        // No expiry until an agent takes the lease over (`renew_lease`):
+        // the tests and the bench run the program without one.
+        dp.renew_lease(u64::MAX)?;
         // Verified now, so that `dnsfast watch` cannot fail later.
         dp.loaded(WATCH_PROG_NAME)?;
         if opts.answer_cache > 0 {
@@ -192,6 +195,25 @@ impl Dataplane {
     }
 
     /// The answer cache map, handed over to its owner (the forwarder).
+    /// Copies the live entries of the answer cache pinned at `pin` (the
+    /// previous agent's) into this one's: the cache stays warm across a
+    /// handover. Returns how many were copied.
+    pub(crate) fn warm_answers_from(&mut self, pin: &Path) -> Result<usize> {
+        let old = MapData::from_pin(pin)
+            .with_context(|| format!("opening the previous answer cache {}", pin.display()))?;
+        let old: HashMap<MapData, AnswerKey, CachedAnswer> =
+            HashMap::try_from(aya::maps::Map::LruHashMap(old))?;
+        let mut mine: HashMap<&mut MapData, AnswerKey, CachedAnswer> =
+            HashMap::try_from(self.map_mut(MAP_ANSWERS)?)?;
+        let mut n = 0;
+        for (k, v) in old.iter().flatten() {
+            if mine.insert(k, v, 0).is_ok() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     pub fn take_answer_map(&mut self) -> Result<AnswerMap> {
         let m = self
             .ebpf
@@ -308,6 +330,13 @@ impl Dataplane {
     /// The kernel's id of the main program (what `bpftool prog show` lists).
     pub(crate) fn program_id(&mut self) -> Result<u32> {
         Ok(self.program()?.info()?.id())
+    }
+
+    /// Extends the agent's lease to `until_ns` (CLOCK_MONOTONIC).
+    pub fn renew_lease(&mut self, until_ns: u64) -> Result<()> {
+        let mut a: Array<&mut MapData, u64> = Array::try_from(self.map_mut(MAP_LEASE)?)?;
+        a.set(0, until_ns, 0).context("writing the LEASE map")?;
+        Ok(())
     }
 
     pub fn set_config(&mut self, cfg: &XdpConfig) -> Result<()> {

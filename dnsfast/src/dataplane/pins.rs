@@ -49,6 +49,7 @@ impl Pins {
             );
         }
         require_root("working on the pinned maps")?;
+        check_layout(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
         })
@@ -159,6 +160,34 @@ impl PinDir {
     pub(crate) fn keep(&mut self) {
         self.keep = true;
     }
+}
+
+/// The layout version of the maps pinned in `dir`, read from their
+/// CONFIG (1 when it cannot be read as this version's: the agents before
+/// the field had none, and a value of another size is another layout).
+pub(crate) fn layout_of(dir: &Path) -> u32 {
+    let read = || -> Option<u32> {
+        let data = MapData::from_pin(paths::map_pin(dir, dnsfast_common::MAP_CONFIG)).ok()?;
+        let a: aya::maps::Array<MapData, dnsfast_common::XdpConfig> =
+            aya::maps::Array::try_from(Map::Array(data)).ok()?;
+        Some(a.get(&0, 0).ok()?.layout)
+    };
+    read().unwrap_or(1)
+}
+
+/// Fails with one line when the pins in `dir` have another layout than
+/// this dnsfast reads.
+pub(crate) fn check_layout(dir: &Path) -> Result<()> {
+    let have = layout_of(dir);
+    if have != dnsfast_common::MAP_LAYOUT {
+        anyhow::bail!(
+            "the maps pinned in {} have layout {have}, and this dnsfast reads layout {}: \
+             use the dnsfast of the agent that pinned them",
+            dir.display(),
+            dnsfast_common::MAP_LAYOUT
+        );
+    }
+    Ok(())
 }
 
 /// Removes the pins dnsfast makes under `dir`, and `dir` if that leaves it

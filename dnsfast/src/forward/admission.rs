@@ -53,6 +53,11 @@ impl Admission {
         })
     }
 
+    /// Global slots free now.
+    pub(crate) fn available(&self) -> usize {
+        self.global.available_permits()
+    }
+
     pub(crate) fn set_per_client(&self, n: usize) {
         self.per_client.store(n, Ordering::Relaxed);
     }

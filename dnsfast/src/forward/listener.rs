@@ -66,12 +66,24 @@ pub(crate) fn bind_tcp(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::from_std(s.into()).with_context(|| format!("listening on tcp {addr}"))
 }
 
-pub(crate) async fn serve_udp(sock: UdpSocket, r: Arc<Resolver>) -> Result<()> {
+/// Receives until `stop` turns true (a drain): queries already taken are
+/// answered by their tasks; what is still queued stays for whoever reads
+/// the socket next (the agent it was handed to).
+pub(crate) async fn serve_udp(
+    sock: UdpSocket,
+    r: Arc<Resolver>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
     let sock = Arc::new(sock);
     let mut buf = vec![0u8; 4096];
     let mut out = Vec::with_capacity(1500);
     loop {
-        let (n, peer) = match sock.recv_from(&mut buf).await {
+        let got = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            got = sock.recv_from(&mut buf) => got,
+        };
+        let (n, peer) = match got {
             Ok(x) => x,
             // ICMP errors from earlier sends surface here; they concern
             // one client, never the socket.
@@ -176,6 +188,7 @@ pub(crate) async fn serve_tcp(
     listener: TcpListener,
     r: Arc<Resolver>,
     s: TcpSettings,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let budget = s.buffer_bytes.min(Semaphore::MAX_PERMITS);
     let tcp = Arc::new(Tcp {
@@ -186,7 +199,12 @@ pub(crate) async fn serve_tcp(
     });
     let mut pause = Duration::from_millis(10);
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
             Ok(x) => {
                 pause = Duration::from_millis(10);
                 x

@@ -20,7 +20,11 @@ pub(crate) mod selfcheck;
 pub(crate) mod upstream;
 pub mod wire;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Result;
 use arc_swap::ArcSwap;
@@ -49,16 +53,83 @@ pub(crate) struct Forwarder {
     )>,
     listening: Vec<std::net::SocketAddr>,
     tcp: crate::config::forward::TcpSettings,
+    max_inflight: usize,
+    /// Duplicates of the listening sockets, for the agent that takes over.
+    handover: Vec<(std::net::SocketAddr, Proto, OwnedFd)>,
+    /// Set when the listeners must stop taking new queries (a drain).
+    stop: tokio::sync::watch::Sender<bool>,
     tasks: JoinSet<Result<()>>,
+}
+
+/// What a handed-over socket is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Proto {
+    Udp,
+    Tcp,
+    /// The agent's metrics endpoint.
+    Metrics,
+}
+
+/// Sockets received from the agent this one replaces, by address.
+#[derive(Default)]
+pub(crate) struct Inherited {
+    pub(crate) sockets: Vec<(std::net::SocketAddr, Proto, OwnedFd)>,
+}
+
+impl Inherited {
+    fn take(&mut self, addr: std::net::SocketAddr, proto: Proto) -> Vec<OwnedFd> {
+        let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sockets)
+            .into_iter()
+            .partition(|(a, p, _)| *a == addr && *p == proto);
+        self.sockets = rest;
+        mine.into_iter().map(|(_, _, fd)| fd).collect()
+    }
+
+    fn take_udp(&mut self, addr: std::net::SocketAddr) -> Option<Vec<tokio::net::UdpSocket>> {
+        let fds = self.take(addr, Proto::Udp);
+        let socks: Vec<_> = fds
+            .into_iter()
+            .filter_map(|fd| {
+                let s = std::net::UdpSocket::from(fd);
+                s.set_nonblocking(true).ok()?;
+                tokio::net::UdpSocket::from_std(s).ok()
+            })
+            .collect();
+        (!socks.is_empty()).then_some(socks)
+    }
+
+    fn take_tcp(&mut self, addr: std::net::SocketAddr) -> Option<tokio::net::TcpListener> {
+        let fd = self.take(addr, Proto::Tcp).pop()?;
+        let l = std::net::TcpListener::from(fd);
+        l.set_nonblocking(true).ok()?;
+        tokio::net::TcpListener::from_std(l).ok()
+    }
+
+    /// The metrics listener on `addr`, if handed over.
+    pub(crate) fn take_metrics(
+        &mut self,
+        addr: std::net::SocketAddr,
+    ) -> Option<std::net::TcpListener> {
+        let fd = self.take(addr, Proto::Metrics).pop()?;
+        let l = std::net::TcpListener::from(fd);
+        l.set_nonblocking(true).ok()?;
+        Some(l)
+    }
 }
 
 impl Forwarder {
     /// Binds every listener, so that a taken port fails here, before
-    /// anything else is set up; nothing is served until `start`.
+    /// anything else is set up; nothing is served until `start`. A listen
+    /// address found in `inherited` (handed over by the agent this one
+    /// replaces) takes those sockets instead of new ones: the same socket
+    /// objects, whose queues carry on, so no datagram or connection in
+    /// them is lost.
     pub(crate) fn bind(
         s: &ForwardSettings,
         rules: &RuleSet,
         derived: Option<&Derived>,
+        inherited: &mut Inherited,
     ) -> Result<Forwarder> {
         let resolver = Arc::new(Resolver {
             live: ArcSwap::from_pointee(live(s, rules, derived)?),
@@ -72,15 +143,25 @@ impl Forwarder {
         let workers = s.worker_count();
         let mut sockets = Vec::new();
         for addr in &s.listen {
-            let udp = listener::bind_udp(*addr, workers)?;
-            let tcp = listener::bind_tcp(*addr)?;
+            let udp = match inherited.take_udp(*addr) {
+                Some(v) => v,
+                None => listener::bind_udp(*addr, workers)?,
+            };
+            let tcp = match inherited.take_tcp(*addr) {
+                Some(l) => l,
+                None => listener::bind_tcp(*addr)?,
+            };
             sockets.push((*addr, udp, tcp));
         }
+        let (stop, _) = tokio::sync::watch::channel(false);
         Ok(Forwarder {
             resolver,
             listening: s.listen.clone(),
             tcp: s.tcp.clone(),
+            max_inflight: s.max_inflight,
+            handover: Vec::new(),
             sockets,
+            stop,
             tasks: JoinSet::new(),
         })
     }
@@ -92,13 +173,23 @@ impl Forwarder {
         for (addr, udp, tcp) in self.sockets.drain(..) {
             let workers = udp.len();
             for sock in udp {
-                self.tasks
-                    .spawn(listener::serve_udp(sock, self.resolver.clone()));
+                if let Ok(fd) = sock.as_fd().try_clone_to_owned() {
+                    self.handover.push((addr, Proto::Udp, fd));
+                }
+                self.tasks.spawn(listener::serve_udp(
+                    sock,
+                    self.resolver.clone(),
+                    self.stop.subscribe(),
+                ));
+            }
+            if let Ok(fd) = tcp.as_fd().try_clone_to_owned() {
+                self.handover.push((addr, Proto::Tcp, fd));
             }
             self.tasks.spawn(listener::serve_tcp(
                 tcp,
                 self.resolver.clone(),
                 self.tcp.clone(),
+                self.stop.subscribe(),
             ));
             info!("forwarder listening on {addr} (udp x{workers}, tcp)");
         }
@@ -118,6 +209,48 @@ impl Forwarder {
     /// The addresses it answers on.
     pub(crate) fn listen_addrs(&self) -> Vec<std::net::SocketAddr> {
         self.listening.clone()
+    }
+
+    /// Duplicates of its listening sockets, to hand to the next agent.
+    pub(crate) fn handover_sockets(&self) -> Vec<(std::net::SocketAddr, Proto, OwnedFd)> {
+        self.handover
+            .iter()
+            .filter_map(|(a, p, fd)| Some((*a, *p, fd.try_clone().ok()?)))
+            .collect()
+    }
+
+    /// The handle that stops the listeners (`Draining::stop`).
+    pub(crate) fn draining(&self) -> Draining {
+        Draining {
+            stop: self.stop.clone(),
+            resolver: self.resolver.clone(),
+            max_inflight: self.max_inflight,
+        }
+    }
+}
+
+/// Stops a forwarder's listeners from taking new queries and waits for
+/// the ones in flight upstream: what was asked before is answered.
+#[derive(Clone)]
+pub(crate) struct Draining {
+    stop: tokio::sync::watch::Sender<bool>,
+    resolver: Arc<Resolver>,
+    max_inflight: usize,
+}
+
+impl Draining {
+    /// Stops reading and accepting, then waits (at most `limit`) until no
+    /// query is out upstream. Returns how many were still out.
+    pub(crate) async fn stop(&self, limit: Duration) -> usize {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let out = self.max_inflight - self.resolver.admission.available();
+            if out == 0 || tokio::time::Instant::now() >= deadline {
+                return out;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! and sockets are closed when it ends.
 //!
 //! dnsfast-attack victim     --server IP:PORT --suffix S --expect IPV4[,IPV4…] [--rate N] [--tcp-every K]
+//! dnsfast-attack mix        --server IP:PORT --suffix S --expect IPV4 [--rate N] [--blocked B]
 //! dnsfast-attack tcp-noread --server IP:PORT --suffix S [--conns N] [--queries Q]
 //! dnsfast-attack slowloris  --server IP:PORT [--conns N]
 //! dnsfast-attack churn      --server IP:PORT
@@ -26,6 +27,7 @@ use clap::{Parser, ValueEnum};
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum Mode {
     Victim,
+    Mix,
     TcpNoread,
     Slowloris,
     Churn,
@@ -56,6 +58,10 @@ struct Args {
     /// Victim queries per second.
     #[arg(long, default_value_t = 50)]
     rate: u64,
+    /// `mix`: a name under this suffix must be NXDOMAIN (a search-path
+    /// artifact the kernel answers).
+    #[arg(long, default_value = "blocked.test")]
+    blocked: String,
     /// Every K-th victim query goes over TCP (0: none).
     #[arg(long, default_value_t = 5)]
     tcp_every: u64,
@@ -66,6 +72,7 @@ fn main() -> Result<()> {
     let until = Instant::now() + Duration::from_secs(a.seconds);
     match a.mode {
         Mode::Victim => victim(&a, until),
+        Mode::Mix => mix(&a, until),
         Mode::TcpNoread => tcp_noread(&a, until),
         Mode::Slowloris => slowloris(&a, until),
         Mode::Churn => churn(&a, until),
@@ -189,7 +196,7 @@ fn victim(a: &Args, until: Instant) -> Result<()> {
     let mut next = Instant::now();
     while Instant::now() < until {
         sent += 1;
-        let tcp = a.tcp_every > 0 && sent % a.tcp_every == 0;
+        let tcp = a.tcp_every > 0 && sent.is_multiple_of(a.tcp_every);
         // Names never asked before: each one is a cache miss, the hard case.
         let name = random_name(&a.suffix);
         let start = Instant::now();
@@ -359,5 +366,159 @@ fn idle(a: &Args, until: Instant) -> Result<()> {
             !matches!((&*s).read(&mut b), Ok(0))
         });
     }
+    Ok(())
+}
+
+/// What `mix` expects of query `i`: a third artifacts (NXDOMAIN), a third
+/// the same 100 names over and over (cached), a third new names (cache
+/// misses, to the upstream).
+fn mix_name(i: usize, a: &Args) -> (String, bool) {
+    match i % 3 {
+        0 => (format!("q{i}.{}", a.blocked), false),
+        1 => (format!("c{}.{}", i % 100, a.suffix), true),
+        _ => (
+            format!("m{i}-{:x}.{}", rand::random::<u32>(), a.suffix),
+            true,
+        ),
+    }
+}
+
+/// An open-loop load at `rate` queries a second over UDP (8 sockets, so
+/// that IDs stay unique), plus one TCP query in 50 on its own connection;
+/// every answer is checked: right RCODE and address, within 1 s. Prints
+/// one JSON line: sent, ok, wrong, late (right, after 1 s), lost.
+fn mix(a: &Args, until: Instant) -> Result<()> {
+    use std::sync::{
+        atomic::{AtomicU64, AtomicU8, Ordering},
+        Arc,
+    };
+    const SOCKS: usize = 8;
+    let expect = *a.expect.first().context("mix needs --expect")?;
+    let cap = (a.rate * a.seconds + 1000) as usize;
+    if cap / SOCKS > 65_536 {
+        bail!("rate x seconds over {} queries", 65_536 * SOCKS);
+    }
+    // Per query: sent at (µs since start), and its outcome.
+    const PENDING: u8 = 0;
+    const OK: u8 = 1;
+    const WRONG: u8 = 2;
+    const LATE: u8 = 3;
+    let sent_at: Arc<Vec<AtomicU64>> = Arc::new((0..cap).map(|_| AtomicU64::new(0)).collect());
+    let state: Arc<Vec<AtomicU8>> = Arc::new((0..cap).map(|_| AtomicU8::new(PENDING)).collect());
+    let start = Instant::now();
+    let socks: Vec<Arc<UdpSocket>> = (0..SOCKS)
+        .map(|_| {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.connect(a.server)?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            Ok(Arc::new(s))
+        })
+        .collect::<Result<_>>()?;
+    let stop_at = until + Duration::from_secs(2);
+    let readers: Vec<_> = socks
+        .iter()
+        .enumerate()
+        .map(|(k, s)| {
+            let (s, sent_at, state) = (s.clone(), sent_at.clone(), state.clone());
+            let blocked_every = 3;
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1500];
+                while Instant::now() < stop_at {
+                    let Ok(n) = s.recv(&mut buf) else { continue };
+                    if n < 12 {
+                        continue;
+                    }
+                    let id = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+                    let i = id * SOCKS + k;
+                    if i >= state.len() {
+                        continue;
+                    }
+                    let took =
+                        start.elapsed().as_micros() as u64 - sent_at[i].load(Ordering::Relaxed);
+                    let want_block = i.is_multiple_of(blocked_every);
+                    let right = match verdict(&buf[..n], id as u16) {
+                        Some((3, _)) => want_block,
+                        Some((0, Some(ip))) => !want_block && ip == expect,
+                        _ => false,
+                    };
+                    let v = if !right {
+                        WRONG
+                    } else if took > 1_000_000 {
+                        LATE
+                    } else {
+                        OK
+                    };
+                    let _ =
+                        state[i].compare_exchange(PENDING, v, Ordering::Relaxed, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // TCP: one query in 50, each on a connection of its own.
+    let tcp_stats = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+    let tcp = {
+        let (server, suffix, rate, stats) = (a.server, a.suffix.clone(), a.rate, tcp_stats.clone());
+        std::thread::spawn(move || {
+            let gap = Duration::from_micros(50_000_000 / rate.max(1));
+            while Instant::now() < until {
+                let t = Instant::now();
+                let name = format!("t{:x}.{suffix}", rand::random::<u32>());
+                stats[0].fetch_add(1, Ordering::Relaxed);
+                match ask(server, &name, true) {
+                    Ok((0, Some(ip))) if ip == expect && t.elapsed() <= Duration::from_secs(1) => {
+                        stats[1].fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok((0, Some(ip))) if ip == expect => {}
+                    _ => {
+                        stats[2].fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                std::thread::sleep(gap.saturating_sub(t.elapsed()));
+            }
+        })
+    };
+    let gap_us = 1_000_000 / a.rate.max(1);
+    let mut i = 0usize;
+    while Instant::now() < until && i < cap {
+        let due = i as u64 * gap_us;
+        let now = start.elapsed().as_micros() as u64;
+        if now < due {
+            std::thread::sleep(Duration::from_micros((due - now).min(1000)));
+            continue;
+        }
+        let (name, _) = mix_name(i, a);
+        let k = i % SOCKS;
+        let id = (i / SOCKS) as u16;
+        sent_at[i].store(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+        let _ = socks[k].send(&query(id, &name));
+        i += 1;
+    }
+    for r in readers {
+        let _ = r.join();
+    }
+    let _ = tcp.join();
+    let count = |v: u8| {
+        state[..i]
+            .iter()
+            .filter(|s| s.load(Ordering::Relaxed) == v)
+            .count()
+    };
+    let lost_at: Vec<u64> = state[..i]
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.load(Ordering::Relaxed) == PENDING)
+        .map(|(j, _)| sent_at[j].load(Ordering::Relaxed) / 1000)
+        .take(20)
+        .collect();
+    println!(
+        "{}",
+        serde_json::json!({
+            "sent": i, "ok": count(OK), "wrong": count(WRONG), "late": count(LATE),
+            "lost": count(PENDING), "lost_at_ms": lost_at,
+            "tcp_sent": tcp_stats[0].load(Ordering::Relaxed),
+            "tcp_ok": tcp_stats[1].load(Ordering::Relaxed),
+            "tcp_failed": tcp_stats[2].load(Ordering::Relaxed),
+        })
+    );
     Ok(())
 }

@@ -1,0 +1,238 @@
+//! Upgrades, restarts and crashes under a steady load: a client sends a
+//! fixed-rate mix (artifacts the kernel answers, cached names, cache
+//! misses to the upstream; UDP, and TCP one query in fifty) and checks
+//! every answer (right RCODE and address, within 1 s), while the agent is
+//! replaced, killed or restarted.
+
+use std::{
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use dnsfast_tests::{
+    dnsfast_bin,
+    netns::{wait_until, Lab},
+    require_root,
+};
+
+const NODE: &str = "10.91.0.1";
+const CLIENT: &str = "10.91.0.2";
+const GOOD: &str = "192.0.2.7";
+/// The load: what this machine (2 CPUs, a debug build of the agent, the
+/// client and the upstream on the same CPUs) sustains with nothing lost
+/// when nothing happens.
+const RATE: u64 = 2000;
+
+struct Node {
+    lab: Lab,
+    cli: String,
+    srv: String,
+    srv_if: String,
+    pins: PathBuf,
+    tmp: PathBuf,
+    runs: usize,
+}
+
+/// What the client saw (`dnsfast-attack mix`).
+#[derive(Debug)]
+struct Seen {
+    sent: u64,
+    ok: u64,
+    wrong: u64,
+    late: u64,
+    lost: u64,
+    tcp_failed: u64,
+    text: String,
+}
+
+impl Node {
+    fn new(tag: &str) -> Node {
+        let mut lab = Lab::new();
+        let (cli, srv, srv_if) = lab
+            .client_and_node(
+                (&format!("u{tag}c"), &format!("u{tag}s")),
+                CLIENT,
+                NODE,
+                None,
+            )
+            .unwrap();
+        let tmp = std::env::temp_dir().join(format!("dnsfast-{srv}"));
+        std::fs::create_dir_all(&tmp).unwrap();
+        let log = tmp.join("upstream.log");
+        lab.spawn(
+            &srv,
+            env!("CARGO_BIN_EXE_dnsfast-testdns"),
+            &[
+                "--listen",
+                "127.0.0.1:5300",
+                "--answer-suffix",
+                &format!("good.test={GOOD}"),
+            ],
+            log.to_str().unwrap(),
+        )
+        .unwrap();
+        let pins = PathBuf::from(format!("/sys/fs/bpf/dnsfast-test-{srv}"));
+        Node {
+            lab,
+            cli,
+            srv,
+            srv_if,
+            pins,
+            tmp,
+            runs: 0,
+        }
+    }
+
+    /// Starts `dnsfast load` (the same command line every time, as a
+    /// DaemonSet's pods have); its pid and log.
+    fn start(&mut self, extra: &[&str]) -> (u32, PathBuf) {
+        self.runs += 1;
+        let log = self.tmp.join(format!("agent-{}.log", self.runs));
+        let pins = self.pins.display().to_string();
+        let mut args = vec![
+            "load",
+            "--iface",
+            &self.srv_if,
+            "--pin-dir",
+            &pins,
+            "--listen",
+            NODE,
+            "--server",
+            "127.0.0.1#5300",
+            "--no-resolv",
+            "--address=/blocked.test/",
+        ];
+        args.extend_from_slice(extra);
+        let pid = self
+            .lab
+            .spawn(
+                &self.srv,
+                dnsfast_bin().to_str().unwrap(),
+                &args,
+                log.to_str().unwrap(),
+            )
+            .unwrap();
+        (pid, log)
+    }
+
+    /// The pid `dnsfast status` reports, when an agent is ready.
+    fn serving_pid(&self) -> Option<u64> {
+        let out = Command::new(dnsfast_bin())
+            .args(["status", "--json", "--pin-dir"])
+            .arg(&self.pins)
+            .output()
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["ready"] == true).then(|| v["pid"].as_u64()).flatten()
+    }
+
+    fn wait_serving(&self, pid: u32, log: &PathBuf) {
+        let up = wait_until(Duration::from_secs(30), || {
+            self.serving_pid() == Some(pid as u64)
+        });
+        assert!(
+            up,
+            "agent {pid} not serving:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+
+    /// The mixed load for `seconds`, from the client namespace, in the
+    /// background; `seen` reads its result.
+    fn load(&mut self, seconds: u64) -> (u32, PathBuf) {
+        let out = self.tmp.join(format!("mix-{}.json", self.runs));
+        let pid = self
+            .lab
+            .spawn(
+                &self.cli,
+                env!("CARGO_BIN_EXE_dnsfast-attack"),
+                &[
+                    "mix",
+                    "--server",
+                    &format!("{NODE}:53"),
+                    "--suffix",
+                    "good.test",
+                    "--expect",
+                    GOOD,
+                    "--rate",
+                    &RATE.to_string(),
+                    "--seconds",
+                    &seconds.to_string(),
+                ],
+                out.to_str().unwrap(),
+            )
+            .unwrap();
+        (pid, out)
+    }
+
+    fn seen(&self, out: &PathBuf, pid: u32) -> Seen {
+        let done = wait_until(Duration::from_secs(120), || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(out).is_ok_and(|t| t.contains("\"sent\""))
+        });
+        assert!(done, "the load did not finish");
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.contains("\"sent\""))
+            .unwrap_or("{}");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let g = |k: &str| v[k].as_u64().unwrap_or(0);
+        Seen {
+            sent: g("sent"),
+            ok: g("ok"),
+            wrong: g("wrong"),
+            late: g("late"),
+            lost: g("lost"),
+            tcp_failed: g("tcp_failed"),
+            text: text.clone(),
+        }
+    }
+
+    fn term(&mut self, pid: u32) {
+        let _ = self.lab.stop(pid);
+    }
+}
+
+/// Ten surge updates in a row (the new agent started beside the old one,
+/// then the old one stopped, as a DaemonSet with maxSurge 1 does): not a
+/// query lost, wrong or late.
+#[test]
+fn ten_upgrades_in_a_row_lose_nothing() {
+    require_root!();
+    let mut n = Node::new("a");
+    let (mut old, log) = n.start(&[]);
+    n.wait_serving(old, &log);
+    let (load, out) = n.load(40);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut took = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let (new, log) = n.start(&[]);
+        n.wait_serving(new, &log);
+        took.push(t.elapsed());
+        let old_log = n.tmp.join(format!("agent-{}.log", n.runs - 1));
+        let stood_down = wait_until(Duration::from_secs(10), || {
+            std::fs::read_to_string(&old_log).is_ok_and(|l| l.contains("handed over; idle"))
+        });
+        assert!(
+            stood_down,
+            "{}",
+            std::fs::read_to_string(&old_log).unwrap_or_default()
+        );
+        n.term(old);
+        old = new;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let s = n.seen(&out, load);
+    println!("10 upgrades: {s:?}; handovers took {took:?}");
+    assert!(s.sent > RATE * 30, "{}", s.text);
+    assert_eq!(s.wrong, 0, "{}", s.text);
+    assert_eq!(s.lost, 0, "{}", s.text);
+    assert_eq!(s.late, 0, "{}", s.text);
+    assert_eq!(s.tcp_failed, 0, "{}", s.text);
+    assert_eq!(s.ok, s.sent);
+    n.term(old);
+    assert!(!n.pins.exists(), "the last agent's stop removes its pins");
+}
