@@ -236,3 +236,63 @@ fn ten_upgrades_in_a_row_lose_nothing() {
     n.term(old);
     assert!(!n.pins.exists(), "the last agent's stop removes its pins");
 }
+
+/// Ten SIGKILLs, each followed at once by a new agent (the kubelet's
+/// restart): the links outlive the agent (pinned at attach), so the kernel
+/// keeps answering the artifacts; what needs the forwarder is lost until
+/// the new agent serves, and the kernel's cached answers stop with the
+/// lease. Nothing is ever answered wrongly.
+#[test]
+fn sigkill_and_restart_never_answer_wrongly() {
+    require_root!();
+    let mut n = Node::new("k");
+    let (mut agent, log) = n.start(&[]);
+    n.wait_serving(agent, &log);
+    let (load, out) = n.load(45);
+    std::thread::sleep(Duration::from_secs(2));
+    let mut back = Vec::new();
+    for _ in 0..10 {
+        let _ = n.lab.kill(agent);
+        let t = Instant::now();
+        let (new, log) = n.start(&[]);
+        n.wait_serving(new, &log);
+        back.push(t.elapsed());
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        assert!(text.contains("adopted the previous agent's link"), "{text}");
+        agent = new;
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let s = n.seen(&out, load);
+    println!(
+        "10 SIGKILLs: {s:?}; {:.1} lost per kill; serving again after {back:?}",
+        s.lost as f64 / 10.0
+    );
+    assert!(s.sent > RATE * 35, "{}", s.text);
+    assert_eq!(s.wrong, 0, "{}", s.text);
+    n.term(agent);
+    assert!(!n.pins.exists(), "the last agent's stop removes its pins");
+}
+
+/// `--keep-attached`, SIGTERM, and the next agent only 5 s later (an
+/// image pull): the program answers alone meanwhile, its cached answers
+/// and the API's verdicts stop with the lease, and nothing is answered
+/// wrongly.
+#[test]
+fn keep_attached_with_a_gap_never_answers_wrongly() {
+    require_root!();
+    let mut n = Node::new("g");
+    let (agent, log) = n.start(&["--keep-attached"]);
+    n.wait_serving(agent, &log);
+    let (load, out) = n.load(14);
+    std::thread::sleep(Duration::from_secs(2));
+    n.term(agent);
+    std::thread::sleep(Duration::from_secs(5));
+    let (new, log) = n.start(&[]);
+    n.wait_serving(new, &log);
+    let s = n.seen(&out, load);
+    println!("keep-attached, 5 s without an agent: {s:?}");
+    assert_eq!(s.wrong, 0, "{}", s.text);
+    // The artifacts, a third of the load, were answered all along.
+    assert!(s.ok >= s.sent / 3, "{}", s.text);
+    n.term(new);
+}

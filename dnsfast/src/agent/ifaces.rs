@@ -81,12 +81,14 @@ pub(crate) struct Ifaces {
     pub(crate) attached: BTreeMap<String, Attached>,
     /// Detached on request: not attached again though a glob matches.
     pub(crate) excluded: std::collections::BTreeSet<String>,
+    /// Where the links are pinned (`links/` under it).
+    pub(crate) pin_dir: PathBuf,
 }
 
 impl Ifaces {
     /// Checks the flags: each exact name must exist now; a glob may match
     /// nothing yet (pods come later).
-    pub(crate) fn new(values: &[String], mode: AttachMode) -> Result<Self> {
+    pub(crate) fn new(values: &[String], mode: AttachMode, pin_dir: &Path) -> Result<Self> {
         let mut specs: Vec<IfaceSpec> = Vec::new();
         for v in values {
             let s = IfaceSpec(v.clone());
@@ -105,6 +107,7 @@ impl Ifaces {
             mode,
             attached: BTreeMap::new(),
             excluded: Default::default(),
+            pin_dir: pin_dir.to_path_buf(),
         })
     }
 
@@ -137,7 +140,8 @@ pub(crate) fn sync(dp: &mut Dataplane, ifs: &mut Ifaces) -> Result<()> {
     for name in gone {
         if let Some(a) = ifs.attached.remove(&name) {
             // The kernel has already detached a vanished device's link;
-            // this closes our end of it.
+            // this closes our end of it, and its pin.
+            let _ = std::fs::remove_file(links_dir(&ifs.pin_dir).join(&name));
             let _ = dp.detach(a.link);
             info!("{name}: gone; forgotten");
         }
@@ -147,7 +151,7 @@ pub(crate) fn sync(dp: &mut Dataplane, ifs: &mut Ifaces) -> Result<()> {
             continue;
         }
         let mode = xdp_mode(ifs.mode, name);
-        match dp.attach(name, mode) {
+        match attach_pinned(dp, name, mode, &ifs.pin_dir) {
             Ok(link) => {
                 info!("attached to {name} in {mode:?} mode");
                 ifs.attached.insert(
@@ -171,6 +175,8 @@ pub(crate) fn detach(dp: &mut Dataplane, ifs: &mut Ifaces, name: &str) -> Result
     let Some(a) = ifs.attached.remove(name) else {
         bail!("{name}: not attached");
     };
+    // The pin first: while it exists the link stays attached.
+    let _ = std::fs::remove_file(links_dir(&ifs.pin_dir).join(name));
     dp.detach(a.link)?;
     // Not attached again when a glob matches it: the operator asked.
     ifs.excluded.insert(name.to_string());
@@ -193,44 +199,96 @@ pub(crate) fn kept_links(pin_dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(out)
 }
 
+/// Attaches to `name` and pins the link at once: the program stays on the
+/// interface if this process dies (a crash, an OOM kill), where the next
+/// agent adopts it. The kernel lease (`agent::lease`) keeps it from
+/// answering from knowledge nobody keeps fresh meanwhile.
+fn attach_pinned(
+    dp: &mut Dataplane,
+    name: &str,
+    mode: XdpMode,
+    pin_dir: &Path,
+) -> Result<XdpLinkId> {
+    let link = dp.attach(name, mode)?;
+    let dir = links_dir(pin_dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    match dp.pin_link(link, &path) {
+        // Owned again through the pin: `detach` and `release_link` work
+        // on it as on any link.
+        Ok(()) => dp.adopt(&path),
+        Err(e) => {
+            // A link that cannot be pinned (a driver without bpf_link
+            // support) is still attached, and owned, as before.
+            warn!("{name}: {e:#}; it will not outlive the agent");
+            dp.attach(name, mode)
+        }
+    }
+}
+
 /// Takes over the links a previous agent pinned: on each interface still
-/// wanted, the new program replaces the old in one step; the others are
-/// let go (removing the pin detaches them). The pins are removed either
-/// way: from here on this agent owns the links.
+/// wanted, and still the same interface, the new program replaces the old
+/// in one step; the others are let go (removing the pin detaches them)
+/// and attached fresh by the next `sync`. Nothing here fails the start:
+/// a link that cannot be adopted is replaced, never left without a
+/// program where there was one.
 pub(crate) fn adopt_kept(dp: &mut Dataplane, ifs: &mut Ifaces, pin_dir: &Path) -> Result<usize> {
     let now = present()?;
     let mut adopted = 0;
     for (name, path) in kept_links(pin_dir)? {
         match now.get(&name) {
             Some(index) if ifs.wanted(&name) => {
-                let link = dp.adopt(&path)?;
-                ifs.attached.insert(
-                    name.clone(),
-                    Attached {
-                        ifindex: *index,
-                        mode: None,
-                        since: SystemTime::now(),
-                        link,
-                    },
-                );
-                info!("{name}: adopted the previous agent's link (program replaced in place)");
-                adopted += 1;
+                let on = Dataplane::pinned_link_ifindex(&path).unwrap_or(0);
+                if on != *index {
+                    info!(
+                        "{name}: the kept link is on interface {on}, and {name} is now {index} (re-created): attaching fresh"
+                    );
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                match dp.adopt(&path) {
+                    Ok(link) => {
+                        ifs.attached.insert(
+                            name.clone(),
+                            Attached {
+                                ifindex: *index,
+                                mode: None,
+                                since: SystemTime::now(),
+                                link,
+                            },
+                        );
+                        info!(
+                            "{name}: adopted the previous agent's link (program replaced in place)"
+                        );
+                        adopted += 1;
+                    }
+                    Err(e) => {
+                        warn!("{name}: {e:#}; attaching fresh");
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
             }
-            _ => info!("{name}: kept by the previous agent, not wanted now; detaching"),
+            _ => {
+                info!("{name}: kept by the previous agent, not wanted now; detaching");
+                let _ = std::fs::remove_file(&path);
+            }
         }
-        std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
     }
-    let _ = std::fs::remove_dir(links_dir(pin_dir));
     Ok(adopted)
 }
 
-/// Pins every link so the program stays attached after this process ends
-/// (`--keep-attached`).
+/// Leaves every link in place for the next agent (`--keep-attached`, a
+/// handover): they are pinned since they were attached, so this only
+/// lets go of them.
 pub(crate) fn keep_all(dp: &mut Dataplane, ifs: &mut Ifaces, pin_dir: &Path) -> Result<()> {
     let dir = links_dir(pin_dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     for (name, a) in std::mem::take(&mut ifs.attached) {
-        dp.pin_link(a.link, &dir.join(&name))?;
+        if dir.join(&name).exists() {
+            dp.release_link(a.link)?;
+        } else {
+            dp.pin_link(a.link, &dir.join(&name))?;
+        }
         info!("{name}: left attached (link pinned in {})", dir.display());
     }
     Ok(())

@@ -84,7 +84,7 @@ pub(crate) fn run(args: Options) -> Result<()> {
         &args.forward,
         &args.kube,
     )?;
-    let mut ifs = Ifaces::new(&args.ifaces, args.mode)?;
+    let mut ifs = Ifaces::new(&args.ifaces, args.mode, &args.pin_dir)?;
     require_root("dnsfast load")?;
     kernel_version::check_running_kernel()?;
     // An agent already running here hands its place over (a DaemonSet's

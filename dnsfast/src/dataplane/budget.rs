@@ -35,8 +35,9 @@ const PAGE: u64 = 4096;
 /// cache, `cargo xtask bench`).
 pub(crate) const BASE_BYTES: u64 = 32 << 20;
 /// What one upstream query in flight may hold: its task, its socket's
-/// receive buffer (4 KiB) and the answer on its way.
-const INFLIGHT_BYTES: u64 = 8 << 10;
+/// receive buffer (4 KiB) and the answer on its way; plus one query
+/// waiting for a slot (as many may wait as may be in flight: ~2 KiB).
+const INFLIGHT_BYTES: u64 = 10 << 10;
 /// What one open TCP connection holds besides its answers: two tasks,
 /// the query being read (4 KiB at most) and the socket.
 const TCP_CONNECTION_BYTES: u64 = 16 << 10;

@@ -304,6 +304,51 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Lets go of a link this agent pinned: the pin keeps it (and the
+    /// program on it) in place for the next agent; nothing is detached.
+    pub(crate) fn release_link(&mut self, link: XdpLinkId) -> Result<()> {
+        let link = self
+            .program()?
+            .take_link(link)
+            .map_err(|e| anyhow!("taking the link: {}", error_chain(&e)))?;
+        drop(link);
+        Ok(())
+    }
+
+    /// The interface a pinned XDP link is attached to (`ifindex` in its
+    /// fdinfo), 0 when its interface went away (the kernel detaches it).
+    pub(crate) fn pinned_link_ifindex(path: &Path) -> Result<u32> {
+        let pinned = PinnedLink::from_pin(path).map_err(|e| {
+            anyhow!(
+                "opening the pinned link {}: {}",
+                path.display(),
+                error_chain(&e)
+            )
+        })?;
+        let fd = FdLink::from(pinned);
+        let id = fd
+            .info()
+            .map_err(|e| anyhow!("reading the link {}: {}", path.display(), error_chain(&e)))?
+            .id();
+        let want = format!("link_id:\t{id}");
+        for e in std::fs::read_dir("/proc/self/fdinfo")?.flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            if text.lines().any(|l| l == want) {
+                return Ok(text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("ifindex:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0));
+            }
+        }
+        bail!(
+            "link {id} of {} not found among this process's files",
+            path.display()
+        )
+    }
+
     /// Takes over the link pinned at `path` by a previous agent: this
     /// program replaces the old one on it in one step (`BPF_LINK_UPDATE`),
     /// so the interface is never without a program. The pin itself is left

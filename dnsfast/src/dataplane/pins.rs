@@ -150,10 +150,16 @@ impl PinDir {
     }
 
     /// Removes the previous agent's map and program pins (after adoption),
-    /// so this agent's can take their names.
+    /// so this agent's can take their names. The links stay pinned: they
+    /// are this agent's now.
     pub(crate) fn remove_old(&self) {
-        remove_pins(&self.dir);
-        let _ = std::fs::create_dir_all(&self.dir);
+        for p in map_and_prog_pins(&self.dir) {
+            if p.exists() {
+                if let Err(e) = std::fs::remove_file(&p) {
+                    warn!("removing pin {}: {e}", p.display());
+                }
+            }
+        }
     }
 
     /// Leaves everything pinned at drop (`--keep-attached`).
@@ -190,14 +196,17 @@ pub(crate) fn check_layout(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn map_and_prog_pins(dir: &Path) -> impl Iterator<Item = PathBuf> + '_ {
+    paths::PINNED_MAPS
+        .iter()
+        .map(|m| paths::map_pin(dir, m))
+        .chain([paths::prog_pin(dir)])
+}
+
 /// Removes the pins dnsfast makes under `dir`, and `dir` if that leaves it
 /// empty. Anything else there is left alone.
 pub(crate) fn remove_pins(dir: &Path) {
-    let pins = paths::PINNED_MAPS
-        .iter()
-        .map(|m| paths::map_pin(dir, m))
-        .chain([paths::prog_pin(dir)]);
-    for p in pins {
+    for p in map_and_prog_pins(dir) {
         if p.exists() {
             if let Err(e) = std::fs::remove_file(&p) {
                 warn!("removing pin {}: {e}", p.display());

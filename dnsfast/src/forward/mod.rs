@@ -135,6 +135,7 @@ impl Forwarder {
             live: ArcSwap::from_pointee(live(s, rules, derived)?),
             cache: Cache::new(&s.cache),
             admission: admission::Admission::new(s.max_inflight, s.max_inflight_per_client),
+            waiting: Arc::new(tokio::sync::Semaphore::new(s.max_inflight)),
             metrics: Metrics::default(),
             kernel_cache: std::sync::OnceLock::new(),
             cluster: Default::default(),
@@ -245,7 +246,9 @@ impl Draining {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let out = self.max_inflight - self.resolver.admission.available();
+            let out = 2 * self.max_inflight
+                - self.resolver.admission.available()
+                - self.resolver.waiting.available_permits();
             if out == 0 || tokio::time::Instant::now() >= deadline {
                 return out;
             }

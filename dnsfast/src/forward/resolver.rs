@@ -17,12 +17,13 @@ use dnsfast_common::{
 };
 use hickory_proto::op::ResponseCode;
 use log::info;
+use tokio::sync::OwnedSemaphorePermit;
 
 use anyhow::Result;
 use log::warn;
 
 use super::{
-    admission::{Admission, Full, Ticket},
+    admission::{Admission, Full, Ticket, WaitPlace},
     cache::{Cache, CacheKey, CacheKeyRef},
     kernel_cache::KernelCache,
     metrics::{rcode_name, Metrics},
@@ -79,6 +80,9 @@ pub(crate) struct Resolver {
     pub(crate) live: ArcSwap<Live>,
     pub(crate) cache: Cache,
     pub(crate) admission: Arc<Admission>,
+    /// Places for queries waiting for an upstream slot (`max-inflight` of
+    /// them): past it a query is REFUSED at once.
+    pub(crate) waiting: Arc<tokio::sync::Semaphore>,
     pub(crate) metrics: Metrics,
     /// The XDP program's answer cache, when `load` runs one.
     pub(crate) kernel_cache: std::sync::OnceLock<KernelCache>,
@@ -120,12 +124,26 @@ pub(crate) enum Handled {
     Pending(Pending),
 }
 
-/// A query admitted to go upstream (it holds its slots until answered).
+/// A query to go upstream: admitted (it holds its slots until answered),
+/// or waiting a moment for a slot (a burst, such as the backlog an agent
+/// finds queued on its sockets when it starts).
 pub(crate) struct Pending {
     q: Box<ClientQuery>,
     client: Client,
-    ticket: Ticket,
+    ticket: Admit,
 }
+
+enum Admit {
+    Now(Ticket),
+    /// Holds one of the bounded places in the wait (all clients', and
+    /// its client's).
+    Wait(OwnedSemaphorePermit, WaitPlace),
+}
+
+/// How long a query past its client's share, or past `max-inflight`,
+/// waits for a slot before it is REFUSED: long enough for a burst to
+/// drain at upstream speed, short next to a stub's timeout.
+const ADMIT_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// An upstream answer rendered for its client; once it is sent,
 /// [`Resolved::sent`] hands it to the kernel's answer cache.
@@ -139,8 +157,19 @@ pub(crate) struct Resolved {
 impl Pending {
     pub(crate) async fn resolve(self, r: &Resolver) -> Resolved {
         let epoch = r.epoch.load(Ordering::Acquire);
-        let o = r.forward(&self.q, epoch).await;
-        drop(self.ticket);
+        let ticket = match self.ticket {
+            Admit::Now(t) => Some(t),
+            Admit::Wait(place, mine) => {
+                let t = r.admit_within(self.client.addr, ADMIT_WAIT).await;
+                drop((place, mine));
+                t
+            }
+        };
+        let o = match &ticket {
+            Some(_) => r.forward(&self.q, epoch).await,
+            None => r.overloaded(&self.q),
+        };
+        drop(ticket);
         let bytes = r.answer_bytes(&self.q, &o, &self.client);
         Resolved {
             bytes,
@@ -275,8 +304,33 @@ impl Resolver {
         let o = match self.answer_locally(&live, &q) {
             Some(o) => o,
             None => match self.admit(addr) {
-                Some(ticket) => return Handled::Pending(Pending { q, client, ticket }),
-                None => self.overloaded(&q),
+                Ok(t) => {
+                    return Handled::Pending(Pending {
+                        q,
+                        client,
+                        ticket: Admit::Now(t),
+                    })
+                }
+                Err(full) => match (
+                    self.waiting.clone().try_acquire_owned(),
+                    self.admission.wait_place(addr.ip()),
+                ) {
+                    (Ok(place), Some(mine)) => {
+                        return Handled::Pending(Pending {
+                            q,
+                            client,
+                            ticket: Admit::Wait(place, mine),
+                        })
+                    }
+                    _ => {
+                        match full {
+                            Full::Global => &self.metrics.overloaded,
+                            Full::Client => &self.metrics.client_limited,
+                        }
+                        .fetch_add(1, Ordering::Relaxed);
+                        self.overloaded(&q)
+                    }
+                },
             },
         };
         self.finish(&q, &o, &client, out);
@@ -374,10 +428,19 @@ impl Resolver {
         })
     }
 
-    /// Slots for one more upstream query from `client`, or `None` past
-    /// `max-inflight` or the client's share of it.
-    pub(crate) fn admit(&self, client: SocketAddr) -> Option<Ticket> {
-        match self.admission.admit(client.ip()) {
+    /// Slots for one more upstream query from `client`, or why not.
+    pub(crate) fn admit(&self, client: SocketAddr) -> Result<Ticket, Full> {
+        self.admission.admit(client.ip())
+    }
+
+    /// Slots for `client` within `wait` (in order of arrival), or `None`,
+    /// counted, when its share or `max-inflight` stays full.
+    pub(crate) async fn admit_within(
+        &self,
+        client: SocketAddr,
+        wait: std::time::Duration,
+    ) -> Option<Ticket> {
+        match self.admission.admit_within(client.ip(), wait).await {
             Ok(t) => Some(t),
             Err(full) => {
                 match full {

@@ -441,6 +441,12 @@ fn mix(a: &Args, until: Instant) -> Result<()> {
                         Some((0, Some(ip))) => !want_block && ip == expect,
                         _ => false,
                     };
+                    if !right && i % 97 == 0 {
+                        eprintln!(
+                            "wrong: query {i} (blocked={want_block}): {:?}",
+                            verdict(&buf[..n], id as u16)
+                        );
+                    }
                     let v = if !right {
                         WRONG
                     } else if took > 1_000_000 {
