@@ -441,7 +441,7 @@ fn mix(a: &Args, until: Instant) -> Result<()> {
                         Some((0, Some(ip))) => !want_block && ip == expect,
                         _ => false,
                     };
-                    if !right && i % 97 == 0 {
+                    if !right && i.is_multiple_of(97) {
                         eprintln!(
                             "wrong: query {i} (blocked={want_block}): {:?}",
                             verdict(&buf[..n], id as u16)
