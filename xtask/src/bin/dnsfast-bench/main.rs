@@ -7,6 +7,7 @@ mod forward;
 mod history;
 mod hostile;
 mod kube;
+mod upgrade;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -59,6 +60,12 @@ struct Args {
     /// Only the hostile-client part.
     #[arg(long)]
     hostile_only: bool,
+    /// Only the upgrades-under-load part.
+    #[arg(long)]
+    upgrade_only: bool,
+    /// The mixed load's rate in the upgrades part (0 skips it).
+    #[arg(long, default_value_t = 2000, value_name = "QPS")]
+    upgrade_rate: u64,
     /// Seconds the victim is measured under each attack.
     #[arg(long, default_value_t = 8, value_name = "S")]
     hostile_seconds: u64,
@@ -88,6 +95,11 @@ fn main() -> Result<()> {
         return forward::probe(server, args.seconds);
     }
     history::stamp();
+    if args.upgrade_only {
+        let bin =
+            std::env::var("DNSFAST_BIN").context("DNSFAST_BIN (cargo xtask bench sets it)")?;
+        return upgrade::run(&bin, args.upgrade_rate.max(1));
+    }
     if args.hostile_only {
         let bin =
             std::env::var("DNSFAST_BIN").context("DNSFAST_BIN (cargo xtask bench sets it)")?;
@@ -102,6 +114,9 @@ fn main() -> Result<()> {
         forward::run(&bin, args.seconds, args.runs.min(5))?;
         if args.hostile_rounds > 0 {
             hostile::run(&bin, args.hostile_rounds, args.hostile_seconds)?;
+        }
+        if args.upgrade_rate > 0 {
+            upgrade::run(&bin, args.upgrade_rate)?;
         }
     }
     if args.k8s_creates > 0 && !args.forward_only {
