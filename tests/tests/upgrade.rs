@@ -24,7 +24,11 @@ const GOOD: &str = "192.0.2.7";
 /// when nothing happens.
 const RATE: u64 = 2000;
 
+/// One at a time: each test's load and agents share two CPUs.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 struct Node {
+    _turn: std::sync::MutexGuard<'static, ()>,
     lab: Lab,
     cli: String,
     srv: String,
@@ -48,6 +52,7 @@ struct Seen {
 
 impl Node {
     fn new(tag: &str) -> Node {
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         let mut lab = Lab::new();
         let (cli, srv, srv_if) = lab
             .client_and_node(
@@ -74,6 +79,7 @@ impl Node {
         .unwrap();
         let pins = PathBuf::from(format!("/sys/fs/bpf/dnsfast-test-{srv}"));
         Node {
+            _turn: turn,
             lab,
             cli,
             srv,
@@ -295,4 +301,87 @@ fn keep_attached_with_a_gap_never_answers_wrongly() {
     // The artifacts, a third of the load, were answered all along.
     assert!(s.ok >= s.sent / 3, "{}", s.text);
     n.term(new);
+}
+
+/// A kept link whose interface was deleted and created again under the
+/// same name (a re-created pod's veth): the new agent attaches afresh
+/// instead of failing or adopting a dead link.
+#[test]
+fn a_kept_link_on_a_recreated_interface_is_replaced() {
+    require_root!();
+    let mut n = Node::new("r");
+    let (agent, log) = n.start(&["--keep-attached"]);
+    n.wait_serving(agent, &log);
+    n.term(agent);
+    // The same name again, on a new interface.
+    let (cli, srv, name) = (n.cli.clone(), n.srv.clone(), n.srv_if.clone());
+    n.lab.exec_ok(&srv, "ip", &["link", "del", &name]).unwrap();
+    let peer = format!("{name}p");
+    n.lab
+        .veth_named(
+            &cli,
+            &peer,
+            &[&format!("{CLIENT}/24")],
+            &srv,
+            &name,
+            &[&format!("{NODE}/24")],
+        )
+        .unwrap();
+    let (agent, log) = n.start(&[]);
+    n.wait_serving(agent, &log);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("(re-created): attaching fresh"), "{text}");
+    assert!(text.contains(&format!("attached to {name}")), "{text}");
+    // The program is on the new interface: the kernel answers.
+    let before = dnsfast_tests::bpftool_counter(&n.pins, "answered_nxdomain");
+    assert_eq!(
+        n.lab.dig_rcode(&cli, NODE, "x.blocked.test", &[]),
+        "NXDOMAIN"
+    );
+    assert_eq!(
+        dnsfast_tests::bpftool_counter(&n.pins, "answered_nxdomain"),
+        before + 1
+    );
+    assert_eq!(n.lab.dig_rcode(&cli, NODE, "ok.good.test", &[]), "NOERROR");
+    n.term(agent);
+}
+
+/// Maps pinned by another dnsfast version (here: a CONFIG whose layout
+/// field says so) are refused by the CLI with one line, not misread.
+#[test]
+fn pins_of_another_layout_are_refused_not_misread() {
+    require_root!();
+    let dir = PathBuf::from(format!(
+        "/sys/fs/bpf/dnsfast-test-layout-{}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut dp = dnsfast::dataplane::Dataplane::load(&Default::default()).unwrap();
+    dp.pin_maps(&dir).unwrap();
+    let list = || {
+        Command::new(dnsfast_bin())
+            .args(["block", "list", "--pin-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let ok = list();
+    let old = dnsfast_common::XdpConfig {
+        layout: dnsfast_common::MAP_LAYOUT - 1,
+        ..Default::default()
+    };
+    dp.set_config(&old).unwrap();
+    let refused = list();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        err.contains("have layout") && err.lines().count() == 1,
+        "{err}"
+    );
 }
