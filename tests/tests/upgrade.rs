@@ -28,7 +28,6 @@ const RATE: u64 = 2000;
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 struct Node {
-    _turn: std::sync::MutexGuard<'static, ()>,
     lab: Lab,
     cli: String,
     srv: String,
@@ -36,6 +35,8 @@ struct Node {
     pins: PathBuf,
     tmp: PathBuf,
     runs: usize,
+    /// Last: released after the lab is cleaned up.
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
 
 /// What the client saw (`dnsfast-attack mix`).
@@ -79,7 +80,6 @@ impl Node {
         .unwrap();
         let pins = PathBuf::from(format!("/sys/fs/bpf/dnsfast-test-{srv}"));
         Node {
-            _turn: turn,
             lab,
             cli,
             srv,
@@ -87,6 +87,7 @@ impl Node {
             pins,
             tmp,
             runs: 0,
+            _turn: turn,
         }
     }
 
