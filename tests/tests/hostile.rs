@@ -131,10 +131,16 @@ fn running_out_of_files_on_the_metrics_port_does_not_end_the_agent() {
     assert_eq!(n.status("x.blocked.test"), "NXDOMAIN");
     assert_eq!(n.status("ok.example"), "NOERROR");
 
-    // 64 descriptors, most of them already taken by maps, sockets, epoll.
+    // Two descriptors more than it holds now (maps, sockets, epoll): the
+    // endpoint takes only a few connections per client, so the limit must
+    // be tight for its accepts to fail.
     let pid = agent.to_string();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = format!("--nofile={}:{}", open + 2, open + 2);
     Command::new("prlimit")
-        .args(["--pid", &pid, "--nofile=64:64"])
+        .args(["--pid", &pid, &limit])
         .status()
         .unwrap();
     // 200 idle connections held for 4 s, from the agent's own namespace.
@@ -895,4 +901,97 @@ fn cache_flush_drops_a_name_or_a_zone_from_both_caches() {
     assert_eq!(asked("x.good.test"), 2, "outside the zone: still cached");
     let said = flush(&[]);
     assert!(said.contains("3 cached answers dropped"), "{said}");
+}
+
+/// The metrics endpoint (hyper) with a real HTTP client: its routes and
+/// status codes, a malformed request line, a client that never finishes
+/// its request head, and a pod that holds connections while the
+/// kubelet's probe (another address) still gets in.
+#[test]
+fn the_metrics_endpoint_with_curl_and_bad_clients() {
+    require_root!();
+    let mut n = Node::new();
+    let srv = n.srv.clone();
+    let dlog = n.tmp.join("dnsmasq.log");
+    n.lab
+        .dnsmasq_answering_all(&srv, 5300, "192.0.2.99", dlog.to_str().unwrap())
+        .unwrap();
+    // On the node's address, which pods reach.
+    let at = format!("{SERVER}:19303");
+    n.load("127.0.0.1#5300", &["--metrics", &at]);
+    let curl = |ns: &str, args: &[&str]| {
+        let mut all = vec![
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ];
+        all.extend_from_slice(args);
+        n.lab.exec_ok(ns, "curl", &all).unwrap_or_default()
+    };
+    let url = |path: &str| format!("http://{at}{path}");
+    assert_eq!(curl(&srv, &[&url("/metrics")]), "200");
+    assert_eq!(curl(&srv, &[&url("/health")]), "200");
+    assert_eq!(curl(&srv, &[&url("/ready")]), "200");
+    assert_eq!(curl(&srv, &["-I", &url("/health")]), "200");
+    assert_eq!(curl(&srv, &["-X", "POST", &url("/health")]), "405");
+    assert_eq!(curl(&srv, &[&url("/nope")]), "404");
+    let body = n
+        .lab
+        .exec_ok(&srv, "curl", &["-s", "--max-time", "5", &url("/metrics")])
+        .unwrap_or_default();
+    assert!(body.contains("dnsfast_forwarder_udp_queries"), "{body}");
+    // Raw clients, from a pod (the client namespace).
+    let port = 19303;
+    let py = format!(
+        "import socket, time\n\
+         s = socket.create_connection(('{SERVER}', {port})); s.sendall(b'GARBAGE\\r\\n\\r\\n')\n\
+         print(s.recv(100).split(b'\\r\\n')[0].decode())\n\
+         slow = socket.create_connection(('{SERVER}', {port})); slow.sendall(b'GET /health HTTP/1.1\\r\\nHost: x\\r\\n')\n\
+         held = []\n\
+         for _ in range(40):\n\
+         \x20   try:\n\
+         \x20       held.append(socket.create_connection(('{SERVER}', {port}), timeout=1))\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         t = time.time(); slow.settimeout(10)\n\
+         try:\n\
+         \x20   got = slow.recv(100)\n\
+         except OSError:\n\
+         \x20   got = b''\n\
+         print('slow closed after', int(time.time() - t), 'reply', got[:12])\n"
+    );
+    let (probe_tx, probe_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            // While the pod holds its connections: the kubelet's probe,
+            // from the node itself.
+            std::thread::sleep(Duration::from_secs(2));
+            let _ = probe_tx.send(curl(&srv, &[&url("/health")]));
+        });
+        let out = n
+            .lab
+            .exec_ok(&n.cli, "python3", &["-c", &py])
+            .unwrap_or_default();
+        let mut lines = out.lines();
+        assert_eq!(
+            lines.next().unwrap_or(""),
+            "HTTP/1.1 400 Bad Request",
+            "{out}"
+        );
+        let slow = lines.next().unwrap_or("");
+        let secs: u64 = slow
+            .split_whitespace()
+            .nth(3)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(99);
+        assert!(
+            secs <= 7,
+            "a request head that never ends is cut off: {out}"
+        );
+    });
+    assert_eq!(probe_rx.recv().unwrap(), "200", "the probe got in");
 }

@@ -1,21 +1,48 @@
 //! The metrics endpoint: OpenMetrics `/metrics`, `/health` (the
-//! forwarder answers a query to itself through its listeners) and `/ready` (attached, pinned and serving). A few GET
-//! routes on a private port do not need an HTTP framework: this reads one
-//! request head per connection, answers, and closes.
+//! forwarder answers a query to itself through its listeners) and `/ready`
+//! (attached, pinned and serving), over HTTP/1.1 served by `hyper`: it
+//! faces every pod on the node, so the request parsing, the limits and
+//! the timeouts are a maintained server's. Bounded: `MAX_CONNECTIONS` at
+//! once and `MAX_PER_CLIENT` per address (more are closed at accept), a
+//! request head must arrive within
+//! `HEAD_TIMEOUT` and fit `MAX_HEAD`, and a connection lives at most
+//! `CONNECTION_LIFETIME`.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    convert::Infallible,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::Result;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{CONNECTION, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::Semaphore};
 
 use super::{openmetrics, runtime::AcceptBackoff, state::Agent, stats};
 use crate::forward::selfcheck;
 
+/// Connections served at once; a scraper and a kubelet need two.
+const MAX_CONNECTIONS: usize = 64;
+/// Connections from one address: a pod that holds its share cannot keep
+/// the kubelet's probe (another address) out.
+const MAX_PER_CLIENT: usize = 8;
+/// A request head must arrive in full within this long (a slow client is
+/// cut off, not waited for).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest request head read; scrapers send a few hundred bytes.
-const MAX_HEAD: usize = 8192;
+const MAX_HEAD: usize = 16 * 1024;
+/// However busy, a connection is closed after this long.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// How long `/health` waits for each of the forwarder's answers to
 /// itself, per transport: a liveness probe should allow 2 s per listen
 /// address (deploy/'s allows 3 s for its one).
@@ -23,60 +50,74 @@ const HEALTH_WAIT: Duration = Duration::from_millis(800);
 
 pub(crate) async fn serve(listener: TcpListener, agent: Arc<Agent>) -> Result<()> {
     let mut backoff = AcceptBackoff::new("the metrics endpoint");
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Default::default();
     loop {
-        let (stream, _) = backoff.next(|| listener.accept()).await;
+        let (stream, peer) = backoff.next(|| listener.accept()).await;
+        // Past a bound the connection is closed at once: a flood of idle
+        // connections costs the agent nothing, and the kubelet's probe
+        // comes from an address of its own.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        let ip = peer.ip();
+        {
+            let mut m = per_client.lock().unwrap_or_else(|e| e.into_inner());
+            let n = m.entry(ip).or_insert(0);
+            if *n >= MAX_PER_CLIENT {
+                continue;
+            }
+            *n += 1;
+        }
+        let per_client = per_client.clone();
         let agent = agent.clone();
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(10), answer(stream, agent)).await;
+            let svc = service_fn(move |req| {
+                let agent = agent.clone();
+                async move { Ok::<_, Infallible>(respond(req, agent).await) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_buf_size(MAX_HEAD)
+                .serve_connection(TokioIo::new(stream), svc);
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            drop(permit);
+            let mut m = per_client.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = m.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&ip);
+                }
+            }
         });
     }
 }
 
-async fn answer(mut s: TcpStream, agent: Arc<Agent>) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(512);
-    let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = s.read(&mut buf).await?;
-        if n == 0 || head.len() + n > MAX_HEAD {
-            return Ok(());
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let mut parts = line.split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
-    let (status, ctype, body) = if method != "GET" && method != "HEAD" {
-        (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        )
-    } else {
-        route(path, agent).await
-    };
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if method != "HEAD" {
-        out.extend_from_slice(body.as_bytes());
-    }
-    s.write_all(&out).await?;
-    s.shutdown().await
+fn reply(status: StatusCode, ctype: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
+    r
 }
 
-async fn route(path: &str, agent: Arc<Agent>) -> (&'static str, &'static str, String) {
+async fn respond(req: Request<Incoming>, agent: Arc<Agent>) -> Response<Full<Bytes>> {
     const TEXT: &str = "text/plain; charset=utf-8";
-    match path {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n".into());
+        r.headers_mut()
+            .insert(CONNECTION, hyper::header::HeaderValue::from_static("close"));
+        return r;
+    }
+    match req.uri().path() {
         "/metrics" => {
             let text =
                 tokio::task::spawn_blocking(move || openmetrics::render(stats::stats(&agent)))
                     .await;
             match text {
-                Ok(body) => ("200 OK", openmetrics::CONTENT_TYPE, body),
-                Err(e) => ("500 Internal Server Error", TEXT, format!("{e}\n")),
+                Ok(body) => reply(StatusCode::OK, openmetrics::CONTENT_TYPE, body),
+                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, TEXT, format!("{e}\n")),
             }
         }
         "/health" => {
@@ -85,10 +126,10 @@ async fn route(path: &str, agent: Arc<Agent>) -> (&'static str, &'static str, St
             for addr in &agent.listeners {
                 if let Err(e) = selfcheck::ask(*addr, HEALTH_WAIT).await {
                     let why = format!("the forwarder does not answer: {e:#}\n");
-                    return ("503 Service Unavailable", TEXT, why);
+                    return reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, why);
                 }
             }
-            ("200 OK", TEXT, "ok\n".into())
+            reply(StatusCode::OK, TEXT, "ok\n".into())
         }
         "/ready" => {
             // With `[kubernetes]`, ready once the API has been listed: an
@@ -99,19 +140,19 @@ async fn route(path: &str, agent: Arc<Agent>) -> (&'static str, &'static str, St
                 .as_ref()
                 .is_none_or(|c| c.status.lock().is_ok_and(|s| s.ever_synced));
             if !agent.ready.load(std::sync::atomic::Ordering::Relaxed) {
-                ("503 Service Unavailable", TEXT, "not ready\n".into())
+                reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, "not ready\n".into())
             } else if !listed {
-                (
-                    "503 Service Unavailable",
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
                     TEXT,
                     "not ready: the Kubernetes API has not been listed yet\n".into(),
                 )
             } else {
-                ("200 OK", TEXT, "ready\n".into())
+                reply(StatusCode::OK, TEXT, "ready\n".into())
             }
         }
-        _ => (
-            "404 Not Found",
+        _ => reply(
+            StatusCode::NOT_FOUND,
             TEXT,
             "routes: /metrics /health /ready\n".into(),
         ),
