@@ -21,6 +21,11 @@ use dnsfast_common::pattern::Action;
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    /// Log lines as text, or as JSON objects (one per line, with fields:
+    /// for log pipelines such as Loki or Elasticsearch). RUST_LOG filters
+    /// (default: info).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    log_format: dnsfast::cli::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -164,10 +169,8 @@ enum Command {
 }
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
     let cli = Cli::parse();
+    dnsfast::cli::init_logging(cli.log_format);
     let result = match cli.command {
         Command::Load(args) => load::run(args),
         Command::Serve(args) => serve::run(args),

@@ -995,3 +995,39 @@ fn the_metrics_endpoint_with_curl_and_bad_clients() {
     });
     assert_eq!(probe_rx.recv().unwrap(), "200", "the probe got in");
 }
+
+/// `--log-format json`: every line is a JSON object, and the structured
+/// events carry their fields (attach, reload, the query log).
+#[test]
+fn json_logs_carry_the_events_fields() {
+    require_root!();
+    let mut n = Node::new();
+    let srv = n.srv.clone();
+    let dlog = n.tmp.join("dnsmasq.log");
+    n.lab
+        .dnsmasq_answering_all(&srv, 5300, "192.0.2.99", dlog.to_str().unwrap())
+        .unwrap();
+    let agent = n.load("127.0.0.1#5300", &["--log-format", "json", "--log-queries"]);
+    assert_eq!(n.status("ok.example"), "NOERROR");
+    Command::new("kill")
+        .args(["-HUP", &agent.to_string()])
+        .status()
+        .unwrap();
+    let reloaded = wait_until(Duration::from_secs(10), || {
+        n.agent_log().contains("\"event\":\"reload\"")
+    });
+    assert!(reloaded, "{}", n.agent_log());
+    let events: Vec<serde_json::Value> = n
+        .agent_log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let find = |k: &str, v: &str| events.iter().find(|e| e[k] == v).cloned();
+    let attach = find("event", "attach").expect("an attach event");
+    assert_eq!(attach["iface"], n.srv_if.as_str());
+    let query = find("name", "ok.example.").expect("a query event");
+    assert_eq!(query["rcode"], "NOERROR");
+    assert_eq!(query["proto"], "udp");
+    assert!(query["latency_us"].as_u64().is_some(), "{query}");
+    assert!(find("event", "reload").unwrap()["why"].is_string());
+}

@@ -220,7 +220,9 @@ async fn watch_once(agent: &Agent, w: &ClusterWatch, client: &Client) -> Ended {
                     st.errors += 1;
                     st.last_error = Some(e.clone());
                     if broken.is_none() {
-                        warn!(
+                        tracing::warn!(
+                            event = "kube_watch_broken",
+                            error = %e,
                             "kubernetes watch broken ({e}); retrying. Names under {} keep their \
                              verdicts for up to {:?}, then all pass until a fresh list",
                             w.cluster_domain, w.settings.stale_after
@@ -231,7 +233,7 @@ async fn watch_once(agent: &Agent, w: &ClusterWatch, client: &Client) -> Ended {
                 }
                 None => {
                     if broken.take().is_some() {
-                        info!("kubernetes watch resumed");
+                        tracing::info!(event = "kube_watch_resumed", "kubernetes watch resumed");
                     }
                     st.broken_since = None;
                     st.events += 1;
@@ -280,7 +282,10 @@ fn install(agent: &Agent, w: &ClusterWatch, names: &ClusterNames) -> bool {
         Ok(()) => {
             let mut st = w.status.lock().unwrap_or_else(|e| e.into_inner());
             if !st.synced {
-                info!(
+                tracing::info!(
+                    event = "kube_synced",
+                    namespaces = names.namespaces.len(),
+                    services = names.services.len(),
                     "kubernetes: {} namespaces, {} services listed; the cluster domain {} is \
                      exact now ({} entries, +{} -{} in {} ms)",
                     names.namespaces.len(),
@@ -389,7 +394,9 @@ fn write(
 pub(crate) fn withdraw(agent: &Agent, w: &ClusterWatch, why: &str) {
     let have: Vec<Vec<u8>> = w.installed().into_keys().collect();
     if !have.is_empty() {
-        warn!(
+        tracing::warn!(
+            event = "kube_withdrawn",
+            why = %why,
             "kubernetes: {why}; the cluster domain's kernel verdicts are withdrawn, every name \
              under {} passes to the forwarder until the API has been listed again",
             w.cluster_domain

@@ -143,7 +143,7 @@ pub(crate) fn sync(dp: &mut Dataplane, ifs: &mut Ifaces) -> Result<()> {
             // this closes our end of it, and its pin.
             let _ = std::fs::remove_file(links_dir(&ifs.pin_dir).join(&name));
             let _ = dp.detach(a.link);
-            info!("{name}: gone; forgotten");
+            tracing::info!(event = "forget", iface = %name, "{name}: gone; forgotten");
         }
     }
     for (name, index) in &now {
@@ -153,7 +153,7 @@ pub(crate) fn sync(dp: &mut Dataplane, ifs: &mut Ifaces) -> Result<()> {
         let mode = xdp_mode(ifs.mode, name);
         match attach_pinned(dp, name, mode, &ifs.pin_dir) {
             Ok(link) => {
-                info!("attached to {name} in {mode:?} mode");
+                tracing::info!(event = "attach", iface = %name, mode = ?mode, "attached to {name} in {mode:?} mode");
                 ifs.attached.insert(
                     name.clone(),
                     Attached {
@@ -180,7 +180,7 @@ pub(crate) fn detach(dp: &mut Dataplane, ifs: &mut Ifaces, name: &str) -> Result
     dp.detach(a.link)?;
     // Not attached again when a glob matches it: the operator asked.
     ifs.excluded.insert(name.to_string());
-    info!("{name}: detached on request");
+    tracing::info!(event = "detach", iface = %name, "{name}: detached on request");
     Ok(())
 }
 

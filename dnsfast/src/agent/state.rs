@@ -153,12 +153,17 @@ impl Agent {
             Ok(summary) => {
                 a.reloads += 1;
                 a.last_error = None;
-                info!("config reloaded ({why}): {summary}");
+                tracing::info!(event = "reload", why = %why, "config reloaded ({why}): {summary}");
             }
             Err(e) => {
                 a.refused += 1;
                 a.last_error = Some(format!("{e:#}"));
-                warn!("config reload ({why}) refused, the previous config keeps serving: {e:#}");
+                tracing::warn!(
+                    event = "reload_refused",
+                    why = %why,
+                    error = %format!("{e:#}"),
+                    "config reload ({why}) refused, the previous config keeps serving: {e:#}"
+                );
             }
         }
         result

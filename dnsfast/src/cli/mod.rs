@@ -21,7 +21,7 @@ pub mod serve;
 
 use std::path::PathBuf;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::paths::PIN_DIR;
 
@@ -31,4 +31,32 @@ pub struct PinArgs {
     /// /run/dnsfast/<DIR below /sys/fs/bpf, / as -->.sock).
     #[arg(long, value_name = "DIR", default_value = PIN_DIR, global = true)]
     pub(crate) pin_dir: PathBuf,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr through `tracing`: the crate's `log` macros too
+/// (tracing-log), and the structured events (reloads, attach and detach,
+/// upstream health, the Kubernetes watch, the query log) with their
+/// fields, as text or JSON lines.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let base = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let _ = match format {
+        LogFormat::Text => base.try_init(),
+        LogFormat::Json => base
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+    };
 }

@@ -570,20 +570,27 @@ fn log_query(q: &ClientQuery, o: &Outcome, c: &Client, start: Instant, tc: bool)
         Source::Upstream => "miss",
         Source::Local => "local",
     };
-    info!(
+    let proto = match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+    };
+    let upstream = o
+        .upstream
+        .map(|u| u.to_string())
+        .unwrap_or_else(|| "-".into());
+    // One event with fields: `key=value` in text, an object in JSON.
+    tracing::info!(
         target: "query",
-        "client={client} proto={} name={} type={} route={} upstream={} rcode={} cache={source}{} latency_us={}",
-        match transport {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-        },
-        q.name_text(),
-        q.type_text(),
-        o.zone.as_deref().unwrap_or("-"),
-        o.upstream.map(|u| u.to_string()).unwrap_or_else(|| "-".into()),
-        rcode_name(o.answer.rcode),
-        if tc { " tc=1" } else { "" },
-        start.elapsed().as_micros(),
+        client = %client,
+        proto = %proto,
+        name = %q.name_text(),
+        r#type = %q.type_text(),
+        route = %o.zone.as_deref().unwrap_or("-"),
+        upstream = %upstream,
+        rcode = %rcode_name(o.answer.rcode),
+        cache = %source,
+        tc = tc.then_some(1),
+        latency_us = start.elapsed().as_micros() as u64,
     );
 }
 

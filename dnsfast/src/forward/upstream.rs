@@ -16,7 +16,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use log::{info, warn};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
@@ -98,7 +97,12 @@ impl Upstream {
     pub(crate) fn mark_success(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
         if self.down.swap(false, Ordering::Relaxed) {
-            info!("upstream {} answers again: restored", self.addr);
+            tracing::info!(
+                event = "upstream_up",
+                upstream = %self.addr,
+                "upstream {} answers again: restored",
+                self.addr
+            );
         }
     }
 
@@ -121,7 +125,9 @@ impl Upstream {
             if alive {
                 me.mark_success();
             } else if !me.down.swap(true, Ordering::Relaxed) {
-                warn!(
+                tracing::warn!(
+                    event = "upstream_down",
+                    upstream = %me.addr,
                     "upstream {} failed {n} times in a row and does not answer a probe: marked down until one answers",
                     me.addr
                 );
