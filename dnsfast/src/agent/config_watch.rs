@@ -2,6 +2,10 @@
 //! directory is watched with inotify rather than the file, because a
 //! Kubernetes ConfigMap volume updates by swapping its `..data` symlink:
 //! the file's own inode never changes.
+//!
+//! Through `nix`, not `notify`: one watch whose events are only a wake-up
+//! (the file's bytes decide whether anything changed) needs no backends
+//! or debouncer (docs/dependencies.md).
 
 use std::{path::Path, sync::Arc, time::Duration};
 

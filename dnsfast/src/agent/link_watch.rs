@@ -1,6 +1,10 @@
 //! The kernel's link announcements (rtnetlink `RTMGRP_LINK`), as a
 //! wake-up for `ifaces::sync`: a new pod's veth is attached as soon as it
 //! exists, with no polling.
+//!
+//! Through `nix`, not `rtnetlink`: no message is parsed (the messages only
+//! wake `sync`, which reads the interface list itself), and one `bind` and
+//! a blocking `recv` do not need a netlink stack (docs/dependencies.md).
 
 use std::{
     os::fd::{AsRawFd, OwnedFd},
