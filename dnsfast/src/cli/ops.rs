@@ -203,8 +203,10 @@ pub fn status(a: StatusArgs, pins: &PinArgs) -> Result<()> {
         if !kept.is_empty() {
             let names: Vec<&str> = kept.iter().map(|(n, _)| n.as_str()).collect();
             println!(
-                "no agent runs; the program stays attached to {} (--keep-attached): \
-                 start `dnsfast load` to adopt it, or `dnsfast unload` to detach",
+                "no agent runs; the program stays attached to {} (--keep-attached, or the \
+                 agent died): it answers the patterns alone, cached answers and the \
+                 Kubernetes API's verdicts stopped with the agent's lease. Start \
+                 `dnsfast load` to adopt it, or `dnsfast unload` to detach",
                 names.join(", ")
             );
         } else if pinned {
