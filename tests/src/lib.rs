@@ -1,5 +1,6 @@
 //! Helpers for dnsfast's kernel and end-to-end tests.
 pub mod cgroup;
+pub mod clients;
 pub mod kube;
 pub mod netns;
 pub mod pkt;

@@ -9,6 +9,7 @@ use std::{
 };
 
 use dnsfast_tests::{
+    clients::{summary, upstream_args, victim_args, GOOD},
     dnsfast_bin,
     netns::{wait_until, Lab},
     require_root,
@@ -282,7 +283,6 @@ fn udp_answers_stay_within_max_udp_size() {
 
 const ATTACKER: &str = "10.89.1.2";
 const ATTACKER_GW: &str = "10.89.1.1";
-const GOOD: &str = "192.0.2.7";
 const AGENT_METRICS: &str = "127.0.0.1:19301";
 
 /// One attack at a time: they share two CPUs with the victim.
@@ -338,24 +338,13 @@ impl Arena {
         // The upstream: the victim's names, slow names that are never
         // answered, and 60 KB TXT answers (TCP only).
         let up_log = n.tmp.join("upstream.log");
+        let up = upstream_args("127.0.0.1:5300");
+        let up: Vec<&str> = up.iter().map(String::as_str).collect();
         n.lab
             .spawn(
                 &srv,
                 env!("CARGO_BIN_EXE_dnsfast-testdns"),
-                &[
-                    "--listen",
-                    "127.0.0.1:5300",
-                    "--answer-suffix",
-                    &format!("good.test={GOOD}"),
-                    "--answer-suffix",
-                    "flood.test=192.0.2.8",
-                    "--drop",
-                    "slow.test",
-                    "--tc",
-                    "big.test",
-                    "--tc-txt-bytes",
-                    "60000",
-                ],
+                &up,
                 up_log.to_str().unwrap(),
             )
             .unwrap();
@@ -419,28 +408,12 @@ impl Arena {
 
     /// `victim`, where any of `expect` is a right answer.
     fn victim_any(&self, seconds: u64, expect: &[&str]) -> Service {
-        let out = self
-            .n
-            .lab
-            .exec(
-                &self.n.cli,
-                attack_bin(),
-                &[
-                    "victim",
-                    "--server",
-                    &format!("{SERVER}:53"),
-                    "--suffix",
-                    "good.test",
-                    "--expect",
-                    &expect.join(","),
-                    "--seconds",
-                    &seconds.to_string(),
-                ],
-            )
-            .unwrap();
+        let args = victim_args(&format!("{SERVER}:53"), expect, seconds);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.n.lab.exec(&self.n.cli, attack_bin(), &args).unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let v: serde_json::Value = serde_json::from_str(text.trim())
-            .unwrap_or_else(|e| panic!("victim output {text:?}: {e}"));
+        let v = summary(&text);
+        assert!(!v.is_null(), "victim output {text:?}");
         let g = |k: &str| v[k].as_u64().unwrap_or(0);
         Service {
             sent: g("sent"),
@@ -461,6 +434,16 @@ impl Arena {
             .lab
             .spawn(&self.atk, attack_bin(), &all, log.to_str().unwrap())
             .unwrap()
+    }
+
+    /// `attack` (mode and arguments, the server and the duration added)
+    /// started, given `warmup` to take hold, then `holds_up`.
+    fn under(&mut self, what: &str, mode: &str, args: &[&str], warmup: u64) {
+        let mut all = vec!["--server", AT, "--seconds", "14"];
+        all.extend_from_slice(args);
+        let atk = self.attack(mode, &all);
+        std::thread::sleep(Duration::from_secs(warmup));
+        self.holds_up(what, atk);
     }
 
     /// The whole check: the victim alone, then under `attack` (already
@@ -544,23 +527,15 @@ fn tcp_clients_that_never_read_lose_only_their_own_connections() {
     a.check("baseline", &base);
     // 300 connections that pipeline 2,000 queries each and never read:
     // their windows shut and stay shut.
-    let atk = a.attack(
-        "tcp-noread",
-        &[
-            "--server",
-            AT,
-            "--suffix",
-            "good.test",
-            "--conns",
-            "300",
-            "--queries",
-            "2000",
-            "--seconds",
-            "12",
-        ],
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    a.holds_up("tcp never read", atk);
+    let args = [
+        "--suffix",
+        "good.test",
+        "--conns",
+        "300",
+        "--queries",
+        "2000",
+    ];
+    a.under("tcp never read", "tcp-noread", &args, 2);
     let f = a.forwarder_stats();
     assert!(
         f["tcp_rejected"].as_u64().unwrap_or(0) > 0,
@@ -572,45 +547,28 @@ fn tcp_clients_that_never_read_lose_only_their_own_connections() {
 fn slowloris_clients_are_cut_off() {
     require_root!();
     let mut a = Arena::new();
-    let atk = a.attack(
-        "slowloris",
-        &["--server", AT, "--conns", "200", "--seconds", "14"],
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    a.holds_up("slowloris", atk);
+    a.under("slowloris", "slowloris", &["--conns", "200"], 2);
 }
 
 #[test]
 fn connection_churn_does_not_starve_tcp() {
     require_root!();
     let mut a = Arena::new();
-    let atk = a.attack("churn", &["--server", AT, "--seconds", "12"]);
-    std::thread::sleep(Duration::from_secs(1));
-    a.holds_up("tcp churn", atk);
+    a.under("tcp churn", "churn", &[], 1);
 }
 
 #[test]
 fn a_udp_flood_of_random_names_leaves_others_their_answers() {
     require_root!();
     let mut a = Arena::new();
-    let atk = a.attack(
-        "udp-flood",
-        &["--server", AT, "--suffix", "flood.test", "--seconds", "12"],
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    a.holds_up("udp flood", atk);
+    a.under("udp flood", "udp-flood", &["--suffix", "flood.test"], 1);
 }
 
 #[test]
 fn names_that_never_resolve_take_only_their_clients_share() {
     require_root!();
     let mut a = Arena::new();
-    let atk = a.attack(
-        "udp-flood",
-        &["--server", AT, "--suffix", "slow.test", "--seconds", "12"],
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    a.holds_up("slow names", atk);
+    a.under("slow names", "udp-flood", &["--suffix", "slow.test"], 2);
     let f = a.forwarder_stats();
     assert!(
         f["client_limited"].as_u64().unwrap_or(0) > 0,
@@ -627,21 +585,8 @@ fn names_that_never_resolve_take_only_their_clients_share() {
 fn thousands_of_large_answers_stay_within_the_memory_limit() {
     require_root!();
     let mut a = Arena::new();
-    let atk = a.attack(
-        "tcp-large",
-        &[
-            "--server",
-            AT,
-            "--suffix",
-            "big.test",
-            "--conns",
-            "16",
-            "--seconds",
-            "14",
-        ],
-    );
-    std::thread::sleep(Duration::from_secs(2));
-    a.holds_up("large answers", atk);
+    let args = ["--suffix", "big.test", "--conns", "16"];
+    a.under("large answers", "tcp-large", &args, 2);
     let f = a.forwarder_stats();
     assert!(
         f["cache"]["too_large"].as_u64().unwrap_or(0) > 1000,

@@ -11,6 +11,7 @@ use std::{
 };
 
 use dnsfast_tests::{
+    clients::{mix_args, summary, upstream_args},
     dnsfast_bin,
     netns::{wait_until, Lab},
     require_root,
@@ -18,7 +19,6 @@ use dnsfast_tests::{
 
 const NODE: &str = "10.91.0.1";
 const CLIENT: &str = "10.91.0.2";
-const GOOD: &str = "192.0.2.7";
 /// The load: what this machine (2 CPUs, a debug build of the agent, the
 /// client and the upstream on the same CPUs) sustains with nothing lost
 /// when nothing happens.
@@ -66,15 +66,12 @@ impl Node {
         let tmp = std::env::temp_dir().join(format!("dnsfast-{srv}"));
         std::fs::create_dir_all(&tmp).unwrap();
         let log = tmp.join("upstream.log");
+        let up = upstream_args("127.0.0.1:5300");
+        let up: Vec<&str> = up.iter().map(String::as_str).collect();
         lab.spawn(
             &srv,
             env!("CARGO_BIN_EXE_dnsfast-testdns"),
-            &[
-                "--listen",
-                "127.0.0.1:5300",
-                "--answer-suffix",
-                &format!("good.test={GOOD}"),
-            ],
+            &up,
             log.to_str().unwrap(),
         )
         .unwrap();
@@ -149,24 +146,14 @@ impl Node {
     /// background; `seen` reads its result.
     fn load(&mut self, seconds: u64) -> (u32, PathBuf) {
         let out = self.tmp.join(format!("mix-{}.json", self.runs));
+        let args = mix_args(&format!("{NODE}:53"), RATE, seconds);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let pid = self
             .lab
             .spawn(
                 &self.cli,
                 env!("CARGO_BIN_EXE_dnsfast-attack"),
-                &[
-                    "mix",
-                    "--server",
-                    &format!("{NODE}:53"),
-                    "--suffix",
-                    "good.test",
-                    "--expect",
-                    GOOD,
-                    "--rate",
-                    &RATE.to_string(),
-                    "--seconds",
-                    &seconds.to_string(),
-                ],
+                &args,
                 out.to_str().unwrap(),
             )
             .unwrap();
@@ -180,11 +167,7 @@ impl Node {
         });
         assert!(done, "the load did not finish");
         let text = std::fs::read_to_string(out).unwrap_or_default();
-        let line = text
-            .lines()
-            .find(|l| l.contains("\"sent\""))
-            .unwrap_or("{}");
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        let v = summary(&text);
         let g = |k: &str| v[k].as_u64().unwrap_or(0);
         Seen {
             sent: g("sent"),

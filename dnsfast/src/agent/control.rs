@@ -175,22 +175,31 @@ fn ok(mut v: Value) -> Value {
     v
 }
 
-/// Sends one request to the agent of `pin_dir`. `Ok(None)` when no agent
-/// listens there (no socket, or a stale one of a killed agent).
-pub(crate) fn ask(pin_dir: &Path, request: &str) -> Result<Option<Value>> {
+/// A connection to the agent of `pin_dir`; `None` when no agent listens
+/// there (no socket, or a stale one of a killed agent).
+pub(crate) fn connect(pin_dir: &Path) -> Result<Option<StdUnixStream>> {
     let path = paths::control_socket(pin_dir);
-    let mut stream = match StdUnixStream::connect(&path) {
-        Ok(s) => s,
+    match StdUnixStream::connect(&path) {
+        Ok(s) => Ok(Some(s)),
         Err(e)
             if matches!(
                 e.kind(),
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
             ) =>
         {
-            return Ok(None)
+            Ok(None)
         }
-        Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
+        Err(e) => Err(e).with_context(|| format!("connecting to {}", path.display())),
+    }
+}
+
+/// Sends one request to the agent of `pin_dir`. `Ok(None)` when no agent
+/// listens there (no socket, or a stale one of a killed agent).
+pub(crate) fn ask(pin_dir: &Path, request: &str) -> Result<Option<Value>> {
+    let Some(mut stream) = connect(pin_dir)? else {
+        return Ok(None);
     };
+    let path = paths::control_socket(pin_dir);
     // A reload of a large config or a 10k-pattern resync takes a while.
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     stream

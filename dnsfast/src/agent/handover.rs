@@ -48,10 +48,7 @@ use super::{
     ifaces,
     state::{poisoned, Agent},
 };
-use crate::{
-    forward::{Inherited, Proto},
-    paths,
-};
+use crate::forward::{Inherited, Proto};
 
 /// Most sockets one agent hands over (listen addresses × workers, TCP,
 /// metrics).
@@ -78,18 +75,8 @@ pub(crate) struct Takeover {
 /// Asks the agent running on `pin_dir` to hand over: its sockets and its
 /// links. `None` when no agent runs there.
 pub(crate) fn begin(pin_dir: &Path) -> Result<Option<(Takeover, Inherited)>> {
-    let path = paths::control_socket(pin_dir);
-    let mut stream = match UnixStream::connect(&path) {
-        Ok(s) => s,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(e).with_context(|| format!("connecting to {}", path.display())),
+    let Some(mut stream) = super::control::connect(pin_dir)? else {
+        return Ok(None);
     };
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     stream.write_all(b"handover\n")?;

@@ -15,7 +15,10 @@
 use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use dnsfast_tests::netns::{wait_until, Lab};
+use dnsfast_tests::{
+    clients::{summary, upstream_args, victim_args, GOOD},
+    netns::{wait_until, Lab},
+};
 
 use crate::unbound_conf;
 
@@ -23,7 +26,6 @@ const NODE: &str = "10.77.0.1";
 const VICTIM: &str = "10.77.0.2";
 const ATTACKER: &str = "10.77.1.2";
 const ATTACKER_GW: &str = "10.77.1.1";
-const GOOD: &str = "192.0.2.7";
 
 /// Each attack: its name and `dnsfast-attack` arguments (the server and
 /// the duration are added).
@@ -196,25 +198,9 @@ fn measure(
     )?;
     let tmp = std::env::temp_dir();
     let log = |what: &str| tmp.join(format!("{node}-{what}.log")).display().to_string();
-    lab.spawn(
-        &node,
-        testdns,
-        &[
-            "--listen",
-            "127.0.0.1:5300",
-            "--answer-suffix",
-            &format!("good.test={GOOD}"),
-            "--answer-suffix",
-            "flood.test=192.0.2.8",
-            "--drop",
-            "slow.test",
-            "--tc",
-            "big.test",
-            "--tc-txt-bytes",
-            "60000",
-        ],
-        &log("upstream"),
-    )?;
+    let up = upstream_args("127.0.0.1:5300");
+    let up: Vec<&str> = up.iter().map(String::as_str).collect();
+    lab.spawn(&node, testdns, &up, &log("upstream"))?;
     let pins = format!("/sys/fs/bpf/dnsfast-bench-{node}");
     let args: Vec<String> = args
         .iter()
@@ -262,28 +248,19 @@ fn measure(
         std::thread::sleep(Duration::from_secs(2));
         Some(pid)
     };
-    let out = lab.exec_ok(
-        &vic,
-        attack,
-        &[
-            "victim",
-            "--server",
-            &format!("{NODE}:53"),
-            "--suffix",
-            "good.test",
-            "--expect",
-            GOOD,
-            "--seconds",
-            &seconds.to_string(),
-        ],
-    )?;
+    let args = victim_args(&format!("{NODE}:53"), &[GOOD], seconds);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.exec_ok(&vic, attack, &args)?;
     let rss_mb = peak_rss_mb(server);
     if let Some(pid) = attacker {
         let _ = lab.kill(pid);
     }
     let _ = lab.stop(server);
     let _ = std::fs::remove_dir_all(Path::new(&pins));
-    let v: serde_json::Value = serde_json::from_str(out.trim()).context("the victim's summary")?;
+    let v = summary(&out);
+    if v.is_null() {
+        bail!("no summary from the victim: {out}");
+    }
     let g = |k: &str| v[k].as_u64().unwrap_or(0);
     Ok(Seen {
         ok: g("ok"),

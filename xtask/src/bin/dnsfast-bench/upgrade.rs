@@ -12,13 +12,15 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use dnsfast_tests::netns::{wait_until, Lab};
+use dnsfast_tests::{
+    clients::{mix_args, summary, upstream_args, GOOD},
+    netns::{wait_until, Lab},
+};
 
 use crate::unbound_conf;
 
 const NODE: &str = "10.76.0.1";
 const CLIENT: &str = "10.76.0.2";
-const GOOD: &str = "192.0.2.7";
 const UPGRADES: usize = 5;
 
 pub fn run(bin: &str, rate: u64) -> Result<()> {
@@ -60,17 +62,9 @@ fn measure(
     let (cli, node, iface) = lab.client_and_node(("bgc", "bgs"), CLIENT, NODE, None)?;
     let tmp = std::env::temp_dir();
     let log = |what: &str| tmp.join(format!("{node}-{what}.log")).display().to_string();
-    lab.spawn(
-        &node,
-        testdns,
-        &[
-            "--listen",
-            "127.0.0.1:5300",
-            "--answer-suffix",
-            &format!("good.test={GOOD}"),
-        ],
-        &log("upstream"),
-    )?;
+    let up = upstream_args("127.0.0.1:5300");
+    let up: Vec<&str> = up.iter().map(String::as_str).collect();
+    lab.spawn(&node, testdns, &up, &log("upstream"))?;
     let conf = tmp.join(format!("{node}-unbound.conf"));
     std::fs::write(
         &conf,
@@ -125,24 +119,9 @@ fn measure(
     }
     let seconds = 6 + 4 * UPGRADES as u64;
     let out = log("mix");
-    let mix = lab.spawn(
-        &cli,
-        attack,
-        &[
-            "mix",
-            "--server",
-            &format!("{NODE}:53"),
-            "--suffix",
-            "good.test",
-            "--expect",
-            GOOD,
-            "--rate",
-            &rate.to_string(),
-            "--seconds",
-            &seconds.to_string(),
-        ],
-        &out,
-    )?;
+    let args = mix_args(&format!("{NODE}:53"), rate, seconds);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mix = lab.spawn(&cli, attack, &args, &out)?;
     std::thread::sleep(Duration::from_secs(3));
     for i in 1..=UPGRADES {
         if dnsfast {
@@ -173,10 +152,5 @@ fn measure(
     if !done {
         bail!("the load did not finish");
     }
-    let text = std::fs::read_to_string(&out)?;
-    let line = text
-        .lines()
-        .find(|l| l.contains("\"sent\""))
-        .unwrap_or("{}");
-    Ok(serde_json::from_str(line)?)
+    Ok(summary(&std::fs::read_to_string(&out)?))
 }
