@@ -75,7 +75,7 @@ pub(crate) struct Takeover {
 /// Asks the agent running on `pin_dir` to hand over: its sockets and its
 /// links. `None` when no agent runs there.
 pub(crate) fn begin(pin_dir: &Path) -> Result<Option<(Takeover, Inherited)>> {
-    let Some(mut stream) = super::control::connect(pin_dir)? else {
+    let Some(mut stream) = super::client::connect(pin_dir)? else {
         return Ok(None);
     };
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;

@@ -4,7 +4,8 @@
 //! - `runtime`: the tokio runtime, the signals, the wait for either;
 //! - `ifaces`: which interfaces carry the program, and handing links over
 //!   between agents; `link_watch`: the kernel's link announcements;
-//! - `control`: the control socket (server, and the client the CLI uses);
+//! - `control`: the control socket's server; `client`: asking a running
+//!   agent over it (the CLI, and a new agent taking over);
 //! - `handover`: a new agent taking a running one's place without a gap;
 //! - `config_watch`: SIGHUP and the config file's directory → a reload;
 //! - `cluster` and `cluster_watch`: the Kubernetes API's Namespaces and
@@ -17,6 +18,7 @@
 //! Uses the dataplane, the forwarder, the rules and the config; the CLI
 //! uses it, never the other way round.
 
+pub(crate) mod client;
 pub(crate) mod cluster;
 pub(crate) mod cluster_watch;
 pub(crate) mod config_watch;

@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 
 use super::PinArgs;
-use crate::agent::control;
+use crate::agent::client;
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCmd {
@@ -34,7 +34,7 @@ pub fn run(cmd: CacheCmd, pins: &PinArgs) -> Result<()> {
         (None, Some(z)) => format!("flush zone {z}"),
         (None, None) => "flush all".to_string(),
     };
-    match control::ask(&pins.pin_dir, &request)? {
+    match client::ask(&pins.pin_dir, &request)? {
         Some(v) => {
             println!("{}", v["summary"].as_str().unwrap_or("flushed"));
             Ok(())

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::PinArgs;
 use crate::{
     agent::{
-        control,
+        client,
         ifaces::kept_links,
         stats::{KernelCounters, KubeStats, Stats, Status},
     },
@@ -37,7 +37,7 @@ pub struct StatsArgs {
 
 /// The agent's stats, or the pinned kernel counters when no agent runs.
 fn stats_now(pins: &PinArgs) -> Result<Stats> {
-    if let Some(s) = control::ask_as(&pins.pin_dir, "stats")? {
+    if let Some(s) = client::ask_as(&pins.pin_dir, "stats")? {
         return Ok(s);
     }
     let c = Pins::open(&pins.pin_dir)?.counters()?;
@@ -189,7 +189,7 @@ pub struct StatusArgs {
 
 pub fn status(a: StatusArgs, pins: &PinArgs) -> Result<()> {
     let dir = &pins.pin_dir;
-    let Some(v) = control::ask_as::<Status>(dir, "status")? else {
+    let Some(v) = client::ask_as::<Status>(dir, "status")? else {
         let kept = kept_links(dir).unwrap_or_default();
         let pinned = paths::prog_pin(dir).exists();
         if a.json {
@@ -302,7 +302,7 @@ pub fn unload(a: UnloadArgs, pins: &PinArgs) -> Result<()> {
         Some(i) => format!("detach {i}"),
         None => "unload".to_string(),
     };
-    if control::ask(dir, &request)?.is_some() {
+    if client::ask(dir, &request)?.is_some() {
         if let Some(i) = &a.iface {
             println!("{i}: detached (the agent keeps serving the others)");
             return Ok(());

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::PinArgs;
 use crate::{
-    agent::control,
+    agent::client,
     dataplane::{pattern_table::Patterns, pins::Pins},
 };
 
@@ -117,7 +117,7 @@ pub fn run(action: Action, cmd: PatternCmd, pins: &PinArgs) -> Result<()> {
         }
     }
     drop(lock);
-    match control::ask(&pins.pin_dir, "resync")? {
+    match client::ask(&pins.pin_dir, "resync")? {
         Some(_) => println!("the agent's forwarder follows"),
         None => println!("note: no agent runs; the kernel table changed, nothing else"),
     }
