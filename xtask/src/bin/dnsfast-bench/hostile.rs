@@ -83,7 +83,7 @@ pub fn run(bin: &str, rounds: usize, seconds: u64) -> Result<()> {
         unbound_conf(
             NODE,
             2,
-            "  access-control: 10.77.1.0/24 allow\n  do-not-query-localhost: no\n  \
+            "  access-control: 10.77.1.0/24 allow\n  do-not-query-localhost: no\n  local-zone: \"test.\" nodefault\n  \
              qname-minimisation: no\n  so-reuseport: yes\n\
              forward-zone:\n  name: \".\"\n  forward-addr: 127.0.0.1@5300\n",
         ),

@@ -71,7 +71,7 @@ fn measure(
         unbound_conf(
             NODE,
             2,
-            "  do-not-query-localhost: no\n  qname-minimisation: no\n  so-reuseport: yes\n\
+            "  do-not-query-localhost: no\n  local-zone: \"test.\" nodefault\n  qname-minimisation: no\n  so-reuseport: yes\n\
              forward-zone:\n  name: \".\"\n  forward-addr: 127.0.0.1@5300\n",
         ),
     )?;
