@@ -318,14 +318,7 @@ impl Dataplane {
     /// The interface a pinned XDP link is attached to (`ifindex` in its
     /// fdinfo), 0 when its interface went away (the kernel detaches it).
     pub(crate) fn pinned_link_ifindex(path: &Path) -> Result<u32> {
-        let pinned = PinnedLink::from_pin(path).map_err(|e| {
-            anyhow!(
-                "opening the pinned link {}: {}",
-                path.display(),
-                error_chain(&e)
-            )
-        })?;
-        let fd = FdLink::from(pinned);
+        let fd = FdLink::from(open_pinned_link(path)?);
         let id = fd
             .info()
             .map_err(|e| anyhow!("reading the link {}: {}", path.display(), error_chain(&e)))?
@@ -354,14 +347,7 @@ impl Dataplane {
     /// so the interface is never without a program. The pin itself is left
     /// to the caller.
     pub(crate) fn adopt(&mut self, path: &Path) -> Result<XdpLinkId> {
-        let pinned = PinnedLink::from_pin(path).map_err(|e| {
-            anyhow!(
-                "opening the pinned link {}: {}",
-                path.display(),
-                error_chain(&e)
-            )
-        })?;
-        let link = XdpLink::try_from(FdLink::from(pinned))
+        let link = XdpLink::try_from(FdLink::from(open_pinned_link(path)?))
             .map_err(|e| anyhow!("{} is not an XDP link: {}", path.display(), error_chain(&e)))?;
         self.program()?.attach_to_link(link).map_err(|e| {
             anyhow!(
@@ -684,6 +670,17 @@ pub(crate) fn tlds_of(cfg: &FileConfig) -> BTreeSet<String> {
 pub(crate) fn apply(dp: &mut Dataplane, cfg: &FileConfig) -> Result<()> {
     dp.reconcile(&rules_of(&cfg.patterns), &tlds_of(cfg))?;
     apply_xdp(dp, cfg)
+}
+
+/// The link pinned at `path`.
+fn open_pinned_link(path: &Path) -> Result<PinnedLink> {
+    PinnedLink::from_pin(path).map_err(|e| {
+        anyhow!(
+            "opening the pinned link {}: {}",
+            path.display(),
+            error_chain(&e)
+        )
+    })
 }
 
 /// An address as the maps key it (`SERVER_ADDRS`, and the address part of

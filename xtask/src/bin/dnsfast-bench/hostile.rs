@@ -20,7 +20,7 @@ use dnsfast_tests::{
     netns::{wait_until, Lab},
 };
 
-use crate::unbound_conf;
+use crate::{answers, unbound_conf};
 
 const NODE: &str = "10.77.0.1";
 const VICTIM: &str = "10.77.0.2";
@@ -214,18 +214,7 @@ fn measure(
     let server = lab.spawn(&node, cmd, &refs, &log("server"))?;
     // Up when it answers the victim.
     let up = wait_until(Duration::from_secs(20), || {
-        lab.exec_ok(
-            &vic,
-            "dig",
-            &[
-                "+short",
-                "+time=1",
-                "+tries=1",
-                &format!("@{NODE}"),
-                "up.good.test",
-            ],
-        )
-        .is_ok_and(|o| o.trim() == GOOD)
+        answers(&lab, &vic, NODE, "up.good.test", GOOD)
     });
     if !up {
         bail!(

@@ -571,6 +571,20 @@ fn unbound_conf(interface: &str, threads: u32, extra: &str) -> String {
     )
 }
 
+/// Whether the server at `server` answers `name` with `want`, asked by
+/// dig from namespace `ns` (the hostile and upgrade parts wait on it).
+fn answers(
+    lab: &dnsfast_tests::netns::Lab,
+    ns: &str,
+    server: &str,
+    name: &str,
+    want: &str,
+) -> bool {
+    let at = format!("@{server}");
+    lab.exec_ok(ns, "dig", &["+short", "+time=1", "+tries=1", &at, name])
+        .is_ok_and(|o| o.trim() == want)
+}
+
 /// A server under test in the server namespace.
 struct Server {
     name: &'static str,

@@ -17,7 +17,7 @@ use dnsfast_tests::{
     netns::{wait_until, Lab},
 };
 
-use crate::unbound_conf;
+use crate::{answers, unbound_conf};
 
 const NODE: &str = "10.76.0.1";
 const CLIENT: &str = "10.76.0.2";
@@ -99,22 +99,10 @@ fn measure(
     };
     let cmd = if dnsfast { bin } else { "unbound" };
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let answers = |lab: &Lab| {
-        lab.exec_ok(
-            &cli,
-            "dig",
-            &[
-                "+short",
-                "+time=1",
-                "+tries=1",
-                &format!("@{NODE}"),
-                "up.good.test",
-            ],
-        )
-        .is_ok_and(|o| o.trim() == GOOD)
-    };
     let mut server = lab.spawn(&node, cmd, &refs, &log("server-0"))?;
-    if !wait_until(Duration::from_secs(30), || answers(&lab)) {
+    if !wait_until(Duration::from_secs(30), || {
+        answers(&lab, &cli, NODE, "up.good.test", GOOD)
+    }) {
         bail!("the server did not come up");
     }
     let seconds = 6 + 4 * UPGRADES as u64;
