@@ -579,6 +579,10 @@ fn names_that_never_resolve_take_only_their_clients_share() {
         up["up"].as_bool().unwrap_or(false),
         "slow names marked a healthy upstream down: {up}"
     );
+    assert!(
+        up["slow_names"].as_u64().unwrap_or(0) > 0,
+        "the timeouts were not counted as slow names: {up}"
+    );
 }
 
 #[test]

@@ -539,6 +539,15 @@ print(json.dumps(out))
     assert!(stats["forwarder"]["udp_queries"].as_u64().unwrap() >= 3000);
     let up = "127.0.0.1:5300";
     assert_eq!(m[format!("dnsfast_upstream_up|upstream={up}")], 1.0);
+    let ups = stats["forwarder"]["upstreams"].as_array().unwrap();
+    let u = ups.iter().find(|u| u["addr"] == up).unwrap();
+    for k in ["queries", "failures", "retransmits", "slow_names"] {
+        assert_eq!(
+            m[format!("dnsfast_upstream_{k}_total|upstream={up}")].as_f64(),
+            u[k].as_f64(),
+            "upstream counter {k}"
+        );
+    }
     assert!(
         m[format!("dnsfast_upstream_latency_seconds_count|upstream={up}")]
             .as_f64()

@@ -14,7 +14,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use super::stats::{KernelCounters, Stats};
+use super::stats::{KernelCounters, Stats, UpstreamStats};
 
 /// The content type of [`render`]'s output.
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -197,18 +197,25 @@ impl Collector for Snapshot {
             m.encode_family(&label("upstream", &u.addr))?
                 .encode_gauge(&u32::from(u.up))?;
         }
-        for (k, help) in [
-            ("queries", "Queries sent to the upstream."),
-            ("failures", "Timeouts and network errors."),
-        ] {
+        let counters: [(&str, &str, fn(&UpstreamStats) -> u64); 4] = [
+            ("queries", "Queries sent to the upstream.", |u| u.queries),
+            ("failures", "Timeouts and network errors.", |u| u.failures),
+            (
+                "retransmits",
+                "UDP queries sent again for want of an answer.",
+                |u| u.retransmits,
+            ),
+            (
+                "slow_names",
+                "Timeouts not held against its health (it answered other names meanwhile).",
+                |u| u.slow_names,
+            ),
+        ];
+        for (k, help, get) in counters {
             let name = format!("dnsfast_upstream_{k}");
             let mut m = enc.encode_descriptor(&name, help, None, MetricType::Counter)?;
             for u in &f.upstreams {
-                let n = if k == "queries" {
-                    u.queries
-                } else {
-                    u.failures
-                };
+                let n = get(u);
                 m.encode_family(&label("upstream", &u.addr))?
                     .encode_counter::<NoLabelSet, _, u64>(&n, None)?;
             }
@@ -278,6 +285,7 @@ mod tests {
                     addr: "10.0.0.2:53".into(),
                     up: true,
                     queries: 3,
+                    retransmits: 2,
                     latency_buckets_us: crate::forward::metrics::LATENCY_BUCKETS_US.to_vec(),
                     latency_cumulative: vec![1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3],
                     latency_sum_us: 4000,
@@ -295,6 +303,8 @@ mod tests {
         assert!(t.contains("dnsfast_zone_queries_total{zone=\"cluster.local\"} 2\n"));
         assert!(t.contains("dnsfast_cache_size 3\n"));
         assert!(t.contains("dnsfast_upstream_up{upstream=\"10.0.0.2:53\"} 1\n"));
+        assert!(t.contains("dnsfast_upstream_retransmits_total{upstream=\"10.0.0.2:53\"} 2\n"));
+        assert!(t.contains("dnsfast_upstream_slow_names_total{upstream=\"10.0.0.2:53\"} 0\n"));
         assert!(t.contains(
             "dnsfast_upstream_latency_seconds_bucket{le=\"0.0005\",upstream=\"10.0.0.2:53\"} 1\n"
         ));

@@ -240,6 +240,13 @@ pub(crate) struct UpstreamStats {
     pub(crate) queries: u64,
     pub(crate) failures: u64,
     pub(crate) tcp_retries: u64,
+    /// UDP queries sent again for want of an answer.
+    #[serde(default)]
+    pub(crate) retransmits: u64,
+    /// Timeouts not held against its health: it answered other names
+    /// meanwhile.
+    #[serde(default)]
+    pub(crate) slow_names: u64,
     pub(crate) mismatched: u64,
     /// Upper bounds of the latency buckets, in microseconds.
     pub(crate) latency_buckets_us: Vec<u64>,
@@ -402,6 +409,8 @@ pub(crate) fn forwarder_stats(r: &Resolver) -> ForwarderStats {
                 queries: g(&u.queries),
                 failures: g(&u.failures),
                 tcp_retries: g(&u.tcp_retries),
+                retransmits: g(&u.retransmits),
+                slow_names: g(&u.slow_names),
                 mismatched: g(&u.mismatched),
                 latency_buckets_us: LATENCY_BUCKETS_US.to_vec(),
                 latency_cumulative,

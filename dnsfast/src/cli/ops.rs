@@ -170,11 +170,13 @@ fn print_stats(s: &Stats, prev: Option<(&Stats, f64)>) {
             0.0
         };
         println!(
-            "  upstream {:<22} {} queries={} failures={} mean={mean:.2}ms",
+            "  upstream {:<22} {} queries={} failures={} slow-names={} retransmits={} mean={mean:.2}ms",
             u.addr,
             if u.up { "up  " } else { "DOWN" },
             u.queries,
             u.failures,
+            u.slow_names,
+            u.retransmits,
         );
     }
     println!();

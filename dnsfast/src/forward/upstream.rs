@@ -29,6 +29,12 @@ use super::wire::{parse_query, reply_matches, truncated, upstream_query, ClientQ
 pub(crate) const DOWN_AFTER: u32 = 3;
 /// Receive buffer for one upstream reply over UDP.
 const RECV_BUF: usize = 4096;
+/// An unanswered UDP query is sent again after this long, then after
+/// twice as long, and so on until the upstream's timeout: a datagram lost
+/// on the way (a full receive queue, a busy link) then costs this long
+/// instead of the whole timeout and a SERVFAIL. The copy goes out on the
+/// same socket with the same ID, so whichever is answered first counts.
+const RETRANSMIT_AFTER: Duration = Duration::from_millis(400);
 
 #[derive(Debug)]
 pub(crate) enum ExchangeError {
@@ -66,6 +72,8 @@ pub(crate) struct Upstream {
     pub(crate) queries: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) tcp_retries: AtomicU64,
+    /// UDP queries sent again because no answer came (`RETRANSMIT_AFTER`).
+    pub(crate) retransmits: AtomicU64,
     /// Replies that did not match what we sent (wrong ID or question).
     pub(crate) mismatched: AtomicU64,
     /// Answer latencies (UDP, plus the TCP retry when truncated).
@@ -85,6 +93,7 @@ impl Upstream {
             queries: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             tcp_retries: AtomicU64::new(0),
+            retransmits: AtomicU64::new(0),
             mismatched: AtomicU64::new(0),
             latency: Default::default(),
         }
@@ -190,9 +199,20 @@ impl Upstream {
                 self.mismatched.fetch_add(1, Ordering::Relaxed);
             }
         };
-        match timeout(self.timeout, wait).await {
-            Ok(r) => Ok(r?),
-            Err(_) => Err(ExchangeError::Timeout),
+        tokio::pin!(wait);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut gap = RETRANSMIT_AFTER;
+        loop {
+            let next = (tokio::time::Instant::now() + gap).min(deadline);
+            if let Ok(r) = tokio::time::timeout_at(next, &mut wait).await {
+                return Ok(r?);
+            }
+            if next >= deadline {
+                return Err(ExchangeError::Timeout);
+            }
+            self.retransmits.fetch_add(1, Ordering::Relaxed);
+            sock.send(&msg).await?;
+            gap *= 2;
         }
     }
 
@@ -278,6 +298,55 @@ mod tests {
             Incoming::Query(q) => *q,
             _ => panic!("{name}"),
         }
+    }
+
+    /// A server that ignores the first copy of every query, like a path
+    /// that lost the datagram.
+    async fn lossy_server() -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
+            let mut buf = [0u8; 512];
+            loop {
+                let (n, peer) = sock.recv_from(&mut buf).await.unwrap();
+                if seen.insert((peer, buf[0], buf[1])) {
+                    continue;
+                }
+                buf[2] |= 0x80;
+                let _ = sock.send_to(&buf[..n], peer).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_lost_datagram_is_sent_again_well_before_the_timeout() {
+        let up = Upstream::new(lossy_server().await, Duration::from_secs(5));
+        let t = Instant::now();
+        up.exchange(&query("lost.example")).await.unwrap();
+        let took = t.elapsed();
+        assert!(took >= RETRANSMIT_AFTER, "{took:?}");
+        assert!(took < 2 * RETRANSMIT_AFTER, "{took:?}");
+        assert_eq!(up.retransmits.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn retransmits_stop_at_the_timeout() {
+        // 400 ms, then 800 ms more: two copies after the first within 1.5 s.
+        let up = Upstream::new(server().await, Duration::from_millis(1500));
+        let t = Instant::now();
+        assert!(matches!(
+            up.exchange(&query("slow")).await,
+            Err(ExchangeError::Timeout)
+        ));
+        assert!(t.elapsed() >= Duration::from_millis(1500));
+        assert!(
+            t.elapsed() < Duration::from_millis(1900),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(up.retransmits.load(Ordering::Relaxed), 2);
     }
 
     #[tokio::test]
