@@ -16,6 +16,9 @@ use prometheus_client::{
 
 use super::stats::{KernelCounters, Stats, UpstreamStats};
 
+/// One per-upstream counter family: how it reads from the snapshot.
+type UpstreamCounter = fn(&UpstreamStats) -> u64;
+
 /// The content type of [`render`]'s output.
 pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -197,7 +200,7 @@ impl Collector for Snapshot {
             m.encode_family(&label("upstream", &u.addr))?
                 .encode_gauge(&u32::from(u.up))?;
         }
-        let counters: [(&str, &str, fn(&UpstreamStats) -> u64); 4] = [
+        let counters: [(&str, &str, UpstreamCounter); 4] = [
             ("queries", "Queries sent to the upstream.", |u| u.queries),
             ("failures", "Timeouts and network errors.", |u| u.failures),
             (
