@@ -516,11 +516,21 @@ fn mix(a: &Args, until: Instant) -> Result<()> {
         .map(|(j, _)| sent_at[j].load(Ordering::Relaxed) / 1000)
         .take(20)
         .collect();
+    // Which path lost them: the kernel answers the blocked third and the
+    // cached third (once cached), the forwarder the misses.
+    let mut lost_by_kind = [0u64; 3];
+    for (j, s) in state[..i].iter().enumerate() {
+        if s.load(Ordering::Relaxed) == PENDING {
+            lost_by_kind[j % 3] += 1;
+        }
+    }
     println!(
         "{}",
         serde_json::json!({
             "sent": i, "ok": count(OK), "wrong": count(WRONG), "late": count(LATE),
             "lost": count(PENDING), "lost_at_ms": lost_at,
+            "lost_blocked": lost_by_kind[0], "lost_cached": lost_by_kind[1],
+            "lost_misses": lost_by_kind[2],
             "tcp_sent": tcp_stats[0].load(Ordering::Relaxed),
             "tcp_ok": tcp_stats[1].load(Ordering::Relaxed),
             "tcp_failed": tcp_stats[2].load(Ordering::Relaxed),
