@@ -6,6 +6,33 @@
 /// The address every victim name resolves to.
 pub const GOOD: &str = "192.0.2.7";
 
+/// The hostile suite's attacks, each as `dnsfast-attack`'s mode and
+/// arguments (the server and the duration are added): `hostile.rs` runs
+/// each in a test of its own, the bench runs them all against dnsfast and
+/// unbound.
+///
+/// 300 connections that pipeline 2,000 queries each and never read: their
+/// windows shut and stay shut.
+pub const TCP_NEVER_READ: &[&str] = &[
+    "tcp-noread",
+    "--suffix",
+    "good.test",
+    "--conns",
+    "300",
+    "--queries",
+    "2000",
+];
+/// A byte a second on 200 connections.
+pub const SLOWLORIS: &[&str] = &["slowloris", "--conns", "200"];
+/// Connections opened and closed as fast as one thread can.
+pub const TCP_CHURN: &[&str] = &["churn"];
+/// Random names as fast as one socket sends.
+pub const UDP_FLOOD: &[&str] = &["udp-flood", "--suffix", "flood.test"];
+/// Random names under a zone whose upstream never answers.
+pub const SLOW_NAMES: &[&str] = &["udp-flood", "--suffix", "slow.test"];
+/// 60 KB TXT answers over TCP, on 16 connections.
+pub const LARGE_ANSWERS: &[&str] = &["tcp-large", "--suffix", "big.test", "--conns", "16"];
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }

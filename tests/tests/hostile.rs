@@ -9,7 +9,10 @@ use std::{
 };
 
 use dnsfast_tests::{
-    clients::{summary, upstream_args, victim_args, GOOD},
+    clients::{
+        summary, upstream_args, victim_args, GOOD, LARGE_ANSWERS, SLOWLORIS, SLOW_NAMES, TCP_CHURN,
+        TCP_NEVER_READ, UDP_FLOOD,
+    },
     dnsfast_bin,
     netns::{wait_until, Lab},
     require_root,
@@ -50,6 +53,17 @@ impl Node {
             pins,
             log,
         }
+    }
+
+    /// A node with an upstream on 127.0.0.1:5300 (dnsmasq answering every
+    /// name with 192.0.2.99).
+    fn with_upstream() -> Node {
+        let mut n = Node::new();
+        let dlog = n.tmp.join("dnsmasq.log");
+        n.lab
+            .dnsmasq_answering_all(&n.srv, 5300, "192.0.2.99", dlog.to_str().unwrap())
+            .unwrap();
+        n
     }
 
     /// `dnsfast load` on the node's veth, answering on SERVER and
@@ -119,12 +133,8 @@ impl Node {
 #[test]
 fn running_out_of_files_on_the_metrics_port_does_not_end_the_agent() {
     require_root!();
-    let mut n = Node::new();
+    let mut n = Node::with_upstream();
     let srv = n.srv.clone();
-    let dlog = n.tmp.join("dnsmasq.log");
-    n.lab
-        .dnsmasq_answering_all(&srv, 5300, "192.0.2.99", dlog.to_str().unwrap())
-        .unwrap();
     let agent = n.load(
         "127.0.0.1#5300",
         &["--address=/blocked.test/", "--metrics", METRICS],
@@ -438,7 +448,8 @@ impl Arena {
 
     /// `attack` (mode and arguments, the server and the duration added)
     /// started, given `warmup` to take hold, then `holds_up`.
-    fn under(&mut self, what: &str, mode: &str, args: &[&str], warmup: u64) {
+    fn under(&mut self, what: &str, attack: &[&str], warmup: u64) {
+        let (mode, args) = attack.split_first().expect("an attack names its mode");
         let mut all = vec!["--server", AT, "--seconds", "14"];
         all.extend_from_slice(args);
         let atk = self.attack(mode, &all);
@@ -525,17 +536,7 @@ fn tcp_clients_that_never_read_lose_only_their_own_connections() {
     let mut a = Arena::new();
     let base = a.victim(3, GOOD);
     a.check("baseline", &base);
-    // 300 connections that pipeline 2,000 queries each and never read:
-    // their windows shut and stay shut.
-    let args = [
-        "--suffix",
-        "good.test",
-        "--conns",
-        "300",
-        "--queries",
-        "2000",
-    ];
-    a.under("tcp never read", "tcp-noread", &args, 2);
+    a.under("tcp never read", TCP_NEVER_READ, 2);
     let f = a.forwarder_stats();
     assert!(
         f["tcp_rejected"].as_u64().unwrap_or(0) > 0,
@@ -547,28 +548,28 @@ fn tcp_clients_that_never_read_lose_only_their_own_connections() {
 fn slowloris_clients_are_cut_off() {
     require_root!();
     let mut a = Arena::new();
-    a.under("slowloris", "slowloris", &["--conns", "200"], 2);
+    a.under("slowloris", SLOWLORIS, 2);
 }
 
 #[test]
 fn connection_churn_does_not_starve_tcp() {
     require_root!();
     let mut a = Arena::new();
-    a.under("tcp churn", "churn", &[], 1);
+    a.under("tcp churn", TCP_CHURN, 1);
 }
 
 #[test]
 fn a_udp_flood_of_random_names_leaves_others_their_answers() {
     require_root!();
     let mut a = Arena::new();
-    a.under("udp flood", "udp-flood", &["--suffix", "flood.test"], 1);
+    a.under("udp flood", UDP_FLOOD, 1);
 }
 
 #[test]
 fn names_that_never_resolve_take_only_their_clients_share() {
     require_root!();
     let mut a = Arena::new();
-    a.under("slow names", "udp-flood", &["--suffix", "slow.test"], 2);
+    a.under("slow names", SLOW_NAMES, 2);
     let f = a.forwarder_stats();
     assert!(
         f["client_limited"].as_u64().unwrap_or(0) > 0,
@@ -589,8 +590,7 @@ fn names_that_never_resolve_take_only_their_clients_share() {
 fn thousands_of_large_answers_stay_within_the_memory_limit() {
     require_root!();
     let mut a = Arena::new();
-    let args = ["--suffix", "big.test", "--conns", "16"];
-    a.under("large answers", "tcp-large", &args, 2);
+    a.under("large answers", LARGE_ANSWERS, 2);
     let f = a.forwarder_stats();
     assert!(
         f["cache"]["too_large"].as_u64().unwrap_or(0) > 1000,
@@ -758,12 +758,8 @@ fn http_get(n: &Node, ns: &str, url: &str) -> (u16, String) {
 #[test]
 fn health_fails_while_the_forwarder_does_not_answer() {
     require_root!();
-    let mut n = Node::new();
+    let mut n = Node::with_upstream();
     let srv = n.srv.clone();
-    let dlog = n.tmp.join("dnsmasq.log");
-    n.lab
-        .dnsmasq_answering_all(&srv, 5300, "192.0.2.99", dlog.to_str().unwrap())
-        .unwrap();
     n.load("127.0.0.1#5300", &["--metrics", "127.0.0.1:19302"]);
     let url = "http://127.0.0.1:19302/health";
     assert_eq!(http_get(&n, &srv, url).0, 200);
@@ -859,12 +855,8 @@ fn cache_flush_drops_a_name_or_a_zone_from_both_caches() {
 #[test]
 fn the_metrics_endpoint_with_curl_and_bad_clients() {
     require_root!();
-    let mut n = Node::new();
+    let mut n = Node::with_upstream();
     let srv = n.srv.clone();
-    let dlog = n.tmp.join("dnsmasq.log");
-    n.lab
-        .dnsmasq_answering_all(&srv, 5300, "192.0.2.99", dlog.to_str().unwrap())
-        .unwrap();
     // On the node's address, which pods reach.
     let at = format!("{SERVER}:19303");
     n.load("127.0.0.1#5300", &["--metrics", &at]);
@@ -950,12 +942,7 @@ fn the_metrics_endpoint_with_curl_and_bad_clients() {
 #[test]
 fn json_logs_carry_the_events_fields() {
     require_root!();
-    let mut n = Node::new();
-    let srv = n.srv.clone();
-    let dlog = n.tmp.join("dnsmasq.log");
-    n.lab
-        .dnsmasq_answering_all(&srv, 5300, "192.0.2.99", dlog.to_str().unwrap())
-        .unwrap();
+    let mut n = Node::with_upstream();
     let agent = n.load("127.0.0.1#5300", &["--log-format", "json", "--log-queries"]);
     assert_eq!(n.status("ok.example"), "NOERROR");
     Command::new("kill")

@@ -156,14 +156,15 @@ impl Agent {
                 tracing::info!(event = "reload", why = %why, "config reloaded ({why}): {summary}");
             }
             Err(e) => {
+                let error = format!("{e:#}");
                 a.refused += 1;
-                a.last_error = Some(format!("{e:#}"));
                 tracing::warn!(
                     event = "reload_refused",
                     why = %why,
-                    error = %format!("{e:#}"),
-                    "config reload ({why}) refused, the previous config keeps serving: {e:#}"
+                    error = %error,
+                    "config reload ({why}) refused, the previous config keeps serving: {error}"
                 );
+                a.last_error = Some(error);
             }
         }
         result

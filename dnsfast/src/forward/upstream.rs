@@ -269,15 +269,21 @@ mod tests {
     use super::*;
 
     /// A server that answers every name but `slow.`, like a resolver
-    /// whose authority for one name never answers.
-    async fn server() -> SocketAddr {
+    /// whose authority for one name never answers; `lossy`, it also
+    /// ignores the first copy of every query, like a path that lost the
+    /// datagram.
+    async fn server(lossy: bool) -> SocketAddr {
         let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = sock.local_addr().unwrap();
         tokio::spawn(async move {
+            let mut seen = std::collections::HashSet::new();
             let mut buf = [0u8; 512];
             loop {
                 let (n, peer) = sock.recv_from(&mut buf).await.unwrap();
                 if buf[..n].windows(6).any(|w| w == b"\x04slow\x00") {
+                    continue;
+                }
+                if lossy && seen.insert((peer, buf[0], buf[1])) {
                     continue;
                 }
                 buf[2] |= 0x80; // QR: a reply, with the query's question
@@ -300,29 +306,9 @@ mod tests {
         }
     }
 
-    /// A server that ignores the first copy of every query, like a path
-    /// that lost the datagram.
-    async fn lossy_server() -> SocketAddr {
-        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let addr = sock.local_addr().unwrap();
-        tokio::spawn(async move {
-            let mut seen = std::collections::HashSet::new();
-            let mut buf = [0u8; 512];
-            loop {
-                let (n, peer) = sock.recv_from(&mut buf).await.unwrap();
-                if seen.insert((peer, buf[0], buf[1])) {
-                    continue;
-                }
-                buf[2] |= 0x80;
-                let _ = sock.send_to(&buf[..n], peer).await;
-            }
-        });
-        addr
-    }
-
     #[tokio::test]
     async fn a_lost_datagram_is_sent_again_well_before_the_timeout() {
-        let up = Upstream::new(lossy_server().await, Duration::from_secs(5));
+        let up = Upstream::new(server(true).await, Duration::from_secs(5));
         let t = Instant::now();
         up.exchange(&query("lost.example")).await.unwrap();
         let took = t.elapsed();
@@ -334,7 +320,7 @@ mod tests {
     #[tokio::test]
     async fn retransmits_stop_at_the_timeout() {
         // 400 ms, then 800 ms more: two copies after the first within 1.5 s.
-        let up = Upstream::new(server().await, Duration::from_millis(1500));
+        let up = Upstream::new(server(false).await, Duration::from_millis(1500));
         let t = Instant::now();
         assert!(matches!(
             up.exchange(&query("slow")).await,
@@ -351,7 +337,10 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_name_does_not_mark_a_server_down() {
-        let up = Arc::new(Upstream::new(server().await, Duration::from_millis(200)));
+        let up = Arc::new(Upstream::new(
+            server(false).await,
+            Duration::from_millis(200),
+        ));
         // Twenty slow names at once, while other names are answered.
         let slow: Vec<_> = (0..20)
             .map(|_| {
@@ -375,7 +364,10 @@ mod tests {
 
     #[tokio::test]
     async fn timeouts_with_nothing_answered_are_checked_by_a_probe() {
-        let up = Arc::new(Upstream::new(server().await, Duration::from_millis(100)));
+        let up = Arc::new(Upstream::new(
+            server(false).await,
+            Duration::from_millis(100),
+        ));
         for _ in 0..DOWN_AFTER {
             let sent = Instant::now();
             assert!(up.exchange(&query("slow")).await.is_err());

@@ -16,7 +16,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use dnsfast_tests::{
-    clients::{summary, upstream_args, victim_args, GOOD},
+    clients::{self, summary, upstream_args, victim_args, GOOD},
     netns::{wait_until, Lab},
 };
 
@@ -28,35 +28,16 @@ const ATTACKER: &str = "10.77.1.2";
 const ATTACKER_GW: &str = "10.77.1.1";
 
 /// Each attack: its name and `dnsfast-attack` arguments (the server and
-/// the duration are added).
+/// the duration are added); the hostile suite's own, so that the tests
+/// and the bench measure the same thing.
 const ATTACKS: [(&str, &[&str]); 7] = [
     ("none (baseline)", &[]),
-    (
-        "tcp: never read",
-        &[
-            "tcp-noread",
-            "--suffix",
-            "good.test",
-            "--conns",
-            "300",
-            "--queries",
-            "2000",
-        ],
-    ),
-    ("tcp: slowloris", &["slowloris", "--conns", "200"]),
-    ("tcp: churn", &["churn"]),
-    (
-        "udp: random-name flood",
-        &["udp-flood", "--suffix", "flood.test"],
-    ),
-    (
-        "udp: names never answered",
-        &["udp-flood", "--suffix", "slow.test"],
-    ),
-    (
-        "tcp: 60 KB answers",
-        &["tcp-large", "--suffix", "big.test", "--conns", "16"],
-    ),
+    ("tcp: never read", clients::TCP_NEVER_READ),
+    ("tcp: slowloris", clients::SLOWLORIS),
+    ("tcp: churn", clients::TCP_CHURN),
+    ("udp: random-name flood", clients::UDP_FLOOD),
+    ("udp: names never answered", clients::SLOW_NAMES),
+    ("tcp: 60 KB answers", clients::LARGE_ANSWERS),
 ];
 
 #[derive(Clone, Copy, Default)]
