@@ -60,6 +60,25 @@ pub fn dnsfast_bin() -> std::path::PathBuf {
         .expect("no dnsfast binary: run `cargo build -p dnsfast` or `cargo xtask test`")
 }
 
+/// The binary that ships: the static release build of the image
+/// (`DNSFAST_RELEASE_BIN`, which `cargo xtask test` sets). Tests that
+/// measure service under load run it, since a debug build's throughput
+/// is a tenth of it and would be what they measured; without it they run
+/// `dnsfast_bin()` and say so.
+pub fn dnsfast_release_bin() -> std::path::PathBuf {
+    match std::env::var("DNSFAST_RELEASE_BIN") {
+        Ok(p) => p.into(),
+        Err(_) => {
+            let p = dnsfast_bin();
+            eprintln!(
+                "DNSFAST_RELEASE_BIN is not set: running {}, whose throughput is not the product's",
+                p.display()
+            );
+            p
+        }
+    }
+}
+
 /// Kernel counters as an operator reads them: `bpftool map dump pinned
 /// DIR/counters`, one BTF-named field summed over CPUs. Fails if bpftool
 /// shows no field names.

@@ -21,6 +21,9 @@ const NAME: &[u8] = b"\x06health\x07dnsfast\x00";
 /// Class CH: nothing any upstream serves.
 pub(crate) const CLASS_CH: u16 = 3;
 const TYPE_TXT: u16 = 16;
+/// How long the UDP self-query waits for an answer before it is sent
+/// again (with the same ID).
+const UDP_RESEND: Duration = Duration::from_millis(200);
 
 /// The label-reversed key of the name, to recognise it.
 pub(crate) fn key() -> &'static [u8] {
@@ -55,8 +58,8 @@ fn is_reply(b: &[u8], id: u16) -> bool {
     b.len() >= 12 && b[..2] == id.to_be_bytes() && b[2] & 0x80 != 0
 }
 
-/// Asks the listener on `addr` over UDP, then over TCP, each within
-/// `wait`. A TCP connection reset at once counts as an answer: the
+/// Asks the listener on `addr` over UDP (sent again every 200 ms), then
+/// over TCP, each within `wait`. A TCP connection reset at once counts as an answer: the
 /// listener is alive and at its connection bound, which clients do not
 /// fix by restarting it.
 pub(crate) async fn ask(addr: SocketAddr, wait: Duration) -> Result<()> {
@@ -69,12 +72,24 @@ pub(crate) async fn ask(addr: SocketAddr, wait: Duration) -> Result<()> {
     let udp = async {
         let s = UdpSocket::bind(local).await?;
         s.connect(to).await?;
-        s.send(&query(id)).await?;
+        let q = query(id);
         let mut buf = [0u8; 512];
+        // Sent again every `UDP_RESEND`, as a stub resolver would: one
+        // client's flood can fill the listener's receive queue for a
+        // moment and drop a datagram, and one lost datagram is not a dead
+        // forwarder.
+        let mut resend = tokio::time::interval(UDP_RESEND);
         loop {
-            let n = s.recv(&mut buf).await?;
-            if is_reply(&buf[..n], id) {
-                return Ok::<_, std::io::Error>(());
+            tokio::select! {
+                _ = resend.tick() => {
+                    s.send(&q).await?;
+                }
+                r = s.recv(&mut buf) => {
+                    let n = r?;
+                    if is_reply(&buf[..n], id) {
+                        return Ok::<_, std::io::Error>(());
+                    }
+                }
             }
         }
     };
