@@ -387,8 +387,8 @@ fn test() -> Result<()> {
         .arg("test")
         .env("TMPDIR", &tmp)
         .env("DNSFAST_BIN", &bin)
-        // The hostile suite measures service under attack: the binary
-        // that ships, not the debug build.
+        // The hostile and upgrade suites measure service under load: the
+        // binary that ships, not the debug build.
         .env("DNSFAST_RELEASE_BIN", image_ctx.join("dnsfast"))
         .env("DNSFAST_IMAGE_CONTEXT", &image_ctx))?;
     // The lab binaries' own unit tests (the bench's history table).

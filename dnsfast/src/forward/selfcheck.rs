@@ -59,9 +59,9 @@ fn is_reply(b: &[u8], id: u16) -> bool {
 }
 
 /// Asks the listener on `addr` over UDP (sent again every 200 ms), then
-/// over TCP, each within `wait`. A TCP connection reset at once counts as an answer: the
-/// listener is alive and at its connection bound, which clients do not
-/// fix by restarting it.
+/// over TCP, each within `wait`. A TCP connection reset at once counts as
+/// an answer: the listener is alive and at its connection bound, which
+/// clients do not fix by restarting it.
 pub(crate) async fn ask(addr: SocketAddr, wait: Duration) -> Result<()> {
     let to = target(addr);
     let id: u16 = rand::random();
